@@ -1,0 +1,121 @@
+"""
+The FlexMDM joint interpolant (paper eq. 6, Def. D.2), the MDM interpolant, and their losses (eq. 7).
+Pure tensor functions: no model, no I/O.
+
+Conventions used across the repo:
+- A batch of clean sequences x1 is a LongTensor [B, L] right-padded with pad_id; lengths [B].
+- fixed [B, L] bool marks tokens exempt from the interpolant: present and clean at every t
+  (maze subgoals, a prompt, an infilling prefix/suffix). They get no unmasking loss.
+- x_t of row b holds the present tokens of x1[b] in order, right-padded with pad_id.
+- Gap slots: a sequence of length n has n+1 gaps. Gap j sits just before token j; gap n is after
+  the last token. gaps[b, j] (j <= len_b) counts the tokens of x1 still to be inserted there.
+"""
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class Schedule:
+    """An increasing s(t) on [0, 1] with s(0) = 0 and s(1) = 1.
+    linear: t;  poly: t**exponent;  cosine: 1 - cos(pi t / 2)."""
+
+    def __init__(self, kind="linear", exponent=2.0):
+        if kind not in ("linear", "poly", "cosine"):
+            raise ValueError(f"unknown schedule {kind!r}: expected linear, poly or cosine")
+        self.kind, self.p = kind, (1.0 if kind == "linear" else float(exponent))
+
+    def __call__(self, t):
+        if self.kind == "cosine":
+            return 1 - torch.cos(math.pi / 2 * t)
+        return t ** self.p
+
+    def deriv(self, t):
+        if self.kind == "cosine":
+            return math.pi / 2 * torch.sin(math.pi / 2 * t)
+        return self.p * t ** (self.p - 1)
+
+    def inverse(self, u):
+        if self.kind == "cosine":
+            return 2 / math.pi * torch.acos(1 - u)
+        return u ** (1 / self.p)
+
+    def rate(self, t, eps=1e-4):
+        """The rate factor w(t) = s'(t) / (1 - s(t)) (for linear: 1 / (1 - t)), kept finite at t=1."""
+        return self.deriv(t) / (1 - self(t)).clamp_min(eps)
+
+
+def sample_times(batch_size, device="cpu", generator=None):
+    """Low-discrepancy times: one t uniform in each stratum [i/B, (i+1)/B) (paper F.1)."""
+    u = torch.rand(batch_size, device=device, generator=generator)
+    return (torch.arange(batch_size, device=device) + u) / batch_size
+
+
+class FlexBatch(NamedTuple):
+    xt: torch.Tensor       # [B, L] present tokens of x1 (clean or mask), right-padded with pad_id
+    lengths: torch.Tensor  # [B] len(x_t)
+    targets: torch.Tensor  # [B, L] the clean token x1[s_t[j]] behind each position j of x_t
+    masked: torch.Tensor   # [B, L] bool, x_t[j] is a mask (these get the unmasking loss)
+    gaps: torch.Tensor     # [B, L+1] float, tokens of x1 still to be inserted in each gap
+
+
+def flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=None, generator=None):
+    """Draw x_t from the joint interpolant (eq. 6) for every row of x1 at its own time t[b].
+    Each token independently gets an insertion time T1 = alpha^-1(U1) and an unmasking time
+    T2 >= T1 with beta(T2) ~ Uniform(beta(T1), 1); it is absent before T1, a mask in [T1, T2)
+    and clean after T2. Hence len(x_t) ~ Binomial(n, alpha(t)) and x_0 is empty."""
+    B, L = x1.shape
+    real = torch.arange(L, device=x1.device)[None, :] < lengths[:, None]
+    fixed = torch.zeros_like(real) if fixed is None else fixed & real
+    u1, u2 = torch.rand(2, B, L, device=x1.device, generator=generator)
+    t1 = alpha.inverse(u1)
+    b1 = beta(t1)
+    t2 = beta.inverse(b1 + u2 * (1 - b1))
+    tt = t[:, None]
+    present = real & ((t1 <= tt) | fixed)
+    clean = fixed | (t2 <= tt)
+    # Compact the present tokens to the left: token i of x1 lands at position (#present before i).
+    before = torch.cumsum(present, dim=1) - present.long()  # present tokens strictly before i
+    new_len = present.sum(1)
+    rows = torch.arange(B, device=x1.device)[:, None].expand(B, L)
+    xt = torch.full_like(x1, pad_id)
+    targets = torch.full_like(x1, pad_id)
+    masked = torch.zeros_like(real)
+    r, c = rows[present], before[present]
+    xt[r, c] = torch.where(clean, x1, torch.full_like(x1, mask_id))[present]
+    targets[r, c] = x1[present]
+    masked[r, c] = ~clean[present]
+    # An absent token i still has to be inserted in the gap before the next present token,
+    # i.e. gap number (#present before i).
+    absent = real & ~present
+    gaps = torch.zeros(B, L + 1, device=x1.device)
+    gaps.index_put_((rows[absent], before[absent]), torch.ones((), device=x1.device), accumulate=True)
+    return FlexBatch(xt, new_len, targets, masked, gaps)
+
+
+def mdm_interpolant(x1, t, beta, mask_id, fixed=None, generator=None):
+    """The MDM interpolant: every non-fixed position (pads included: in the baseline pad is an
+    ordinary token) is masked independently with probability 1 - beta(t). Returns (xt, masked)."""
+    u = torch.rand(x1.shape, device=x1.device, generator=generator)
+    masked = u >= beta(t)[:, None]
+    if fixed is not None:
+        masked &= ~fixed
+    return torch.where(masked, torch.full_like(x1, mask_id), x1), masked
+
+
+def bregman(x, y, eps=1e-8):
+    """phi(x, y) = y - x log y + x log x - x: >= 0, zero at y = x, minimised in y by the mean of x."""
+    y = y.clamp_min(eps)
+    return y - x * torch.log(y) + torch.xlogy(x, x) - x
+
+
+def unmasking_loss(logits, targets, weight):
+    """sum_j w_beta(t) * -log f[j, x1[s_t[j]]] over the masked positions passed in (eq. 7, first
+    term). logits [M, V], targets [M], weight [M] = w_beta(t) of each position's sequence."""
+    return (weight * F.cross_entropy(logits.float(), targets, reduction="none")).sum()
+
+
+def insertion_loss(g, gaps, weight):
+    """sum_j w_alpha(t) * phi(gap_j, g_j) over the gap slots passed in (eq. 7, second term)."""
+    return (weight * bregman(gaps, g.float())).sum()

@@ -1,0 +1,180 @@
+"""
+The FlexMDM network: a bidirectional DiT (Peebles & Xie) with adaLN-zero time conditioning,
+rotary positions and FlexAttention, with two heads (paper section 3, Prop. 1):
+- the unmasking posterior f(x, t)[j]: logits over the vocabulary at every position j;
+- the insertion expectation g(x, t)[j] >= 0 (softplus) for every gap j.
+
+Gap slots. A sequence of length n has n+1 gaps: gap j sits just before token j, gap n after the
+last token. The model reads gap j from the hidden state at position j; for gap n it appends one
+extra *slot* token (id vocab_size, an embedding row of its own) after the sequence. So a FlexMDM
+sequence of n tokens occupies n+1 positions, f is read at 0..n-1 and g at 0..n.
+The MDM baseline (model_type="mdm") has no insertion head and no slot.
+
+Layout. The network always sees rows of tokens [R, T] with, per token, the id of the sequence it
+belongs to (seq_ids, -1 for padding) and its position inside that sequence. A padded batch is
+one sequence per row; a packed batch (train.py) puts several sequences in a row. Attention is
+restricted to tokens of the same sequence, so both layouts compute the same function.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int  # data tokens incl. mask/pad/sep; FlexMDM adds one internal slot id
+    max_len: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    cond_dim: int = 128
+    dropout: float = 0.0
+    model_type: str = "flexmdm"  # flexmdm | mdm
+    pad_id: int = 0
+    attention: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | flex | sdpa
+
+
+def rotary(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of the conditioning time (alpha(t), footnote 2) followed by an MLP."""
+
+    def __init__(self, cond_dim, freq_dim=256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, t):
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+        args = 1000 * t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.norm1 = nn.LayerNorm(cfg.n_embd, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(cfg.n_embd, elementwise_affine=False)
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(approximate="tanh"),
+                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd))
+        self.ada = nn.Linear(cfg.cond_dim, 6 * cfg.n_embd)  # adaLN-zero: zero-initialised
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cond, seq_index, rope, attend):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[seq_index].chunk(6, dim=-1)
+        R, T, D = x.shape
+        q, k, v = self.qkv(modulate(self.norm1(x), shift1, scale1)).view(R, T, 3, self.n_head, -1).unbind(2)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+        q, k = rotary(q, *rope), rotary(k, *rope)
+        y = attend(q, k, v).transpose(1, 2).reshape(R, T, D)
+        x = x + gate1 * self.dropout(self.proj(y))
+        return x + gate2 * self.dropout(self.mlp(modulate(self.norm2(x), shift2, scale2)))
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.model_type not in ("flexmdm", "mdm"):
+            raise ValueError(f"unknown model_type {cfg.model_type!r}: expected flexmdm or mdm")
+        self.cfg = cfg
+        self.slot_id = cfg.vocab_size if cfg.model_type == "flexmdm" else None
+        self.tok_emb = nn.Embedding(cfg.vocab_size + (cfg.model_type == "flexmdm"), cfg.n_embd)
+        self.time_emb = TimeEmbedding(cfg.cond_dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_out = nn.LayerNorm(cfg.n_embd, elementwise_affine=False)
+        self.ada_out = nn.Linear(cfg.cond_dim, 2 * cfg.n_embd)
+        self.unmask_head = nn.Linear(cfg.n_embd, cfg.vocab_size)
+        self.insert_head = nn.Linear(cfg.n_embd, 1) if cfg.model_type == "flexmdm" else None
+        self.apply(self._init_weights)
+        for zero in [b.ada for b in self.blocks] + [self.ada_out, self.unmask_head]:
+            nn.init.zeros_(zero.weight)
+            nn.init.zeros_(zero.bias)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def use_flex(self, device):
+        return self.cfg.attention == "flex" or (self.cfg.attention == "auto" and device.type == "cuda")
+
+    def attention_fn(self, seq_ids):
+        """Each token attends to the tokens of its own sequence; a padding token only to itself
+        (it keeps a finite output that nobody reads). The mask is built once per batch."""
+        if self.use_flex(seq_ids.device):
+            def same_sequence(b, h, q, kv):
+                return ((seq_ids[b, q] == seq_ids[b, kv]) & (seq_ids[b, kv] >= 0)) | (q == kv)
+            R, T = seq_ids.shape
+            block_mask = create_block_mask(same_sequence, R, None, T, T, device=seq_ids.device)
+            flex = compiled_flex_attention if seq_ids.is_cuda else flex_attention
+            return lambda q, k, v: flex(q, k, v, block_mask=block_mask)
+        eye = torch.eye(seq_ids.shape[1], dtype=torch.bool, device=seq_ids.device)
+        mask = ((seq_ids[:, :, None] == seq_ids[:, None, :]) & (seq_ids[:, None, :] >= 0)) | eye
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+
+    def rope(self, positions):
+        head_dim = self.cfg.n_embd // self.cfg.n_head
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+        angles = positions.float()[:, None, :, None] * inv_freq  # [R, 1, T, head_dim/2]
+        return angles.cos(), angles.sin()
+
+    def forward(self, tokens, seq_ids, positions, cond_time):
+        """tokens, seq_ids, positions: [R, T]; cond_time: [S], the conditioning time alpha(t) of
+        each sequence. Returns the final hidden states [R, T, n_embd]; apply the heads to them."""
+        cond = F.silu(self.time_emb(cond_time))
+        seq_index = seq_ids.clamp_min(0)
+        rope, attend = self.rope(positions), self.attention_fn(seq_ids)
+        x = self.tok_emb(tokens)
+        for block in self.blocks:
+            x = block(x, cond, seq_index, rope, attend)
+        shift, scale = self.ada_out(cond)[seq_index].chunk(2, dim=-1)
+        return modulate(self.norm_out(x), shift, scale)
+
+    def insertion_rates(self, h):
+        return F.softplus(self.insert_head(h).squeeze(-1).float())
+
+    def padded_layout(self, x):
+        """The layout of a right-padded batch x [B, L]: FlexMDM appends the slot after each
+        sequence (length = number of non-pad tokens); the MDM reads pads as ordinary tokens."""
+        B, L = x.shape
+        pos = torch.arange(L + (self.slot_id is not None), device=x.device).expand(B, -1)
+        rows = torch.arange(B, device=x.device)[:, None]
+        if self.slot_id is None:
+            return x, rows.expand(B, L), pos
+        lengths = (x != self.cfg.pad_id).sum(1, keepdim=True)
+        tokens = torch.cat([x, torch.full_like(x[:, :1], self.cfg.pad_id)], dim=1)
+        tokens = torch.where(pos == lengths, self.slot_id, tokens)
+        return tokens, torch.where(pos <= lengths, rows, -1), pos
+
+    def forward_padded(self, x, cond_time):
+        """The sampler's contract (SPEC section 2): x [B, L] right-padded with pad_id, cond_time [B]
+        -> (logits [B, L, V], g [B, L+1]) for FlexMDM, (logits [B, L, V], None) for the MDM."""
+        h = self(*self.padded_layout(x), cond_time)
+        logits = self.unmask_head(h[:, : x.shape[1]]).float()
+        return logits, (self.insertion_rates(h) if self.insert_head is not None else None)
+
+    def sampler_fn(self, alpha):
+        """model_fn(x, t) for sample.generate: conditions the network on alpha(t)."""
+        return lambda x, t: self.forward_padded(x, alpha(t))
