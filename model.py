@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
 
@@ -47,6 +47,13 @@ def rotary(x, cos, sin):
 
 def modulate(x, shift, scale):
     return x * (1 + scale) + shift
+
+
+def attend(q, k, v, mask):
+    """FlexAttention with a BlockMask (fused kernel on CUDA), or SDPA with a dense boolean mask."""
+    if isinstance(mask, BlockMask):
+        return (compiled_flex_attention if q.is_cuda else flex_attention)(q, k, v, block_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class TimeEmbedding(nn.Module):
@@ -77,13 +84,13 @@ class Block(nn.Module):
         self.ada = nn.Linear(cfg.cond_dim, 6 * cfg.n_embd)  # adaLN-zero: zero-initialised
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cond, seq_index, rope, attend):
+    def forward(self, x, cond, seq_index, rope, mask):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[seq_index].chunk(6, dim=-1)
         R, T, D = x.shape
         q, k, v = self.qkv(modulate(self.norm1(x), shift1, scale1)).view(R, T, 3, self.n_head, -1).unbind(2)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
         q, k = rotary(q, *rope), rotary(k, *rope)
-        y = attend(q, k, v).transpose(1, 2).reshape(R, T, D)
+        y = attend(q, k, v, mask).transpose(1, 2).reshape(R, T, D)
         x = x + gate1 * self.dropout(self.proj(y))
         return x + gate2 * self.dropout(self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
@@ -120,19 +127,16 @@ class DiT(nn.Module):
     def use_flex(self, device):
         return self.cfg.attention == "flex" or (self.cfg.attention == "auto" and device.type == "cuda")
 
-    def attention_fn(self, seq_ids):
+    def attention_mask(self, seq_ids):
         """Each token attends to the tokens of its own sequence; a padding token only to itself
-        (it keeps a finite output that nobody reads). The mask is built once per batch."""
+        (it keeps a finite output that nobody reads). Built once per batch, shared by all layers."""
         if self.use_flex(seq_ids.device):
             def same_sequence(b, h, q, kv):
                 return ((seq_ids[b, q] == seq_ids[b, kv]) & (seq_ids[b, kv] >= 0)) | (q == kv)
             R, T = seq_ids.shape
-            block_mask = create_block_mask(same_sequence, R, None, T, T, device=seq_ids.device)
-            flex = compiled_flex_attention if seq_ids.is_cuda else flex_attention
-            return lambda q, k, v: flex(q, k, v, block_mask=block_mask)
+            return create_block_mask(same_sequence, R, None, T, T, device=seq_ids.device)
         eye = torch.eye(seq_ids.shape[1], dtype=torch.bool, device=seq_ids.device)
-        mask = ((seq_ids[:, :, None] == seq_ids[:, None, :]) & (seq_ids[:, None, :] >= 0)) | eye
-        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        return (((seq_ids[:, :, None] == seq_ids[:, None, :]) & (seq_ids[:, None, :] >= 0)) | eye)[:, None]
 
     def rope(self, positions):
         head_dim = self.cfg.n_embd // self.cfg.n_head
@@ -140,15 +144,17 @@ class DiT(nn.Module):
         angles = positions.float()[:, None, :, None] * inv_freq  # [R, 1, T, head_dim/2]
         return angles.cos(), angles.sin()
 
-    def forward(self, tokens, seq_ids, positions, cond_time):
+    def forward(self, tokens, seq_ids, positions, cond_time, mask=None):
         """tokens, seq_ids, positions: [R, T]; cond_time: [S], the conditioning time alpha(t) of
-        each sequence. Returns the final hidden states [R, T, n_embd]; apply the heads to them."""
+        each sequence; mask: attention_mask(seq_ids), built here if not given. Returns the final
+        hidden states [R, T, n_embd]; apply the heads to them."""
+        mask = self.attention_mask(seq_ids) if mask is None else mask
         cond = F.silu(self.time_emb(cond_time))
         seq_index = seq_ids.clamp_min(0)
-        rope, attend = self.rope(positions), self.attention_fn(seq_ids)
+        rope = self.rope(positions)
         x = self.tok_emb(tokens)
         for block in self.blocks:
-            x = block(x, cond, seq_index, rope, attend)
+            x = block(x, cond, seq_index, rope, mask)
         shift, scale = self.ada_out(cond)[seq_index].chunk(2, dim=-1)
         return modulate(self.norm_out(x), shift, scale)
 

@@ -1,0 +1,346 @@
+"""
+Train a FlexMDM (or the padded MDM baseline) on a prepared dataset. One process:
+    python train.py config/maze_cpu.py --max_iters=200
+DDP on one node (gloo on CPU, nccl on CUDA):
+    torchrun --standalone --nproc_per_node=8 train.py config/owt.py
+Settings are the globals below, overridden by config files then --key=value (configurator.py).
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import configure
+from interpolant import (Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, sample_times,
+                         unmasking_loss)
+from model import DiT, ModelConfig
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = "out"
+init_from = "scratch"  # scratch | resume
+eval_interval = 500
+eval_iters = 20
+log_interval = 10
+wandb_log = False
+wandb_project = "flexmdm"
+wandb_run_name = "run"
+# data
+dataset = "maze_k2"  # data/<dataset>/{train,val}.{bin,idx[,fix]} + meta.json
+batch_size = 64  # sequences per micro-step and process
+gradient_accumulation_steps = 1  # total over all processes, as in nanoGPT
+packing = False  # FlexMDM: pack the x_t of a batch into rows of pack_tokens with no padding
+pack_tokens = 2048
+# model
+model_type = "flexmdm"  # flexmdm | mdm
+n_layer = 8
+n_head = 8
+n_embd = 256
+cond_dim = 128
+dropout = 0.1
+alpha_schedule = "linear"  # insertion schedule: linear | poly | cosine
+beta_schedule = "linear"  # unmasking schedule
+schedule_exponent = 2.0  # for poly schedules
+# optimiser
+learning_rate = 1e-4
+max_iters = 10000
+weight_decay = 0.01
+beta1 = 0.9
+beta2 = 0.999
+grad_clip = 1.0  # 0 disables
+warmup_iters = 500
+lr_decay_iters = 0  # 0 means max_iters
+min_lr = 1e-5
+ema_decay = 0.9999  # 0 disables
+# system
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # float32 | bfloat16
+compile = False
+seed = 1337
+# -----------------------------------------------------------------------------
+
+
+def load_data(data_dir):
+    """meta.json and, per split, the token stream, the start offsets and the fixed flags (maze)."""
+    if not os.path.isdir(data_dir):
+        sys.exit(f"error: dataset directory {data_dir!r} not found: prepare it first (prepare_maze.py or prepare_owt.py)")
+    with open(os.path.join(data_dir, "meta.json")) as f:
+        meta = json.load(f)
+    splits = {}
+    for split in ("train", "val"):
+        path = os.path.join(data_dir, split)
+        if not os.path.exists(path + ".bin"):
+            sys.exit(f"error: missing data file {path + '.bin'!r}")
+        dtype_ = np.uint32 if meta["vocab_size"] > 2**16 else np.uint16
+        fix = np.memmap(path + ".fix", dtype=np.uint8, mode="r") if os.path.exists(path + ".fix") else None
+        splits[split] = (np.memmap(path + ".bin", dtype=dtype_, mode="r"), np.fromfile(path + ".idx", dtype=np.int64), fix)
+    return meta, splits
+
+
+def max_prompt_len(splits):
+    """The longest run of fixed tokens in one sequence (the MDM baseline's prompt, maze subgoals)."""
+    lengths = [np.add.reduceat(fix.astype(np.int64), idx[:-1]) for _, idx, fix in splits.values() if fix is not None]
+    return int(max(l.max() for l in lengths)) if lengths else 0
+
+
+def get_batch(split_data, indices, meta, model_type, seq_len):
+    """Rows of clean sequences x1 [B, seq_len] right-padded with pad, their lengths and fixed flags.
+    FlexMDM: the sequence itself, fixed where the data says so. MDM: [fixed tokens, SEP] as a clean
+    prompt (when the data has fixed tokens), then the sequence, then pads as ordinary tokens."""
+    tokens, idx, fix = split_data
+    x1 = np.full((len(indices), seq_len), meta["pad_id"], dtype=np.int64)
+    fixed = np.zeros((len(indices), seq_len), dtype=bool)
+    lengths = np.zeros(len(indices), dtype=np.int64)
+    for row, i in enumerate(indices):
+        seq = tokens[idx[i]:idx[i + 1]].astype(np.int64)
+        f = fix[idx[i]:idx[i + 1]].astype(bool) if fix is not None else np.zeros(len(seq), dtype=bool)
+        if model_type == "mdm" and f.any():
+            seq, f = np.concatenate([seq[f], [meta["sep_id"]], seq]), np.arange(len(seq) + f.sum() + 1) <= f.sum()
+        x1[row, :len(seq)], fixed[row, :len(seq)], lengths[row] = seq, f, len(seq)
+    return torch.from_numpy(x1), torch.from_numpy(lengths), torch.from_numpy(fixed)
+
+
+def pack(xt, lengths, slot_id, pad_id, row_tokens):
+    """Pack the FlexMDM states x_t [B, L] (each followed by its gap slot) into rows of row_tokens,
+    next-fit, with no padding between sequences. Returns tokens, seq_ids, positions [R, row_tokens]
+    and where [B, L+1]: the flat index in the rows of (sequence b, position j), -1 past the slot."""
+    B, L = xt.shape
+    span = (lengths + 1).tolist()
+    starts, row, col = [], 0, 0
+    for n in span:
+        if col + n > row_tokens:
+            row, col = row + 1, 0
+        starts.append(row * row_tokens + col)
+        col += n
+    j = torch.arange(L + 1, device=xt.device)
+    valid = j[None, :] <= lengths[:, None]
+    where = torch.where(valid, torch.tensor(starts, device=xt.device)[:, None] + j, -1)
+    seq_tokens = torch.cat([xt, torch.full_like(xt[:, :1], pad_id)], dim=1)
+    seq_tokens = torch.where(j == lengths[:, None], slot_id, seq_tokens)
+    size = (row + 1) * row_tokens
+    flat = where[valid]
+    tokens = torch.full((size,), pad_id, dtype=xt.dtype, device=xt.device).index_put_((flat,), seq_tokens[valid])
+    seq_ids = torch.full((size,), -1, dtype=torch.long, device=xt.device)
+    seq_ids[flat] = torch.arange(B, device=xt.device)[:, None].expand(B, L + 1)[valid]
+    positions = torch.zeros(size, dtype=torch.long, device=xt.device).index_put_((flat,), j.expand(B, -1)[valid])
+    return tokens.view(-1, row_tokens), seq_ids.view(-1, row_tokens), positions.view(-1, row_tokens), where
+
+
+def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row_tokens=0, generator=None):
+    """Eq. 7 for one batch, summed over sequences and divided by the number of x1 tokens that the
+    interpolant acts on (non-fixed). row_tokens > 0 runs the network on the packed layout; the
+    loss is the same function of the parameters either way. Returns (loss, unmask, insert) terms."""
+    raw = model.module if hasattr(model, "module") else model
+    fb = flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
+    if row_tokens:
+        tokens, seq_ids, positions, where = pack(fb.xt, fb.lengths, raw.slot_id, pad_id, row_tokens)
+    else:
+        tokens, seq_ids, positions = raw.padded_layout(fb.xt)
+        where = torch.arange(tokens.numel(), device=x1.device).view(tokens.shape)
+        where = torch.where(seq_ids >= 0, where, -1)
+    h = model(tokens, seq_ids, positions, alpha(t), raw.attention_mask(seq_ids)).flatten(0, 1)
+    B, L = fb.xt.shape
+    rows = torch.arange(B, device=x1.device)[:, None]
+    m_rows = rows.expand(B, L)[fb.masked]
+    unmask = unmasking_loss(raw.unmask_head(h[where[:, :L][fb.masked]]), fb.targets[fb.masked], beta.rate(t)[m_rows])
+    gap_valid = where >= 0
+    g = raw.insertion_rates(h[where[gap_valid]])
+    insert = insertion_loss(g, fb.gaps[gap_valid], alpha.rate(t)[rows.expand(B, L + 1)[gap_valid]])
+    n = (torch.arange(x1.shape[1], device=x1.device)[None] < lengths[:, None]) & ~fixed
+    n = n.sum().clamp_min(1)
+    return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
+
+
+def mdm_loss(model, x1, fixed, t, beta, mask_id, generator=None):
+    """The MDM loss: w_beta(t) * cross-entropy at the masked positions, per non-fixed position."""
+    raw = model.module if hasattr(model, "module") else model
+    xt, masked = mdm_interpolant(x1, t, beta, mask_id, fixed=fixed, generator=generator)
+    tokens, seq_ids, positions = raw.padded_layout(xt)
+    h = model(tokens, seq_ids, positions, beta(t), raw.attention_mask(seq_ids))
+    rows = torch.arange(x1.shape[0], device=x1.device)[:, None].expand_as(masked)[masked]
+    unmask = unmasking_loss(raw.unmask_head(h[masked]), x1[masked], beta.rate(t)[rows])
+    n = (~fixed).sum().clamp_min(1)
+    return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
+
+
+def get_lr(it):
+    """Linear warmup then cosine decay to min_lr (nanoGPT)."""
+    decay_iters = lr_decay_iters or max_iters
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def save_checkpoint(path, state):
+    """Write to a temporary file and rename it, so a crash never leaves a broken ckpt.pt."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def check_meta(meta, ckpt_meta, path):
+    for key in ("vocab_size", "pad_id", "mask_id", "tokenizer"):
+        if meta.get(key) != ckpt_meta.get(key):
+            sys.exit(f"error: {key} of the data ({meta.get(key)!r}) does not match the checkpoint {path} ({ckpt_meta.get(key)!r})")
+
+
+def main():
+    config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+    configure(globals(), sys.argv[1:])
+    config = {k: globals()[k] for k in config_keys}
+
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        rank, local_rank, world = dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+        dev = f"cuda:{local_rank}" if device.startswith("cuda") else device
+        if device.startswith("cuda"):
+            torch.cuda.set_device(dev)
+        if gradient_accumulation_steps % world:
+            sys.exit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by {world} processes")
+        accum = gradient_accumulation_steps // world
+    else:
+        rank, world, dev, accum = 0, 1, device, gradient_accumulation_steps
+    master = rank == 0
+    torch.manual_seed(seed + rank)
+    data_rng = np.random.default_rng(seed + rank)
+    device_type = "cuda" if dev.startswith("cuda") else "cpu"
+    if dtype not in ("float32", "bfloat16"):
+        sys.exit(f"error: dtype must be float32 or bfloat16, got {dtype!r}")
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+
+    data_dir = os.path.join("data", dataset)
+    meta, splits = load_data(data_dir)
+    prompt = max_prompt_len(splits)
+    seq_len = meta["max_len"] + (prompt + 1 if model_type == "mdm" and prompt else 0)
+    alpha = Schedule(alpha_schedule, schedule_exponent)
+    beta = Schedule(beta_schedule, schedule_exponent)
+    model_args = dict(vocab_size=meta["vocab_size"], max_len=seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                      cond_dim=cond_dim, dropout=dropout, model_type=model_type, pad_id=meta["pad_id"])
+
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if init_from == "resume":
+        if not os.path.exists(ckpt_path):
+            sys.exit(f"error: --init_from=resume but {ckpt_path!r} does not exist")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        check_meta(meta, ckpt["meta"], ckpt_path)
+        model_args = ckpt["model_args"]
+    elif init_from != "scratch":
+        sys.exit(f"error: init_from must be scratch or resume, got {init_from!r}")
+    raw_model = DiT(ModelConfig(**model_args)).to(dev)
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=learning_rate, betas=(beta1, beta2),
+                                  weight_decay=weight_decay, fused=True)
+    ema = [p.detach().clone() for p in raw_model.parameters()]
+    iter_num = 0
+    if init_from == "resume":
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        ema = [e.to(dev) for e in ckpt["ema"]]
+        iter_num = ckpt["iter_num"]
+        torch.set_rng_state(ckpt["rng"][rank]["torch"])
+        if device_type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
+        data_rng.bit_generator.state = ckpt["rng"][rank]["data"]
+        del ckpt
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        print(f"{model_type}: {raw_model.num_params() / 1e6:.2f}M parameters, max length {seq_len}, {world} process(es) on {dev}")
+    model = torch.compile(raw_model) if compile else raw_model
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    def batch_loss(split, rng, generator=None):
+        indices = rng.integers(0, len(splits[split][1]) - 1, size=batch_size)
+        x1, lengths, fixed = (z.to(dev, non_blocking=True) for z in get_batch(splits[split], indices, meta, model_type, seq_len))
+        t = sample_times(batch_size, device=dev, generator=generator)
+        with autocast:
+            if model_type == "mdm":
+                return mdm_loss(model, x1, fixed, t, beta, meta["mask_id"], generator) + (lengths.sum(),)
+            row_tokens = max(pack_tokens, seq_len + 1) if packing else 0
+            return flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
+                                row_tokens, generator) + (lengths.sum(),)
+
+    @torch.no_grad()
+    def evaluate():
+        """Validation loss on a fixed set of batches and draws, with EMA weights; touches no training RNG."""
+        model.eval()
+        live = [p.detach().clone() for p in raw_model.parameters()]
+        if ema_decay:
+            torch._foreach_copy_(list(raw_model.parameters()), ema)
+        generator = torch.Generator(device=dev).manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        terms = torch.stack([torch.stack(batch_loss("val", rng, generator)[:3]) for _ in range(eval_iters)]).mean(0)
+        torch._foreach_copy_(list(raw_model.parameters()), live)
+        model.train()
+        if ddp:
+            dist.all_reduce(terms, op=dist.ReduceOp.AVG)
+        return terms.tolist()
+
+    def checkpoint():
+        rng_state = {"torch": torch.get_rng_state(), "data": data_rng.bit_generator.state,
+                     "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+        states = [None] * world
+        if ddp:
+            dist.all_gather_object(states, rng_state)
+        else:
+            states = [rng_state]
+        if master:
+            save_checkpoint(ckpt_path, {"model": raw_model.state_dict(), "ema": [e.cpu() for e in ema],
+                                        "optimizer": optimizer.state_dict(), "model_args": model_args, "iter_num": iter_num,
+                                        "config": config, "meta": meta, "rng": states})
+
+    if wandb_log and master:
+        import wandb
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+    t0, tokens_seen = time.time(), 0
+    while True:
+        if iter_num % eval_interval == 0 or iter_num == max_iters:
+            val = evaluate()
+            if master:
+                print(f"iter {iter_num}: val loss {val[0]:.4f} (unmask {val[1]:.4f}, insert {val[2]:.4f})")
+                if wandb_log:
+                    wandb.log({"iter": iter_num, "val/loss": val[0], "val/unmask": val[1], "val/insert": val[2]})
+            checkpoint()
+        if iter_num >= max_iters:
+            break
+        lr = get_lr(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(accum):
+            if ddp:
+                model.require_backward_grad_sync = micro == accum - 1
+            loss, unmask, insert, n_tokens = batch_loss("train", data_rng)
+            (loss / accum).backward()
+            tokens_seen += int(n_tokens)
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema_decay:
+            torch._foreach_lerp_(ema, [p.detach() for p in raw_model.parameters()], 1 - ema_decay)
+        iter_num += 1
+        if iter_num % log_interval == 0 and master:
+            dt = time.time() - t0
+            print(f"iter {iter_num}: loss {loss.item():.4f} (unmask {unmask.item():.4f}, insert {insert.item():.4f}), "
+                  f"lr {lr:.2e}, {tokens_seen * world / dt:.0f} x1 tok/s, {1000 * dt / log_interval:.0f} ms/iter")
+            if wandb_log:
+                wandb.log({"iter": iter_num, "train/loss": loss.item(), "train/unmask": unmask.item(),
+                           "train/insert": insert.item(), "lr": lr})
+            t0, tokens_seen = time.time(), 0
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
