@@ -110,7 +110,7 @@ class DiT(nn.Module):
         self.unmask_head = nn.Linear(cfg.n_embd, cfg.vocab_size)
         self.insert_head = nn.Linear(cfg.n_embd, 1) if cfg.model_type == "flexmdm" else None
         self.apply(self._init_weights)
-        for zero in [b.ada for b in self.blocks] + [self.ada_out, self.unmask_head]:
+        for zero in [b.ada for b in self.blocks] + [self.ada_out, self.unmask_head] + ([self.insert_head] if self.insert_head else []):
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
 

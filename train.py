@@ -71,13 +71,14 @@ def load_data(data_dir):
     """meta.json and, per split, the token stream, the start offsets and the fixed flags (maze)."""
     if not os.path.isdir(data_dir):
         sys.exit(f"error: dataset directory {data_dir!r} not found: prepare it first (prepare_maze.py or prepare_owt.py)")
+    for name in ("meta.json", "train.bin", "train.idx", "val.bin", "val.idx"):
+        if not os.path.exists(os.path.join(data_dir, name)):
+            sys.exit(f"error: missing data file {os.path.join(data_dir, name)!r}: prepare the dataset again")
     with open(os.path.join(data_dir, "meta.json")) as f:
         meta = json.load(f)
     splits = {}
     for split in ("train", "val"):
         path = os.path.join(data_dir, split)
-        if not os.path.exists(path + ".bin"):
-            sys.exit(f"error: missing data file {path + '.bin'!r}")
         dtype_ = np.uint32 if meta["vocab_size"] > 2**16 else np.uint16
         fix = np.memmap(path + ".fix", dtype=np.uint8, mode="r") if os.path.exists(path + ".fix") else None
         splits[split] = (np.memmap(path + ".bin", dtype=dtype_, mode="r"), np.fromfile(path + ".idx", dtype=np.int64), fix)
@@ -212,7 +213,7 @@ def main():
     else:
         rank, world, dev, accum = 0, 1, device, gradient_accumulation_steps
     master = rank == 0
-    torch.manual_seed(seed + rank)
+    torch.manual_seed(seed)  # the same initial model on every rank; per-rank streams after it
     data_rng = np.random.default_rng(seed + rank)
     device_type = "cuda" if dev.startswith("cuda") else "cpu"
     if dtype not in ("float32", "bfloat16"):
@@ -241,6 +242,7 @@ def main():
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=learning_rate, betas=(beta1, beta2),
                                   weight_decay=weight_decay, fused=True)
     ema = [p.detach().clone() for p in raw_model.parameters()]
+    torch.manual_seed(seed + rank)
     iter_num = 0
     if init_from == "resume":
         raw_model.load_state_dict(ckpt["model"])
@@ -338,7 +340,9 @@ def main():
                 wandb.log({"iter": iter_num, "train/loss": loss.item(), "train/unmask": unmask.item(),
                            "train/insert": insert.item(), "lr": lr})
             t0, tokens_seen = time.time(), 0
-    if ddp:
+    if ddp:  # let gloo's worker threads finish and free DDP while the group lives (else exit can deadlock)
+        dist.barrier()
+        del model
         dist.destroy_process_group()
 
 

@@ -1,0 +1,75 @@
+"""Shared test setup: the repo on sys.path, offline tokenizer cache, one CPU thread, and fixtures
+for a tiny maze dataset and for running train.py (in-process, or as a subprocess)."""
+import contextlib
+import importlib
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# Offline: tiktoken reads the GPT-2 BPE from the shared cache, never from the network (SPEC 5).
+os.environ["TIKTOKEN_CACHE_DIR"] = os.path.abspath(os.path.join(ROOT, "..", "shared", "tiktoken_cache"))
+# The test machines have 2 cores shared by several people: one thread per process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+# A tiny model for train.py runs: seconds on one CPU thread.
+TINY_TRAIN_ARGS = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--cond_dim=16", "--dropout=0.0",
+                   "--device=cpu", "--dtype=float32", "--compile=False", "--wandb_log=False"]
+
+
+def subprocess_env():
+    """Environment for a child python: the repo importable, one thread, offline tokenizer cache."""
+    return dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def run_python(args, cwd, timeout=300):
+    """`python *args` in cwd; returns the CompletedProcess (text, stdout and stderr captured)."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def make_maze(root, name, m=3, n=3, K=2, num_pairs=200):
+    """prepare_maze.py's CLI into root/data/<name>; returns the meta dict."""
+    import json
+    out = os.path.join(str(root), "data", name)
+    proc = run_python([os.path.join(ROOT, "prepare_maze.py"), f"--m={m}", f"--n={n}", f"--K={K}",
+                       f"--num_pairs={num_pairs}", f"--out_dir={out}"], cwd=str(root), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(os.path.join(out, "meta.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def tiny_maze(tmp_path_factory):
+    """A directory D with D/data/tiny: a 7x7 maze (3x3 cells), K=2, 200 start-goal pairs.
+    train.py reads data/<dataset> relative to its working directory: run it in D with --dataset=tiny."""
+    root = tmp_path_factory.mktemp("maze")
+    make_maze(root, "tiny")
+    return root
+
+
+def run_train(args, cwd):
+    """train.main() in this process, as `python train.py *args` run in cwd would: the module is
+    reloaded first so that every run starts from train.py's defaults. Returns the captured stdout.
+    A bad input surfaces as SystemExit (pytest.raises it)."""
+    import train
+    train = importlib.reload(train)
+    out = io.StringIO()
+    argv = sys.argv
+    sys.argv = ["train.py", *args]
+    try:
+        with contextlib.chdir(str(cwd)), contextlib.redirect_stdout(out):
+            train.main()
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(1)
+    return out.getvalue()

@@ -1,0 +1,427 @@
+"""Maze data (prepare_maze.py), the maze metric and figure (evaluate.py), the maze configs."""
+import json
+import os
+import sys
+from collections import deque
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import evaluate  # noqa: E402
+import prepare_maze as pm  # noqa: E402
+
+
+def ref_bfs(maze, start):
+    """Independent grid BFS: dict (r, c) -> moves from start over free cells."""
+    H, W = maze.shape
+    dist, queue = {start: 0}, deque([start])
+    while queue:
+        r, c = queue.popleft()
+        for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            q = (r + dr, c + dc)
+            if 0 <= q[0] < H and 0 <= q[1] < W and maze[q] == 0 and q not in dist:
+                dist[q] = dist[(r, c)] + 1
+                queue.append(q)
+    return dist
+
+
+def valid_cells(maze, cells):
+    """(r, c) list: all free and consecutive ones 4-adjacent."""
+    free = all(maze[r, c] == 0 for r, c in cells)
+    steps = all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 for a, b in zip(cells, cells[1:]))
+    return free and steps
+
+
+@pytest.fixture(scope="module")
+def small():
+    maze = pm.division_maze(6, 7, seed=3, extra_door_frac=0.5)
+    cells, nbr = pm.maze_graph(maze)
+    dist, parent = pm.bfs_all_pairs(nbr)
+    return maze, cells, nbr, dist, parent
+
+
+def build(tmp_path, K=4, num_pairs=60, **kw):
+    out = str(tmp_path / f"maze_k{K}")
+    meta = pm.main([f"--m={kw.get('m', 6)}", f"--n={kw.get('n', 6)}", f"--K={K}",
+                    f"--num_pairs={num_pairs}", f"--paths_per_pair={kw.get('ppp', 5)}",
+                    f"--seed={kw.get('seed', 1)}", f"--out_dir={out}"])
+    return out, meta
+
+
+def read_split(out, split):
+    tok = np.fromfile(os.path.join(out, f"{split}.bin"), dtype=np.uint16)
+    idx = np.fromfile(os.path.join(out, f"{split}.idx"), dtype=np.int64)
+    fix = np.fromfile(os.path.join(out, f"{split}.fix"), dtype=np.uint8)
+    return tok, idx, fix
+
+
+# ---------------------------------------------------------------------------- generator
+
+@pytest.mark.parametrize("m,n,seed", [(5, 5, 0), (6, 8, 1), (8, 5, 2025)])
+def test_generator_shape_border_connected(m, n, seed):
+    for frac in (0.0, 0.5):
+        g = pm.division_maze(m, n, seed=seed, extra_door_frac=frac)
+        assert g.shape == (2 * m + 1, 2 * n + 1) and g.dtype == np.uint8
+        assert set(np.unique(g)) <= {0, 1}
+        assert g[0].all() and g[-1].all() and g[:, 0].all() and g[:, -1].all()
+        # every cell centre (odd, odd) is free; all free cells are connected
+        assert (g[1::2, 1::2] == 0).all()
+        free = list(zip(*np.nonzero(g == 0)))
+        assert len(ref_bfs(g, free[0])) == len(free)
+
+
+def listing1_maze(m, n, seed, extra_door_frac):
+    """Appendix F.2 Listing 1 verbatim (global random state), as an independent reference."""
+    import random
+
+    def _divide(g, top, left, h, w):
+        if h <= 2 or w <= 2:
+            return
+        horizontal = w < h
+        if horizontal:
+            y = random.randrange(top + 1, top + h - 1, 2)
+            gap = random.randrange(left, left + w, 2)
+            g[y, left:left + w] = 1
+            g[y, gap] = 0
+            _divide(g, top, left, y - top, w)
+            _divide(g, y + 1, left, top + h - y - 1, w)
+        else:
+            x = random.randrange(left + 1, left + w - 1, 2)
+            gap = random.randrange(top, top + h, 2)
+            g[top:top + h, x] = 1
+            g[gap, x] = 0
+            _divide(g, top, left, h, x - left)
+            _divide(g, top, x + 1, h, left + w - x - 1)
+
+    state = random.getstate()
+    random.seed(seed)
+    H, W = 2 * m + 1, 2 * n + 1
+    g = np.zeros((H, W), dtype=np.uint8)
+    g[0, :], g[H - 1, :], g[:, 0], g[:, W - 1] = 1, 1, 1, 1
+    _divide(g, 1, 1, H - 2, W - 2)
+    if extra_door_frac > 0:
+        candidates = []
+        for r in range(1, H - 1):
+            for c in range(1, W - 1):
+                if g[r, c] == 1:
+                    if g[r - 1, c] == 0 and g[r + 1, c] == 0:
+                        candidates.append((r, c))
+                    elif g[r, c - 1] == 0 and g[r, c + 1] == 0:
+                        candidates.append((r, c))
+        k = int(len(candidates) * extra_door_frac)
+        for (r, c) in random.sample(candidates, k=k):
+            g[r, c] = 0
+    random.setstate(state)
+    return g
+
+
+@pytest.mark.parametrize("m,n,seed,frac", [(20, 20, 2025, 0.5), (20, 20, 1, 0.0), (5, 8, 3, 0.3),
+                                           (7, 4, 11, 1.0)])
+def test_generator_matches_listing1(m, n, seed, frac):
+    assert (pm.division_maze(m, n, seed=seed, extra_door_frac=frac)
+            == listing1_maze(m, n, seed, frac)).all()
+
+
+def test_perfect_maze_is_a_tree():
+    # recursive division without extra doors: free cells form a tree (#edges = #nodes - 1)
+    g = pm.division_maze(7, 6, seed=5, extra_door_frac=0.0)
+    _, nbr = pm.maze_graph(g)
+    assert (nbr >= 0).sum() // 2 == len(nbr) - 1
+
+
+def test_generator_extra_doors_and_seed():
+    a0 = pm.division_maze(8, 8, seed=4, extra_door_frac=0.0)
+    a5 = pm.division_maze(8, 8, seed=4, extra_door_frac=0.5)
+    assert (a5 == 0).sum() > (a0 == 0).sum()
+    assert ((a0 == 0) <= (a5 == 0)).all()  # doors only open walls
+    assert (pm.division_maze(8, 8, seed=4) == a5).all()
+    assert not (pm.division_maze(8, 8, seed=5) == a5).all()
+
+
+def test_generator_keeps_global_random_state():
+    import random
+    random.seed(0)
+    x = random.random()
+    random.seed(0)
+    pm.division_maze(5, 5, seed=9)
+    assert random.random() == x
+
+
+# ---------------------------------------------------------------------------- BFS and paths
+
+def test_graph_tokens_and_neighbours(small):
+    maze, cells, nbr, _, _ = small
+    H, W = maze.shape
+    assert len(cells) == (maze == 0).sum()
+    for i, t in enumerate(cells):
+        r, c = divmod(int(t), W)
+        assert maze[r, c] == 0
+        for (dr, dc), j in zip(pm.DIRS, nbr[i]):
+            rr, cc = r + dr, c + dc
+            inside_free = 0 <= rr < H and 0 <= cc < W and maze[rr, cc] == 0
+            assert (j >= 0) == inside_free
+            if j >= 0:
+                assert cells[j] == rr * W + cc
+
+
+def test_bfs_distances_match_reference(small):
+    maze, cells, nbr, dist, _ = small
+    W = maze.shape[1]
+    for s in (0, len(cells) // 2, len(cells) - 1):
+        ref = ref_bfs(maze, divmod(int(cells[s]), W))
+        ours = {divmod(int(cells[v]), W): int(dist[s, v]) for v in range(len(cells))}
+        assert ours == ref
+        d1, _ = pm.bfs(nbr, s)
+        assert (d1 == dist[s]).all()
+    assert (dist == dist.T).all()
+
+
+def test_bfs_paths_valid_and_shortest(small):
+    maze, cells, nbr, dist, parent = small
+    W = maze.shape[1]
+    rng = np.random.default_rng(0)
+    rows = parent.tolist()
+    for _ in range(50):
+        s, g = (int(v) for v in rng.choice(len(cells), 2, replace=False))
+        path = pm.bfs_path(rows, s, g)
+        rc = [divmod(int(cells[v]), W) for v in path]
+        assert path[0] == s and path[-1] == g and valid_cells(maze, rc)
+        assert len(path) - 1 == ref_bfs(maze, rc[0])[rc[-1]]
+
+
+def test_detour_paths(small):
+    maze, cells, nbr, dist, parent = small
+    W = maze.shape[1]
+    rows = parent.tolist()
+    rng = np.random.default_rng(1)
+    n_multi = 0
+    for _ in range(40):
+        s, g = (int(v) for v in rng.choice(len(cells), 2, replace=False))
+        paths = pm.detour_paths(rows, dist, s, g, 6, rng, detour_slack=10)
+        assert 1 <= len(paths) <= 6
+        assert len(paths[0]) - 1 == dist[s, g]  # shortest first
+        assert len({tuple(p) for p in paths}) == len(paths)  # distinct
+        for p in paths:
+            rc = [divmod(int(cells[v]), W) for v in p]
+            assert p[0] == s and p[-1] == g
+            assert len(set(p)) == len(p)  # simple
+            assert valid_cells(maze, rc)
+            assert len(p) - 1 <= 2 * dist[s, g] + 10  # detour bound
+        n_multi += len(paths) > 1
+    assert n_multi > 20  # a maze with loops gives detours for most pairs
+
+
+def test_subgoal_positions():
+    rng = np.random.default_rng(0)
+    for length, K in [(2, 2), (5, 5), (30, 7), (12, 12), (40, 3)]:
+        for _ in range(20):
+            pos = pm.subgoal_positions(length, K, rng)
+            assert len(pos) == K and pos[0] == 0 and pos[-1] == length - 1
+            assert (np.diff(pos) > 0).all()
+    with pytest.raises(ValueError):
+        pm.subgoal_positions(4, 5, rng)
+    # interior positions are drawn uniformly
+    counts = np.bincount(np.concatenate(
+        [pm.subgoal_positions(10, 3, rng)[1:-1] for _ in range(4000)]), minlength=10)
+    assert counts[0] == 0 and counts[9] == 0
+    assert counts[1:9].min() > 0.8 * 500 and counts[1:9].max() < 1.2 * 500
+
+
+def test_sample_pairs_distinct_unordered():
+    rng = np.random.default_rng(0)
+    pairs = pm.sample_pairs(30, 400, rng)
+    assert pairs.shape == (400, 2) and (pairs[:, 0] != pairs[:, 1]).all()
+    assert pairs.min() >= 0 and pairs.max() < 30
+    assert len({frozenset(p) for p in pairs.tolist()}) == 400
+    assert 0.35 < (pairs[:, 0] < pairs[:, 1]).mean() < 0.65  # both orientations
+    with pytest.raises(ValueError):
+        pm.sample_pairs(5, 11, rng)
+
+
+# ---------------------------------------------------------------------------- files
+
+def test_build_files_and_meta(tmp_path):
+    K = 4
+    out, meta = build(tmp_path, K=K)
+    with open(os.path.join(out, "meta.json")) as f:
+        disk = json.load(f)
+    for key in ("vocab_size", "pad_id", "mask_id", "sep_id", "max_len", "tokenizer", "grid",
+                "maze", "K", "num_pairs", "paths_per_pair", "seed", "extra_door_frac"):
+        assert key in disk, key
+    H, W = disk["grid"]
+    maze = np.array(disk["maze"], dtype=np.uint8)
+    assert maze.shape == (H, W) == (13, 13)
+    assert (maze == pm.division_maze(6, 6, seed=1, extra_door_frac=0.5)).all()
+    assert (disk["pad_id"], disk["mask_id"], disk["sep_id"], disk["vocab_size"]) == (
+        H * W, H * W + 1, H * W + 2, H * W + 3)
+    assert disk["tokenizer"] == "maze" and disk["K"] == K
+    max_len = 0
+    pairs = {}
+    for split in ("train", "val"):
+        tok, idx, fix = read_split(out, split)
+        assert idx[0] == 0 and idx[-1] == len(tok) == len(fix) and (np.diff(idx) > 0).all()
+        assert tok.max() < H * W
+        pairs[split] = set()
+        for a, b in zip(idx[:-1], idx[1:]):
+            seq, f = tok[a:b].astype(int), fix[a:b]
+            assert len(seq) >= K and f.sum() == K and f[0] == 1 and f[-1] == 1
+            assert evaluate.maze_path_ok(seq, seq[f == 1], maze)
+            assert len(set(seq.tolist())) == len(seq)
+            pairs[split].add(frozenset((seq[0], seq[-1])))
+            max_len = max(max_len, len(seq))
+    assert pairs["train"] and pairs["val"]
+    assert not pairs["train"] & pairs["val"]  # split by pairs (either orientation)
+    assert disk["max_len"] == max_len
+    assert len(pairs["train"]) + len(pairs["val"]) == 60
+    assert len(pairs["val"]) == 3  # 5% of 60
+
+
+def test_build_tiny_maze_takes_all_pairs(tmp_path):
+    out, meta = build(tmp_path, K=2, num_pairs=10 ** 6, m=2, n=2, ppp=2)
+    F = int((np.array(meta["maze"]) == 0).sum())
+    assert meta["num_pairs"] == F * (F - 1) // 2 == sum(meta["num_split_pairs"].values())
+
+
+def test_build_is_deterministic_and_pairs_shared_across_K(tmp_path):
+    out_a, _ = build(tmp_path / "a", K=2)
+    out_b, _ = build(tmp_path / "b", K=2)
+    out_c, _ = build(tmp_path / "c", K=3)
+    ta, ia, fa = read_split(out_a, "train")
+    tb, ib, fb = read_split(out_b, "train")
+    assert (ta == tb).all() and (ia == ib).all() and (fa == fb).all()
+    tc, ic, fc = read_split(out_c, "train")
+    paths_a = {tuple(ta[a:b]) for a, b in zip(ia[:-1], ia[1:]) if b - a >= 3}
+    paths_c = {tuple(tc[a:b]) for a, b in zip(ic[:-1], ic[1:])}
+    assert paths_a == paths_c
+
+
+# ---------------------------------------------------------------------------- metric
+
+@pytest.fixture
+def corridor():
+    # 5x7 maze, free cells: row 1 cols 1..5, plus (2,5) and (3,5), (3,4), (3,3)
+    m = np.ones((5, 7), dtype=np.uint8)
+    m[1, 1:6] = 0
+    m[2, 5] = 0
+    m[3, 3:6] = 0
+    W = 7
+    tok = lambda cells: [r * W + c for r, c in cells]  # noqa: E731
+    path = [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 5), (3, 5), (3, 4), (3, 3)]
+    return m, tok, path
+
+
+def test_metric_accepts_correct_path(corridor):
+    m, tok, path = corridor
+    assert evaluate.maze_path_ok(tok(path), tok([path[0], path[-1]]), m)
+    assert evaluate.maze_path_ok(tok(path), tok([path[0], path[2], path[5], path[-1]]), m)
+    assert evaluate.maze_path_ok(np.array(tok(path)), np.array(tok([path[0], path[-1]])), m)
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("wall", "wall"), ("jump", "jump"), ("stay", "jump"), ("missed", "missed_subgoal"),
+    ("order", "missed_subgoal"), ("start", "wrong_start"), ("end", "wrong_end"),
+    ("empty", "empty"), ("pad", "non_cell_token"), ("outside", "non_cell_token"),
+])
+def test_metric_rejects(corridor, case, reason):
+    m, tok, path = corridor
+    H, W = m.shape
+    sg = [path[0], path[2], path[5], path[-1]]
+    p = list(path)
+    if case == "wall":  # shortcut (1,3)->(2,3)->(3,3) through the wall at (2,3)
+        p = path[:3] + [(2, 3), (3, 3)]
+        sg = [path[0], path[-1]]
+    elif case == "jump":
+        p = path[:4] + path[5:]
+    elif case == "stay":
+        p = path[:3] + [path[2]] + path[3:]
+    elif case == "missed":  # valid, right ends, but skips the middle subgoal (1,3)
+        p, sg = path[:2], [path[0], path[2], path[1]]
+    elif case == "order":
+        sg = [path[0], path[5], path[2], path[-1]]
+    elif case == "start":
+        p, sg = path[1:], [path[0], path[-1]]
+    elif case == "end":
+        p, sg = path[:-1], [path[0], path[-1]]
+    elif case == "empty":
+        p = []
+    toks = tok(p)
+    if case == "pad":
+        toks = toks + [H * W]
+    if case == "outside":
+        toks = toks[:-1] + [-1]
+    assert evaluate.maze_path_check(toks, tok(sg), m) == reason
+    assert not evaluate.maze_path_ok(toks, tok(sg), m)
+
+
+def test_success_rate(corridor):
+    m, tok, path = corridor
+    good, sg = tok(path), tok([path[0], path[-1]])
+    bad = tok(path[:-1])
+    rate, se = evaluate.maze_success_rate([good, bad, good, good], [sg] * 4, m)
+    assert rate == 0.75 and se == pytest.approx(np.sqrt(0.75 * 0.25 / 4))
+    assert evaluate.maze_success_rate([good], [sg], m) == (1.0, 0.0)
+    with pytest.raises(ValueError):
+        evaluate.maze_success_rate([good], [sg, sg], m)
+
+
+def test_png(tmp_path, small):
+    maze, cells, _, _, parent = small
+    path = pm.bfs_path(parent.tolist(), 0, len(cells) - 1)
+    toks = cells[path].tolist()
+    fn = str(tmp_path / "maze.png")
+    assert evaluate.render_maze_png(maze, [toks, toks[:3] + [10 ** 6]],
+                                    [[toks[0], toks[-1]]] * 2, fn) == fn
+    with open(fn, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    assert w > 100 and h > 50
+
+
+def test_cli_on_built_data(tmp_path, capsys):
+    out, meta = build(tmp_path, K=3, num_pairs=40)
+    maze = np.array(meta["maze"])
+    tok, idx, fix = read_split(out, "val")
+    rows = []
+    for i, (a, b) in enumerate(zip(idx[:-1], idx[1:])):
+        seq, sg = tok[a:b].tolist(), tok[a:b][fix[a:b] == 1].tolist()
+        rows.append({"tokens": seq if i % 2 == 0 else seq[:-1], "subgoals": sg})
+    samples = str(tmp_path / "samples.jsonl")
+    with open(samples, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    png = str(tmp_path / "s.png")
+    metrics = evaluate.main(["--task=maze", f"--samples={samples}", f"--data_dir={out}",
+                             f"--png={png}"])
+    expect = sum(i % 2 == 0 for i in range(len(rows))) / len(rows)
+    assert metrics["success_rate"] == pytest.approx(expect)
+    with open(samples + ".metrics.json") as f:
+        assert json.load(f)["success_rate"] == pytest.approx(expect)
+    assert os.path.getsize(png) > 0 and "success rate" in capsys.readouterr().out
+    assert evaluate.maze_path_ok(rows[0]["tokens"], rows[0]["subgoals"], maze)
+
+
+# ---------------------------------------------------------------------------- configs
+
+@pytest.mark.parametrize("name,dataset,model_type", [
+    ("maze", "maze_k2", "flexmdm"), ("maze_k2", "maze_k2", "flexmdm"),
+    ("maze_k7", "maze_k7", "flexmdm"), ("maze_k12", "maze_k12", "flexmdm"),
+    ("maze_mdm_k2", "maze_k2", "mdm"), ("maze_mdm_k7", "maze_k7", "mdm"),
+    ("maze_mdm_k12", "maze_k12", "mdm"),
+])
+def test_configs(monkeypatch, name, dataset, model_type):
+    monkeypatch.chdir(ROOT)
+    scratch = {}
+    exec(compile(open(f"config/{name}.py").read(), name, "exec"), scratch)
+    cfg = {k: v for k, v in scratch.items() if not k.startswith("_")}
+    assert cfg["dataset"] == dataset and cfg["model_type"] == model_type
+    expect_out = "out/" + (f"maze_mdm_{dataset[5:]}" if model_type == "mdm" else dataset)
+    assert cfg["out_dir"] == expect_out
+    assert (cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["cond_dim"]) == (8, 8, 256, 128)
+    assert cfg["dropout"] == 0.1 and cfg["batch_size"] == 256 and cfg["ema_decay"] == 0.9999
+    assert cfg["learning_rate"] == 1e-4 and cfg["weight_decay"] == 0.01
+    assert cfg["max_iters"] == 5 * cfg["warmup_iters"] > 0
+    assert all(isinstance(cfg[k], int) for k in
+               ("warmup_iters", "max_iters", "eval_interval", "eval_iters", "log_interval"))
