@@ -91,7 +91,7 @@ num_threads = 0  # CPU threads for torch; 0 keeps torch's default
 out_json = ""  # also write the results here
 # sampling
 ckpt = ""  # mode=sample: load model_args and EMA weights from this ckpt.pt instead of random init
-samplers = "poisson,adaptive"  # unmask rules of sample.generate to time, comma-separated
+samplers = "poisson,adaptive"  # to time, comma-separated: poisson | exact (vanilla rules) | adaptive
 sample_steps = 256
 sample_batch = 64
 sample_rounds = 2  # timed generate calls per sampler (one untimed call first)
@@ -281,20 +281,15 @@ def bench_sample():
     import sample
     device_type, autocast = setup()
     if ckpt:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        args = state["model_args"]
-        raw = DiT(ModelConfig(**args))
-        raw.load_state_dict(state["model"])
-        if state.get("ema"):
-            torch._foreach_copy_(list(raw.parameters()), state["ema"])
-        meta = state["meta"]
-        mt, length, vocab = args["model_type"], meta["max_len"], meta["vocab_size"]
+        raw, state = sample.load_model(ckpt, "cpu")
+        meta, mt = state["meta"], state["model_args"]["model_type"]
+        length, vocab = raw.cfg.max_len, meta["vocab_size"]
         mask_id, pad_id = meta["mask_id"], meta["pad_id"]
     else:
         mt, length, vocab = model_type, max_len, vocab_size
         mask_id, pad_id = vocab - 1, vocab - 2
         raw = DiT(ModelConfig(vocab_size=vocab, max_len=length, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                              cond_dim=cond_dim, dropout=0.0, model_type=mt, pad_id=pad_id))
+                              cond_dim=cond_dim, dropout=0.0, model_type=mt, pad_id=pad_id, attention="sdpa"))
     raw = raw.to(device).eval()
     # the network is conditioned on alpha(t) (FlexMDM) or beta(t) (MDM), as in training
     cond = Schedule(alpha_schedule if mt == "flexmdm" else beta_schedule, schedule_exponent)
@@ -312,8 +307,9 @@ def bench_sample():
           f"{', ckpt ' + ckpt if ckpt else ', random init'}")
     results = []
     for rule in [s for s in samplers.split(",") if s]:
-        options = {"unmask": rule, **sample_options}
-        run = lambda: sample.generate(model_fn, sample_batch, sample_steps, length, mask_id, pad_id, **options)
+        options = {**({"sampler": "adaptive"} if rule == "adaptive" else {"unmask": rule}), **sample_options}
+        run = lambda: sample.generate(model_fn, sample_batch, sample_steps, length, mask_id, pad_id, device=device,
+                                      model_type=mt, **options)
         torch.manual_seed(seed)
         with torch.no_grad():
             run()  # untimed: compilation, allocator
@@ -336,11 +332,7 @@ def bench_sample():
 
 
 def sample_lengths(out, pad_id):
-    """Mean length of generate's output: a padded LongTensor, or a list of sequences."""
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor) and out[0].dim() == 2:
-        out = out[0]
-    if isinstance(out, torch.Tensor):
-        return float((out != pad_id).sum(1).float().mean())
+    """Mean length of generate's output (a list of sequences)."""
     return float(np.mean([len(s) for s in out]))
 
 

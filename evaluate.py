@@ -10,6 +10,16 @@ Tasks:
   maze  success rate of subgoal-conditioned paths (paper section 5.1.2, appendix F.2). Each line
         holds at least {"tokens": [...], "subgoals": [...]}: `tokens` the generated path as token
         ids (for MDM the part after SEP, pads stripped), `subgoals` the fixed tokens g1..gK.
+  length  length fidelity of text samples against the data (--data_dir, --data_split=val): total
+        variation of the length histograms (exact lengths, and bins of 32), Wasserstein-1, mean
+        and quantiles, and a PNG overlaying the histograms (--png, default FILE.lengths.png).
+  genppl  generative perplexity under a reference causal LM (--ref_model=gpt2-large, hub name or
+        local path) of the samples longer than 10 tokens, and the mean unigram entropy.
+  text    length and genppl together.
+  gsm8k  zero-shot GSM8K accuracy (and its standard error) of retrofit_llada.py's completions: the
+        answer extracted from each completion against the number after "####" in the reference.
+  humaneval_infill  pass@1 of retrofit_llada.py's infilled middles: prefix + middle + suffix +
+        tests run in a subprocess with a timeout (--timeout) and resource limits (--problems FILE).
 """
 import argparse
 import json
@@ -163,9 +173,351 @@ def evaluate_maze(args):
 
 
 # ----------------------------------------------------------------------------------------------
+# Text (paper section 5.1.1, appendix F.1)
+#
+# Samples are JSON lines {"tokens": GPT-2 ids, "length": len(tokens), "text": decoded}. Lengths are
+# compared with the data's sequence lengths (data_dir/{split}.idx, default val); text quality is
+# the generative perplexity under a reference causal LM and the unigram entropy of each sample.
+
+LENGTH_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+LENGTH_BIN = 32  # the coarse histogram for the total variation: bin k holds lengths 32k..32k+31
+PPL_MIN_TOKENS = 10  # footnote 3: samples of <= 10 tokens are left out of the perplexity
+
+
+def data_lengths(data_dir, split="val"):
+    """Sequence lengths of a prepared dataset split, from its {split}.idx offsets."""
+    path = os.path.join(data_dir, f"{split}.idx")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path!r} not found: --data_dir must be a prepared dataset (prepare_owt.py)")
+    return np.diff(np.fromfile(path, dtype=np.int64))
+
+
+def total_variation(a, b, bin_width=1):
+    """Total variation distance 0.5 * sum_k |P(k) - Q(k)| between the length histograms of two
+    samples, bin k holding lengths k*bin_width .. (k+1)*bin_width - 1 (bin_width 1: exact lengths)."""
+    a, b = np.asarray(a, dtype=np.int64) // bin_width, np.asarray(b, dtype=np.int64) // bin_width
+    n = int(max(a.max(), b.max())) + 1
+    p, q = np.bincount(a, minlength=n) / len(a), np.bincount(b, minlength=n) / len(b)
+    return float(0.5 * np.abs(p - q).sum())
+
+
+def wasserstein1(a, b):
+    """Wasserstein-1 distance of two 1-D samples: the area between their empirical CDFs,
+    integral |F_a(x) - F_b(x)| dx (in tokens for lengths)."""
+    a, b = np.sort(np.asarray(a, dtype=np.float64)), np.sort(np.asarray(b, dtype=np.float64))
+    x = np.concatenate([a, b])
+    x.sort()
+    fa = np.searchsorted(a, x[:-1], side="right") / len(a)
+    fb = np.searchsorted(b, x[:-1], side="right") / len(b)
+    return float(np.sum(np.abs(fa - fb) * np.diff(x)))
+
+
+def length_summary(lengths):
+    lengths = np.asarray(lengths, dtype=np.float64)
+    return {"n": int(len(lengths)), "mean": float(lengths.mean()), "min": int(lengths.min()), "max": int(lengths.max()),
+            **{f"p{int(q * 100)}": float(np.quantile(lengths, q)) for q in LENGTH_QUANTILES}}
+
+
+def length_metrics(sample_lengths, reference_lengths):
+    """Length fidelity of samples against the data: total variation of the exact-length and of the
+    width-32 histograms, Wasserstein-1, and mean / quantiles of both."""
+    if len(sample_lengths) == 0 or len(reference_lengths) == 0:
+        raise SystemExit("error: no lengths to compare (empty samples file or data split)")
+    return {"tv_exact": total_variation(sample_lengths, reference_lengths),
+            f"tv_bin{LENGTH_BIN}": total_variation(sample_lengths, reference_lengths, LENGTH_BIN),
+            "wasserstein1": wasserstein1(sample_lengths, reference_lengths),
+            "samples": length_summary(sample_lengths), "data": length_summary(reference_lengths)}
+
+
+def plot_lengths(sample_lengths, reference_lengths, filename, labels=("samples", "data")):
+    """PNG overlaying the two length histograms (fraction of sequences per bin, about 64 bins)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    top = int(max(np.max(sample_lengths), np.max(reference_lengths))) + 1
+    width = max(1, -(-top // 64))
+    edges = np.arange(0, top + width, width)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for lengths, label in zip((sample_lengths, reference_lengths), labels):
+        weights = np.full(len(lengths), 1.0 / len(lengths))
+        ax.hist(lengths, bins=edges, weights=weights, histtype="step", lw=1.5, label=f"{label} (n={len(lengths)})")
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel(f"fraction per bin of {width}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)
+    return filename
+
+
+def unigram_entropy(token_lists):
+    """Mean over (non-empty) samples of the entropy, in nats, of the sample's own token frequencies."""
+    entropies = []
+    for tokens in token_lists:
+        if len(tokens):
+            p = np.unique(np.asarray(tokens), return_counts=True)[1] / len(tokens)
+            entropies.append(float(-(p * np.log(p)).sum()))
+    return float(np.mean(entropies)) if entropies else float("nan")
+
+
+def load_reference(name, device):
+    """A reference causal LM and its tokenizer (a hub name or a local path; bf16 on CUDA)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: could not load the reference model {name!r}: {str(e).splitlines()[0]}")
+    return model.to(device).eval(), tokenizer
+
+
+def reference_ids(texts, encode, bos_id=None, max_tokens=None):
+    """Token ids of each text for the reference LM: encode(text), with bos_id in front when given
+    and not already there (so that every text token is scored), cut to max_tokens (the LM's
+    context). Returns (ids lists, number of texts that were cut)."""
+    out, cut = [], 0
+    for text in texts:
+        ids = list(encode(text))
+        if bos_id is not None and (not ids or ids[0] != bos_id):
+            ids = [bos_id] + ids
+        if max_tokens and len(ids) > max_tokens:
+            ids, cut = ids[:max_tokens], cut + 1
+        out.append(ids)
+    return out, cut
+
+
+def generative_perplexity(model, id_lists, batch_size=16, device="cpu"):
+    """Token-weighted perplexity exp(sum of NLLs / number of scored tokens) of id lists under a
+    causal LM; token i >= 1 of a list is scored given tokens 0..i-1 (token 0, the BOS, is only
+    context). Batches are right-padded with an attention mask (sorted by length to pad little), so
+    padding does not change the result. Returns {"ppl", "nll", "tokens", "sequences"}."""
+    import torch
+    import torch.nn.functional as F
+    id_lists = [ids for ids in id_lists if len(ids) >= 2]
+    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = [id_lists[i] for i in order[start:start + batch_size]]
+            L = max(len(ids) for ids in batch)
+            x = torch.zeros(len(batch), L, dtype=torch.long)
+            mask = torch.zeros(len(batch), L, dtype=torch.long)
+            for row, ids in enumerate(batch):
+                x[row, :len(ids)] = torch.tensor(ids)
+                mask[row, :len(ids)] = 1
+            x, mask = x.to(device), mask.to(device)
+            logits = model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
+            token_nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none")
+            scored = mask[:, 1:].flatten().bool()
+            nll += float(token_nll[scored].double().sum())
+            count += int(scored.sum())
+    if count == 0:
+        raise SystemExit("error: no tokens to score for the perplexity")
+    return {"ppl": math.exp(nll / count), "nll": nll / count, "tokens": count, "sequences": len(id_lists)}
+
+
+def sample_lengths(rows):
+    return np.array([r.get("length", len(r["tokens"])) for r in rows], dtype=np.int64)
+
+
+def length_report(args, rows):
+    """Length fidelity of the samples against data_dir's split, with the overlay PNG."""
+    if not args.data_dir:
+        raise SystemExit(f"error: --task={args.task} needs --data_dir (the prepared dataset to compare lengths with)")
+    ref = data_lengths(args.data_dir, args.data_split)
+    metrics = length_metrics(sample_lengths(rows), ref)
+    metrics["png"] = plot_lengths(sample_lengths(rows), ref, args.png or args.samples + ".lengths.png",
+                                  labels=("samples", f"data {args.data_split}"))
+    s, d = metrics["samples"], metrics["data"]
+    print(f"length: TV {metrics['tv_exact']:.4f} (exact lengths), {metrics[f'tv_bin{LENGTH_BIN}']:.4f} "
+          f"(bins of {LENGTH_BIN}), W1 {metrics['wasserstein1']:.2f} tokens")
+    for name, st in (("samples", s), (f"data {args.data_split}", d)):
+        print(f"  {name:>10}: n {st['n']}, mean {st['mean']:.1f}, " +
+              ", ".join(f"p{int(q * 100)} {st[f'p{int(q * 100)}']:.0f}" for q in LENGTH_QUANTILES) +
+              f", min {st['min']}, max {st['max']}")
+    print(f"  plot: {metrics['png']}")
+    return metrics
+
+
+def genppl_report(args, rows):
+    """Generative perplexity of the samples longer than PPL_MIN_TOKENS under --ref_model, and the
+    unigram entropy of all samples. The decoded text is re-tokenized with the reference tokenizer
+    (the GPT-2 family shares our BPE, so there the ids barely change; any other LM works too)."""
+    import torch
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kept = [r for r in rows if r.get("length", len(r["tokens"])) > PPL_MIN_TOKENS]
+    if not kept:
+        raise SystemExit(f"error: no sample has more than {PPL_MIN_TOKENS} tokens: nothing to score")
+    texts = [r["text"] if "text" in r else decode_gpt2(r["tokens"]) for r in kept]
+    model, tokenizer = load_reference(args.ref_model, device)
+    bos = tokenizer.bos_token_id
+    ids, cut = reference_ids(texts, lambda s: tokenizer(s)["input_ids"], bos,
+                             getattr(model.config, "max_position_embeddings", None))
+    ppl = generative_perplexity(model, ids, args.ref_batch_size, device)
+    metrics = {"genppl": ppl["ppl"], "nll": ppl["nll"], "ref_model": args.ref_model, "scored_tokens": ppl["tokens"],
+               "scored_samples": ppl["sequences"], "filtered_short": len(rows) - len(kept), "cut_to_context": cut,
+               "unigram_entropy": unigram_entropy([r["tokens"] for r in rows])}
+    print(f"genppl {metrics['genppl']:.2f} under {args.ref_model} ({ppl['sequences']} samples, {ppl['tokens']} tokens; "
+          f"{metrics['filtered_short']} samples of <= {PPL_MIN_TOKENS} tokens left out, {cut} cut to the context)")
+    print(f"unigram entropy {metrics['unigram_entropy']:.3f} nats (mean over samples)")
+    return metrics
+
+
+def decode_gpt2(tokens):
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    return enc.decode([t for t in tokens if t < enc.n_vocab])
+
+
+def evaluate_text_task(args):
+    """CLI tasks length, genppl and text (both): metrics to stdout and SAMPLES.metrics.json."""
+    rows = read_jsonl(args.samples)
+    if not rows:
+        raise SystemExit(f"error: no samples in {args.samples!r}")
+    metrics = {"task": args.task, "samples": args.samples, "n": len(rows)}
+    if args.task in ("length", "text"):
+        metrics["length"] = length_report(args, rows)
+    if args.task in ("genppl", "text"):
+        metrics.update(genppl_report(args, rows))
+    print(f"wrote {write_metrics(args.samples, metrics)}")
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# GSM8K and HumanEval-infill (paper section 5.2, appendix F.3)
+#
+# Samples are JSON lines written by `retrofit_llada.py --stage=generate`: GSM8K {"question",
+# "answer" (the reference solution, ending in "#### N"), "completion"}; HumanEval-infill
+# {"task_id", "completion" (the generated middle)}, scored against the benchmark file (--problems).
+
+GSM8K_NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
+
+
+def normalize_number(text):
+    """A number as a canonical string ("$1,234.50" -> "1234.5", "3.0" -> "3"); None if not a number."""
+    try:
+        value = float(text.replace(",", "").replace("$", "").strip().rstrip("."))
+    except ValueError:
+        return None
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def gsm8k_gold(answer):
+    """The reference answer: the number after "####"."""
+    return normalize_number(answer.split("####")[-1])
+
+
+def gsm8k_extract(completion):
+    """The answer a completion gives: the first number after "####" (GSM8K's format, learnt in
+    IFT), else the first number after the last "answer is", else the last number; None if none."""
+    import re
+    for marker in ("####", "answer is"):
+        at = completion.lower().rfind(marker) if marker == "answer is" else completion.find(marker)
+        if at >= 0:
+            found = re.search(GSM8K_NUMBER, completion[at + len(marker):])
+            if found:
+                return normalize_number(found.group())
+    numbers = re.findall(GSM8K_NUMBER, completion)
+    return normalize_number(numbers[-1]) if numbers else None
+
+
+def evaluate_gsm8k(args):
+    """CLI task: zero-shot GSM8K accuracy of the completions, with its standard error."""
+    rows = read_jsonl(args.samples)
+    if not rows or any(not {"answer", "completion"} <= set(r) for r in rows):
+        raise SystemExit(f"error: {args.samples} needs lines with 'answer' and 'completion' (retrofit_llada.py --stage=generate)")
+    correct = [gsm8k_extract(r["completion"]) == gsm8k_gold(r["answer"]) for r in rows]
+    acc, se = rate_and_stderr(correct)
+    metrics = {"task": "gsm8k", "samples": args.samples, "n": len(rows), "accuracy": acc, "stderr": se,
+               "no_answer": sum(gsm8k_extract(r["completion"]) is None for r in rows)}
+    print(f"gsm8k accuracy: {100 * acc:.1f}% +- {100 * se:.1f}% (n={len(rows)}, no answer {metrics['no_answer']})")
+    print(f"wrote {write_metrics(args.samples, metrics)}")
+    return metrics
+
+
+def read_problems(path):
+    """HumanEval(-infilling) problems by task_id, from .jsonl or .jsonl.gz."""
+    import gzip
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
+        return {p["task_id"]: p for p in (json.loads(line) for line in f if line.strip())}
+
+
+def humaneval_program(problem, completion):
+    """prefix + completion + suffix, then the tests, then check(entry_point)."""
+    return (problem["prompt"] + completion + problem["suffix"] + "\n\n" + problem["test"] + "\n\n"
+            + f"check({problem['entry_point']})\n")
+
+
+def run_program(program, timeout=3.0, memory_gb=4.0):
+    """"passed", "failed" or "timed out": the program run by a fresh isolated python in an empty
+    temporary directory, no stdin, address space and CPU time limited; on timeout its whole
+    process group is killed."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    limit = int(memory_gb * 2**30)  # the limits are set inside the child: preexec_fn is unsafe with threads
+    header = (f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
+              f"resource.setrlimit(resource.RLIMIT_CPU, ({math.ceil(timeout) + 1}, {math.ceil(timeout) + 1}))\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "program.py"), "w") as f:
+            f.write(header + program)
+        proc = subprocess.Popen([sys.executable, "-I", "program.py"], cwd=tmp, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            return "passed" if proc.wait(timeout=timeout) == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return "timed out"
+
+
+def humaneval_outcomes(problems, samples, timeout=3.0, workers=None):
+    """run_program's outcome for every sample {"task_id", "completion"}, in order, run in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+    unknown = [s["task_id"] for s in samples if s["task_id"] not in problems]
+    if unknown:
+        raise SystemExit(f"error: sample task_id {unknown[0]!r} is not in the problems file")
+    programs = [humaneval_program(problems[s["task_id"]], s["completion"]) for s in samples]
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        return list(pool.map(lambda p: run_program(p, timeout), programs))
+
+
+def pass_at_1(samples, outcomes):
+    """pass@1 = the mean over tasks of each task's fraction of passing samples, and its standard
+    error over tasks (with one sample per task: the binomial one)."""
+    per_task = {}
+    for s, outcome in zip(samples, outcomes):
+        per_task.setdefault(s["task_id"], []).append(outcome == "passed")
+    rates = np.array([np.mean(v) for v in per_task.values()])
+    return float(rates.mean()), float(np.sqrt(((rates - rates.mean()) ** 2).mean() / len(rates)))
+
+
+def evaluate_humaneval_infill(args):
+    """CLI task: HumanEval-infill pass@1 of the completions against --problems."""
+    if not args.problems:
+        raise SystemExit("error: --task=humaneval_infill needs --problems=HumanEval-SingleLineInfilling.jsonl.gz")
+    samples = read_jsonl(args.samples)
+    if not samples or any(not {"task_id", "completion"} <= set(r) for r in samples):
+        raise SystemExit(f"error: {args.samples} needs lines with 'task_id' and 'completion' (retrofit_llada.py --stage=generate)")
+    outcomes = humaneval_outcomes(read_problems(args.problems), samples, args.timeout, args.workers)
+    p1, se = pass_at_1(samples, outcomes)
+    metrics = {"task": "humaneval_infill", "samples": args.samples, "problems": args.problems, "n": len(samples),
+               "tasks": len({s["task_id"] for s in samples}), "pass@1": p1, "stderr": se,
+               "outcomes": {o: outcomes.count(o) for o in sorted(set(outcomes))}}
+    print(f"humaneval_infill pass@1: {100 * p1:.1f}% +- {100 * se:.1f}% ({metrics['tasks']} tasks, {len(samples)} samples), "
+          f"outcomes {metrics['outcomes']}")
+    print(f"wrote {write_metrics(args.samples, metrics)}")
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI
 
-TASKS = {"maze": evaluate_maze}
+TASKS = {"maze": evaluate_maze, "length": evaluate_text_task, "genppl": evaluate_text_task, "text": evaluate_text_task,
+         "gsm8k": evaluate_gsm8k, "humaneval_infill": evaluate_humaneval_infill}
 
 
 def build_parser():
@@ -174,6 +526,12 @@ def build_parser():
     p.add_argument("--samples", required=True, help="JSON lines written by sample.py")
     p.add_argument("--data_dir", default=None, help="dataset directory with meta.json")
     p.add_argument("--png", default=None, help="optional figure to write")
+    p.add_argument("--data_split", default="val", help="length: the data split to compare with")
+    p.add_argument("--ref_model", default="gpt2-large", help="genppl: reference causal LM, hub name or local path")
+    p.add_argument("--ref_batch_size", type=int, default=16, help="genppl: sequences per reference LM call")
+    p.add_argument("--problems", default=None, help="humaneval_infill: the benchmark's .jsonl(.gz) problems")
+    p.add_argument("--timeout", type=float, default=3.0, help="humaneval_infill: seconds per program")
+    p.add_argument("--workers", type=int, default=None, help="humaneval_infill: programs run at once (default: CPU count)")
     return p
 
 

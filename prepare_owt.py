@@ -1,0 +1,342 @@
+"""
+Variable-length text data (paper section 5.1.1, appendix F.1): every document is split into
+paragraphs, each paragraph is encoded with the GPT-2 BPE (tiktoken "gpt2"), and a paragraph
+longer than max_len tokens is cut into consecutive chunks of max_len (the last one shorter).
+
+Paragraphs. The paper locates the "\\n\\n" delimiter token; but the GPT-2 BPE does not encode a
+blank line one way ("a\\n\\nb" -> 198 198, "a.\\n\\n\\nb" -> 628 198, " \\n\\n" -> 220 628), so we split
+the *text* on blank lines (the regex \\n\\s*\\n: two newlines with only whitespace between them,
+any run of them), strip each paragraph of surrounding whitespace, drop empty ones, and only then
+encode each paragraph on its own. A stored sequence never holds a blank line, and decoding the
+chunks of a paragraph gives back the stripped paragraph exactly. "<|endoftext|>" inside a text is
+encoded as plain text (encode_ordinary), so ids are 0..50255.
+
+Sources, all through `datasets`:
+  - default: OpenWebText from the hub ("Skylion007/openwebtext", column "text");
+  - a local .txt file, folder or glob (datasets' "text" builder): --txt_unit=doc reads one
+    document per file; --txt_unit=line reads one document per line (WikiText-style files with one
+    paragraph per line: WikiText's " = Heading = " lines are kept, as short paragraphs);
+  - local .jsonl / .json with a "text" field (datasets' "json" builder).
+Validation: all of --val_source, else a --val_frac of the documents (a fixed hash of the document
+index and --seed decides, the same for streaming and for num_proc maps).
+
+Files in out_dir (default data/owt), for split in train, val:
+  {split}.bin  uint16 token stream, all sequences concatenated
+  {split}.idx  int64 start offsets, num_sequences+1 entries (0 first, len(.bin) last)
+  meta.json    vocab_size 50259 (GPT-2's 50257 ids, pad 50257, mask 50258), max_len, tokenizer
+               "gpt2", counts, and the build arguments
+  lengths.png  the histogram of sequence lengths (also printed)
+
+    python prepare_owt.py                                           # OpenWebText -> data/owt
+    python prepare_owt.py --source=../shared/data/wikitext2_raw/wiki.test.raw --txt_unit=line \\
+        --val_source=../shared/data/wikitext2_raw/wiki.valid.raw --max_len=256 --out_dir=data/wikitext
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+GPT2_VOCAB = 50257  # ids 0..50256 (50256 = <|endoftext|>)
+PAD_ID, MASK_ID = GPT2_VOCAB, GPT2_VOCAB + 1
+PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+
+
+# ----------------------------------------------------------------------------------------------
+# Paragraphs and chunks
+
+def split_paragraphs(text):
+    """The paragraphs of a text: pieces between blank lines, stripped, empty ones dropped."""
+    return [p for p in (p.strip() for p in PARAGRAPH_BREAK.split(text)) if p]
+
+
+def chunk(ids, max_len):
+    """Consecutive pieces of at most max_len tokens (one piece if it already fits)."""
+    return [ids[i:i + max_len] for i in range(0, len(ids), max_len)]
+
+
+def gpt2():
+    """tiktoken's GPT-2 BPE (fetched once, then cached; offline: set TIKTOKEN_CACHE_DIR)."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # no network and no cache: say so in one line
+        sys.exit(f"error: could not load the GPT-2 BPE (tiktoken 'gpt2'; offline, set TIKTOKEN_CACHE_DIR): {type(e).__name__}")
+
+
+def encode_document(text, max_len, enc=None):
+    """Token sequences of one document: its paragraphs, encoded, long ones chunked; and how many
+    paragraphs it had and how many of them were chunked."""
+    enc = enc or gpt2()
+    seqs, n_par, n_chunked = [], 0, 0
+    for paragraph in split_paragraphs(text):
+        pieces = chunk(enc.encode_ordinary(paragraph), max_len)
+        seqs += pieces
+        n_par += 1
+        n_chunked += len(pieces) > 1
+    return seqs, n_par, n_chunked
+
+
+def is_val(indices, val_frac, seed):
+    """Which documents (by index) go to validation: a splitmix64 hash of (seed, index) below
+    val_frac * 2^64, so the choice does not depend on batching, processes or streaming."""
+    z = np.asarray(indices, dtype=np.uint64) + np.array([seed], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / 2.0 ** 53 < val_frac
+
+
+def tokenize_batch(batch, indices, max_len, val_frac, seed):
+    """datasets map function, one row per document: flat ids of its sequences, their lengths,
+    its paragraph counts and its split."""
+    enc = gpt2()
+    out = {"ids": [], "lens": [], "n_par": [], "n_chunked": [], "val": is_val(indices, val_frac, seed).tolist()}
+    for text in batch["text"]:
+        seqs, n_par, n_chunked = encode_document(text or "", max_len, enc)
+        out["ids"].append([t for s in seqs for t in s])
+        out["lens"].append([len(s) for s in seqs])
+        out["n_par"].append(n_par)
+        out["n_chunked"].append(n_chunked)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+
+def resolve_local(source):
+    """The local files a source names (a file, a folder's text/json files, or a glob), or None
+    when it names no local path (then it is a hub dataset)."""
+    if os.path.isdir(source):
+        files = sorted(f for f in glob.glob(os.path.join(source, "*")) if os.path.isfile(f))
+    elif os.path.isfile(source):
+        files = [source]
+    elif glob.has_magic(source):
+        files = sorted(f for f in glob.glob(source) if os.path.isfile(f))
+    else:
+        return None
+    if not files:
+        sys.exit(f"error: no files found for source {source!r}")
+    return files
+
+
+def load_source(source, txt_unit="doc", streaming=False, num_proc=None, cache_dir=None, max_docs=0, revision=None):
+    """A datasets Dataset (or IterableDataset when streaming) of documents with a "text" column."""
+    import datasets
+    files = resolve_local(source)
+    try:
+        if files is None:
+            ds = datasets.load_dataset(source, split="train", streaming=streaming, cache_dir=cache_dir, revision=revision,
+                                       **({} if streaming else {"num_proc": num_proc}))
+        else:
+            json_files = [f.endswith(JSON_SUFFIXES) for f in files]
+            if any(json_files) and not all(json_files):
+                sys.exit(f"error: source {source!r} mixes .json(l) and text files; give one kind")
+            if all(json_files):
+                ds = datasets.load_dataset("json", data_files=files, split="train", streaming=streaming,
+                                           cache_dir=cache_dir)
+            else:
+                ds = datasets.load_dataset("text", data_files=files, split="train", streaming=streaming,
+                                           cache_dir=cache_dir, sample_by="document" if txt_unit == "doc" else "line")
+    except Exception as e:  # a missing hub dataset, no network, a broken file: one line, not a stack
+        msg = str(e).splitlines()[0] if str(e) else ""
+        hint = " (a dataset script: try --revision=refs/convert/parquet)" if "script" in msg or "custom code" in msg else ""
+        sys.exit(f"error: could not load source {source!r}{hint}: {type(e).__name__}: {msg}")
+    first = next(iter(ds), None)
+    if first is None:
+        sys.exit(f"error: source {source!r} has no documents")
+    if "text" not in first:
+        sys.exit(f"error: source {source!r} has no 'text' field (fields: {sorted(first)})")
+    if max_docs:
+        ds = ds.take(max_docs) if streaming else ds.select(range(min(max_docs, len(ds))))
+    return ds
+
+
+def tokenize(ds, max_len, val_frac, seed, num_proc, desc):
+    """ds.map(tokenize_batch); ids stored as uint16 (the map's cache is 2 bytes per token)."""
+    import datasets
+    features = datasets.Features({"ids": datasets.Sequence(datasets.Value("uint16")),
+                                  "lens": datasets.Sequence(datasets.Value("int32")), "n_par": datasets.Value("int32"),
+                                  "n_chunked": datasets.Value("int32"), "val": datasets.Value("bool")})
+    kwargs = dict(batched=True, with_indices=True, remove_columns=ds.column_names, features=features,
+                  fn_kwargs=dict(max_len=max_len, val_frac=val_frac, seed=seed))
+    if isinstance(ds, datasets.Dataset):  # streaming maps lazily, in this process
+        kwargs.update(num_proc=num_proc if num_proc > 1 else None, desc=desc)
+    return ds.map(tokenize_batch, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+class SplitWriter:
+    """Appends sequences to {split}.bin and offsets to {split}.idx, and counts lengths."""
+
+    def __init__(self, out_dir, split, max_len):
+        self.bin = open(os.path.join(out_dir, f"{split}.bin"), "wb")
+        self.idx = open(os.path.join(out_dir, f"{split}.idx"), "wb")
+        np.zeros(1, dtype=np.int64).tofile(self.idx)
+        self.offset, self.docs, self.paragraphs, self.chunked = 0, 0, 0, 0
+        self.counts = np.zeros(max_len + 1, dtype=np.int64)  # counts[n] = sequences of length n
+
+    def add(self, ids, lens, n_par, n_chunked):
+        np.asarray(ids, dtype=np.uint16).tofile(self.bin)
+        (self.offset + np.cumsum(lens, dtype=np.int64)).tofile(self.idx)
+        self.offset += int(np.sum(lens, dtype=np.int64))
+        self.counts += np.bincount(np.asarray(lens, dtype=np.int64), minlength=len(self.counts))
+        self.docs += 1
+        self.paragraphs += n_par
+        self.chunked += n_chunked
+
+    def close(self):
+        self.bin.close()
+        self.idx.close()
+
+
+def write_splits(splits_ds, out_dir, max_len):
+    """splits_ds: list of (tokenized dataset, split name or None = per-row "val" flag)."""
+    from tqdm.auto import tqdm
+    writers = {s: SplitWriter(out_dir, s, max_len) for s in ("train", "val")}
+    for ds, split in splits_ds:
+        total = len(ds) if hasattr(ds, "__len__") else None
+        bar = tqdm(total=total, desc=f"writing {split or 'train/val'}", unit="doc")
+        for batch in ds.iter(batch_size=1024):
+            for ids, lens, n_par, n_chunked, val in zip(batch["ids"], batch["lens"], batch["n_par"],
+                                                        batch["n_chunked"], batch["val"]):
+                writers[split or ("val" if val else "train")].add(ids, lens, n_par, n_chunked)
+            bar.update(len(batch["ids"]))
+        bar.close()
+    for w in writers.values():
+        w.close()
+    return writers
+
+
+# ----------------------------------------------------------------------------------------------
+# Length statistics
+
+def length_stats(counts):
+    """Summary of a length histogram (counts[n] = sequences of length n)."""
+    n = int(counts.sum())
+    if n == 0:
+        return {"n": 0}
+    lengths = np.arange(len(counts))
+    cdf = np.cumsum(counts) / n
+    q = {f"p{int(p * 100)}": int(np.searchsorted(cdf, p)) for p in (0.1, 0.5, 0.9, 0.99)}
+    return {"n": n, "mean": float((lengths * counts).sum() / n), "min": int(np.nonzero(counts)[0][0]),
+            "max": int(np.nonzero(counts)[0][-1]), **q, "frac_at_max_len": float(counts[-1] / n)}
+
+
+def print_histogram(counts, bins=16, width=50):
+    """Text histogram of a length histogram in `bins` equal bins over 1..max_len."""
+    max_len = len(counts) - 1
+    edges = np.linspace(0, max_len, bins + 1).round().astype(int)
+    binned = np.array([counts[a + 1:b + 1].sum() for a, b in zip(edges[:-1], edges[1:])])
+    top = max(1, binned.max())
+    for (a, b), c in zip(zip(edges[:-1], edges[1:]), binned):
+        print(f"  {a + 1:>5}-{b:<5} {c:>10} {100 * c / max(1, counts.sum()):5.1f}% {'#' * int(round(width * c / top))}")
+
+
+def plot_histogram(split_counts, path):
+    """PNG of the length histograms (density), one line per split; returns path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    max_len = len(next(iter(split_counts.values()))) - 1
+    width = max(1, max_len // 64)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for split, counts in split_counts.items():
+        if counts.sum() == 0:
+            continue
+        padded = np.concatenate([counts[1:], np.zeros((-max_len) % width, dtype=counts.dtype)])
+        binned = padded.reshape(-1, width).sum(1) / counts.sum()
+        ax.stairs(binned, np.arange(len(binned) + 1) * width + 1, label=f"{split} (n={counts.sum()})")
+    ax.set_xlabel("sequence length (GPT-2 tokens)")
+    ax.set_ylabel(f"fraction per bin of {width}")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+
+def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt_unit="doc", max_len=1024,
+          out_dir="data/owt", streaming=False, num_proc=8, seed=2357, max_docs=0, cache_dir=None, revision=None):
+    """Prepare the dataset into out_dir; returns the meta dict (also written as meta.json)."""
+    if max_len < 1 or max_len > 65535:
+        sys.exit(f"error: max_len must be in 1..65535, got {max_len}")
+    if txt_unit not in ("doc", "line"):
+        sys.exit(f"error: txt_unit must be doc or line, got {txt_unit!r}")
+    if not val_source and not 0 < val_frac < 1:
+        sys.exit(f"error: val_frac must be in (0, 1) when there is no val_source, got {val_frac}")
+    gpt2()
+    os.makedirs(out_dir, exist_ok=True)
+    load = dict(txt_unit=txt_unit, streaming=streaming, num_proc=num_proc, cache_dir=cache_dir, max_docs=max_docs,
+                revision=revision)
+    ds = load_source(source, **load)
+    if val_source:
+        val = load_source(val_source, **load)
+        jobs = [(tokenize(ds, max_len, 0.0, seed, num_proc, "tokenizing train"), "train"),
+                (tokenize(val, max_len, 0.0, seed, num_proc, "tokenizing val"), "val")]
+    else:
+        jobs = [(tokenize(ds, max_len, val_frac, seed, num_proc, "tokenizing"), None)]
+    writers = write_splits(jobs, out_dir, max_len)
+    for split, w in writers.items():
+        if w.offset == 0:
+            sys.exit(f"error: the {split} split is empty (source {val_source if split == 'val' and val_source else source!r}); "
+                     f"give more documents or a larger --val_frac")
+    counts = {s: w.counts for s, w in writers.items()}
+    meta = {
+        "vocab_size": GPT2_VOCAB + 2, "pad_id": PAD_ID, "mask_id": MASK_ID, "eot_id": GPT2_VOCAB - 1,
+        "max_len": max_len, "tokenizer": "gpt2",
+        "num_sequences": {s: int(w.counts.sum()) for s, w in writers.items()},
+        "num_tokens": {s: int(w.offset) for s, w in writers.items()},
+        "num_documents": {s: w.docs for s, w in writers.items()},
+        "num_paragraphs": {s: w.paragraphs for s, w in writers.items()},
+        "num_chunked_paragraphs": {s: w.chunked for s, w in writers.items()},
+        "lengths": {s: length_stats(c) for s, c in counts.items()},
+        "source": source, "val_source": val_source, "val_frac": None if val_source else val_frac,
+        "txt_unit": txt_unit, "seed": seed, "max_docs": max_docs, "revision": revision,
+    }
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    print(f"{source} -> {out_dir} (max_len {max_len})")
+    for split, w in writers.items():
+        st = meta["lengths"][split]
+        print(f"  {split}: {w.docs} documents, {w.paragraphs} paragraphs ({w.chunked} chunked), "
+              f"{st['n']} sequences, {w.offset} tokens; length mean {st['mean']:.1f}, median {st['p50']}, "
+              f"p90 {st['p90']}, p99 {st['p99']}, max {st['max']}, {100 * st['frac_at_max_len']:.2f}% at max_len")
+    print("train length histogram:")
+    print_histogram(counts["train"])
+    print(f"wrote {plot_histogram(counts, os.path.join(out_dir, 'lengths.png'))}")
+    return meta
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("--source", default="Skylion007/openwebtext",
+                   help="hub dataset name, or a local .txt/.jsonl file, folder or glob")
+    p.add_argument("--val_source", default=None, help="validation documents (else --val_frac of --source)")
+    p.add_argument("--val_frac", type=float, default=0.0005, help="fraction of documents for validation")
+    p.add_argument("--txt_unit", default="doc", choices=["doc", "line"],
+                   help="text files: one document per file (doc) or per line (line, WikiText)")
+    p.add_argument("--max_len", type=int, default=1024, help="longer paragraphs are chunked to this")
+    p.add_argument("--out_dir", default="data/owt")
+    p.add_argument("--streaming", action="store_true", help="stream the source instead of downloading it")
+    p.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
+    p.add_argument("--seed", type=int, default=2357, help="seed of the val_frac document split")
+    p.add_argument("--max_docs", type=int, default=0, help="only the first N documents of each source (0 = all)")
+    p.add_argument("--cache_dir", default=None, help="datasets cache (default: datasets' own)")
+    p.add_argument("--revision", default=None, help="hub dataset revision (branch, tag or commit)")
+    a = p.parse_args(argv)
+    return build(a.source, a.val_source, a.val_frac, a.txt_unit, a.max_len, a.out_dir, a.streaming, a.num_proc,
+                 a.seed, a.max_docs, a.cache_dir, a.revision)
+
+
+if __name__ == "__main__":
+    main()

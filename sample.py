@@ -1,0 +1,330 @@
+"""
+Sample from a trained FlexMDM (or the MDM baseline) by simulating its CTMC (paper section 4,
+appendix E.1, Algorithms 1-3), and write the samples as JSON lines:
+
+    python sample.py --out_dir=out/maze_cpu                        # EMA weights of out_dir/ckpt.pt
+    python sample.py --out_dir=out/wikitext --num_samples=256 --steps=256 --sampler=adaptive
+
+`generate(model_fn, ...)` is the sampler itself; it only needs a model callable with the contract
+of SPEC section 2, so the tests drive it with an exact oracle and the LLaDA retrofit with its own
+network. Settings are the globals below, overridden by config files then --key=value.
+
+A FlexMDM with N steps calls the model at t = k/(N-1), k = 0..N-1 (the grid 0 = t_0 < ... < t_{N-1} = 1
+of Algorithm 1 and Def. E.1, so insertion covers all of [0, 1]; tau = 1/(N-1)); the MDM at t = k/N with
+tau = 1/N. Each step runs the model once on x_t and then, from that one call:
+- unmasks: vanilla (tau-leaping) turns each mask into a token drawn from f with probability
+  lam * exp(-lam), lam = tau * w_beta(t) (`unmask="poisson"`: the paper's rule, "exactly one
+  Poisson event"), or with the exact probability (beta(t+tau) - beta(t)) / (1 - beta(t))
+  (`unmask="exact"`); adaptive draws K ~ Poisson(tau * w_beta(t) * #masks) and unmasks the K most
+  confident masks, optionally among the leftmost min(floor(gamma1 * K), gamma2) only;
+- inserts Poisson(tau * w_alpha(t) * g[j]) masks into every open gap j (FlexMDM).
+The last step (at t = 1 for the FlexMDM) inserts nothing and fills every remaining mask. The MDM
+starts from max_len masks after the prompt and only unmasks; pad is one of its tokens, and a sample
+ends at its first pad.
+"""
+import json
+import math
+import os
+import sys
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from configurator import configure
+from interpolant import Schedule
+
+# -----------------------------------------------------------------------------
+out_dir = "out"  # the run directory holding ckpt.pt
+samples_file = ""  # default: out_dir/samples.jsonl
+num_samples = 64
+batch_size = 64
+steps = 256  # model calls per sample
+sampler = "vanilla"  # vanilla | adaptive
+unmask = "poisson"  # vanilla unmasking rule: poisson (paper) | exact
+confidence = "top_prob"  # adaptive: top_prob | margin | entropy | position
+gamma1 = 0.0  # adaptive sliding window: the leftmost min(floor(gamma1 * K), gamma2) masks; 0 = off
+gamma2 = 64
+temperature = 1.0  # 0 = argmax
+final = "draw"  # last step: draw the remaining masks from f, or take the argmax
+use_ema = True
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+seed = 1337
+# -----------------------------------------------------------------------------
+
+SAMPLERS, UNMASK_RULES, FINALS = ("vanilla", "adaptive"), ("poisson", "exact"), ("draw", "argmax")
+CONFIDENCES = ("top_prob", "margin", "entropy", "position")
+
+
+def draw(probs, greedy, generator):
+    """One token per row of probs [M, V]: argmax when greedy, else a categorical draw."""
+    if greedy or probs.shape[0] == 0:
+        return probs.argmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def confidence_scores(probs, kind):
+    """Higher is more confident; probs [B, L, V]."""
+    if kind == "top_prob":
+        return probs.max(-1).values
+    if kind == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if kind == "entropy":
+        return (probs * probs.clamp_min(1e-30).log()).sum(-1)
+    return -torch.arange(probs.shape[1], device=probs.device, dtype=probs.dtype).expand(probs.shape[:2])
+
+
+def adaptive_choice(probs, masks, rate, conf_kind, gamma1, gamma2, generator):
+    """Which masks to unmask this step (adaptive, appendix E.1): K ~ Poisson(rate * #masks) per row,
+    the K most confident masks, among the leftmost min(floor(gamma1 * K), gamma2) if gamma1 > 0."""
+    n_masks = masks.sum(1)
+    k = torch.poisson(rate * n_masks.float(), generator=generator).long().clamp(max=n_masks)
+    score = confidence_scores(probs, conf_kind).float().masked_fill(~masks, -math.inf)
+    if gamma1 > 0:
+        # never narrower than K itself, so that K masks are unmasked as drawn
+        window = torch.minimum((gamma1 * k).floor().long(), torch.full_like(k, gamma2)).clamp_min(k)
+        rank_from_left = masks.long().cumsum(1) - 1
+        score = score.masked_fill(rank_from_left >= window[:, None], -math.inf)
+    order = score.argsort(dim=1, descending=True, stable=True)
+    chosen = torch.zeros_like(masks)
+    chosen.scatter_(1, order, torch.arange(masks.shape[1], device=masks.device)[None] < k[:, None])
+    return chosen & masks
+
+
+def unmask_step(x, masks, probs, t, tau, beta, opts, last, generator):
+    """Unmask in place; probs [B, L, V] is the tempered f at every position of x [B, L]."""
+    if last:
+        chosen = masks
+    elif opts["sampler"] == "adaptive":
+        chosen = adaptive_choice(probs, masks, tau * beta.rate(t), opts["confidence"], opts["gamma1"],
+                                 opts["gamma2"], generator)
+    else:
+        if opts["unmask"] == "exact":
+            p = (beta(t + tau) - beta(t)) / (1 - beta(t))
+        else:  # exactly one Poisson event among the V entries: total rate lam, P = lam * exp(-lam)
+            lam = tau * beta.rate(t)
+            p = lam * torch.exp(-lam)
+        u = torch.rand(masks.shape, device=x.device, generator=generator)
+        chosen = masks & (u < p[:, None])
+    greedy = opts["temperature"] == 0 or (last and opts["final"] == "argmax")
+    x[chosen] = draw(probs[chosen], greedy, generator)
+
+
+def open_gap_mask(fixed, open_left, open_end, lengths):
+    """Gap j (before token j; gap len after the last) is open unless both of its neighbours are
+    prompt tokens and the prompt did not open it. [B, L+1]."""
+    B, L = fixed.shape
+    j = torch.arange(L + 1, device=fixed.device)
+    real = j[None, :L] < lengths[:, None]  # the end gap's right neighbour is the end, not a pad slot
+    right_fixed = torch.cat([fixed | ~real, torch.ones_like(fixed[:, :1])], 1)
+    left_fixed = torch.cat([torch.ones_like(fixed[:, :1]), fixed], 1)
+    opened = torch.cat([open_left & real, torch.zeros_like(open_left[:, :1])], 1) | ((j == lengths[:, None]) & open_end[:, None])
+    return (opened | ~right_fixed | ~left_fixed) & (j <= lengths[:, None])
+
+
+def cap_insertions(counts, room, generator):
+    """Thin the insertion counts of rows that would exceed max_len: keep a uniformly random subset
+    of the proposed masks (row-wise), so no gap is favoured."""
+    over = (counts.sum(1) > room).nonzero().flatten().tolist()
+    for b in over:
+        items = torch.repeat_interleave(torch.arange(counts.shape[1], device=counts.device), counts[b])
+        keep = items[torch.randperm(len(items), generator=generator, device=counts.device)[: int(room[b])]]
+        counts[b] = torch.bincount(keep, minlength=counts.shape[1])
+    return counts
+
+
+def insert_masks(state, counts, mask_id, pad_id):
+    """Insert counts[b, j] masks into gap j of every row; state holds x, fixed, open_left, lengths."""
+    x, fixed, open_left, lengths = state
+    B, L = x.shape
+    j = torch.arange(L, device=x.device)
+    real = j[None] < lengths[:, None]
+    new_index = j[None] + counts[:, :L].cumsum(1)  # token i moves past the masks of gaps 0..i
+    new_lengths = lengths + counts.sum(1)
+    new_x = torch.where(j[None] < new_lengths[:, None], mask_id, pad_id)
+    new_fixed, new_open = torch.zeros_like(fixed), torch.ones_like(open_left)
+    rows = torch.arange(B, device=x.device)[:, None].expand(B, L)
+    dest = (rows[real], new_index[real])
+    new_x[dest], new_fixed[dest], new_open[dest] = x[real], fixed[real], open_left[real]
+    return new_x, new_fixed, new_open, new_lengths
+
+
+def initial_state(prompts, open_gaps, n, max_len, mask_id, pad_id, model_type, device):
+    """Padded tensors for the prompts: x [n, max_len], fixed, open_left [n, max_len], open_end,
+    lengths [n]. FlexMDM starts from the prompt; the MDM from the prompt followed by masks."""
+    x = torch.full((n, max_len), pad_id, dtype=torch.long)
+    fixed = torch.zeros((n, max_len), dtype=torch.bool)
+    open_left = torch.ones((n, max_len), dtype=torch.bool)
+    open_end = torch.ones(n, dtype=torch.bool)
+    lengths = torch.zeros(n, dtype=torch.long)
+    for b in range(n):
+        p = list(prompts[b]) if prompts is not None else []
+        if len(p) > max_len or (model_type == "flexmdm" and mask_id in p):
+            sys.exit(f"error: prompt {b} has length {len(p)} > max_len {max_len}" if len(p) > max_len
+                     else f"error: prompt {b} contains mask_id {mask_id}: FlexMDM prompts are clean tokens")
+        x[b, :len(p)] = torch.tensor(p, dtype=torch.long)
+        fixed[b, :len(p)] = torch.tensor([v != mask_id for v in p], dtype=torch.bool)
+        if open_gaps is not None:
+            opened = set(open_gaps[b])
+            open_left[b, :len(p)] = torch.tensor([i in opened for i in range(len(p))], dtype=torch.bool)
+            open_end[b] = len(p) in opened
+        lengths[b] = len(p)
+        if model_type == "mdm":
+            x[b, len(p):] = mask_id
+            lengths[b] = max_len
+    return tuple(z.to(device) for z in (x, fixed, open_left, open_end, lengths))
+
+
+def finish(x, length, prompt_len, model_type, pad_id):
+    """The sample as a list: FlexMDM the whole sequence; MDM cut at its first pad after the prompt."""
+    seq = x[:length].tolist()
+    if model_type == "mdm":
+        tail = seq[prompt_len:]
+        seq = seq[:prompt_len] + (tail[:tail.index(pad_id)] if pad_id in tail else tail)
+    return seq
+
+
+@torch.no_grad()
+def generate_batch(model_fn, n, steps, max_len, mask_id, pad_id, opts, prompts, open_gaps, generator, device):
+    alpha, beta, model_type = opts["alpha"], opts["beta"], opts["model_type"]
+    x, fixed, open_left, open_end, lengths = initial_state(prompts, open_gaps, n, max_len, mask_id, pad_id,
+                                                           model_type, device)
+    tau = 1.0 / (steps - 1) if model_type == "flexmdm" else 1.0 / steps  # see the module docstring
+    for k in range(steps):
+        t = torch.full((n,), k * tau, device=device)
+        width = max(1, int(lengths.max()))
+        logits, g = model_fn(x[:, :width], t)
+        logits = logits.float()
+        logits[..., list(opts["banned"])] = -math.inf
+        if opts["temperature"] > 0:
+            logits = logits / opts["temperature"]
+        probs = torch.softmax(logits, dim=-1)
+        masks = x[:, :width] == mask_id
+        last = k == steps - 1
+        unmask_step(x[:, :width], masks, probs, t, tau, beta, opts, last, generator)
+        if model_type == "flexmdm" and not last:
+            rate = (tau * alpha.rate(t))[:, None] * g[:, : width + 1].float().clamp_min(0)
+            counts = torch.poisson(rate, generator=generator).long()
+            counts = counts * open_gap_mask(fixed[:, :width], open_left[:, :width], open_end, lengths)
+            counts = cap_insertions(counts, max_len - lengths, generator)
+            counts = torch.nn.functional.pad(counts, (0, max_len - width))
+            x, fixed, open_left, lengths = insert_masks((x, fixed, open_left, lengths), counts, mask_id, pad_id)
+    prompt_lens = [len(p) for p in prompts] if prompts is not None else [0] * n
+    return [finish(x[b], int(lengths[b]), prompt_lens[b], model_type, pad_id) for b in range(n)]
+
+
+def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_type="flexmdm", alpha=None, beta=None,
+             sampler="vanilla", unmask="poisson", confidence="top_prob", gamma1=0.0, gamma2=64, temperature=1.0,
+             final="draw", prompts=None, open_gaps=None, batch_size=None, generator=None, device="cpu", banned=()):
+    """Samples as lists of token ids (see the module docstring). model_fn(x [B, L] right-padded with
+    pad_id, t [B]) -> (logits [B, L, V], g [B, L+1] or None): SPEC section 2. prompts: one list of
+    fixed tokens per sample (for the MDM, mask_id inside a prompt marks a position to fill);
+    open_gaps: per sample, the prompt's gaps where insertion may happen (default: all)."""
+    for name, value, allowed in (("model_type", model_type, ("flexmdm", "mdm")), ("sampler", sampler, SAMPLERS),
+                                 ("unmask", unmask, UNMASK_RULES), ("confidence", confidence, CONFIDENCES),
+                                 ("final", final, FINALS)):
+        if value not in allowed:
+            sys.exit(f"error: {name}={value!r} is not one of {', '.join(allowed)}")
+    min_steps = 2 if model_type == "flexmdm" else 1
+    if steps < min_steps or temperature < 0:
+        sys.exit(f"error: need steps >= {min_steps} and temperature >= 0 (got steps={steps}, temperature={temperature})")
+    for name, per_sample in (("prompts", prompts), ("open_gaps", open_gaps)):
+        if per_sample is not None and len(per_sample) != num_samples:
+            sys.exit(f"error: {len(per_sample)} {name} for {num_samples} samples")
+    banned = {mask_id, *banned} | ({pad_id} if model_type == "flexmdm" else set())
+    opts = dict(model_type=model_type, alpha=alpha or Schedule("linear"), beta=beta or Schedule("linear"),
+                sampler=sampler, unmask=unmask, confidence=confidence, gamma1=gamma1, gamma2=gamma2,
+                temperature=temperature, final=final, banned=sorted(banned))
+    batch_size = batch_size or num_samples
+    samples = []
+    for start in range(0, num_samples, batch_size):
+        end = min(num_samples, start + batch_size)
+        chunk = slice(start, end)
+        samples += generate_batch(model_fn, end - start, steps, max_len, mask_id, pad_id, opts,
+                                  prompts[chunk] if prompts is not None else None,
+                                  open_gaps[chunk] if open_gaps is not None else None, generator, device)
+    return samples
+
+
+# -----------------------------------------------------------------------------
+# The CLI: a checkpoint in, JSON lines out
+
+def load_model(ckpt_path, device, use_ema=True):
+    """The DiT of a train.py checkpoint, with its EMA weights by default; returns (model, ckpt)."""
+    from model import DiT, ModelConfig
+    if not os.path.exists(ckpt_path):
+        sys.exit(f"error: checkpoint {ckpt_path!r} not found: train first (train.py) or fix --out_dir")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    # x changes shape at every step and FlexAttention compiles per shape: sample with the equivalent
+    # dense-mask attention (tests/test_model.py checks that the two agree)
+    model = DiT(ModelConfig(**{**ckpt["model_args"], "attention": "sdpa"}))
+    model.load_state_dict(ckpt["model"])
+    if use_ema and ckpt.get("ema"):
+        with torch.no_grad():
+            for p, e in zip(model.parameters(), ckpt["ema"]):
+                p.copy_(e)
+    return model.to(device).eval(), ckpt
+
+
+def maze_prompts(data_dir, n):
+    """Subgoal lists g1..gK of the held-out (val) paths, distinct, in file order, cycled to n."""
+    fix_path, bin_path = os.path.join(data_dir, "val.fix"), os.path.join(data_dir, "val.bin")
+    if not os.path.exists(fix_path):
+        sys.exit(f"error: {fix_path!r} not found: the maze data for the held-out subgoals is missing")
+    tokens, fix = np.fromfile(bin_path, dtype=np.uint16), np.fromfile(fix_path, dtype=np.uint8)
+    idx = np.fromfile(os.path.join(data_dir, "val.idx"), dtype=np.int64)
+    goals = {tuple(tokens[a:b][fix[a:b] == 1].tolist()): None for a, b in zip(idx[:-1], idx[1:])}
+    goals = list(goals)
+    return [list(goals[i % len(goals)]) for i in range(n)]
+
+
+def sample_records(model, ckpt, generator):
+    """Generate num_samples samples for the checkpoint's task; returns the JSON-line records."""
+    meta, model_type = ckpt["meta"], ckpt["model_args"]["model_type"]
+    alpha = Schedule(ckpt["config"]["alpha_schedule"], ckpt["config"]["schedule_exponent"])
+    beta = Schedule(ckpt["config"]["beta_schedule"], ckpt["config"]["schedule_exponent"])
+    is_maze = meta.get("tokenizer") == "maze"
+    subgoals = maze_prompts(os.path.join("data", ckpt["config"]["dataset"]), num_samples) if is_maze else None
+    prompts = [s + [meta["sep_id"]] for s in subgoals] if is_maze and model_type == "mdm" else subgoals
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bfloat16" and "cuda" in device else nullcontext()
+    model_fn = model.sampler_fn(alpha if model_type == "flexmdm" else beta)  # as conditioned in training
+    with autocast:
+        seqs = generate(model_fn, num_samples, steps, model.cfg.max_len, meta["mask_id"], meta["pad_id"],
+                        model_type=model_type, alpha=alpha, beta=beta, sampler=sampler, unmask=unmask,
+                        confidence=confidence, gamma1=gamma1, gamma2=gamma2, temperature=temperature, final=final,
+                        prompts=prompts, batch_size=batch_size, generator=generator, device=device,
+                        banned=[meta["sep_id"]] if "sep_id" in meta else [])  # SEP only ever ends a prompt
+    records = []
+    for b, seq in enumerate(seqs):
+        if prompts is not None and model_type == "mdm":
+            seq = seq[len(prompts[b]):]
+        record = {"tokens": seq, "length": len(seq)}
+        if is_maze:
+            record["subgoals"] = subgoals[b]
+        records.append(record)
+    if meta.get("tokenizer") == "gpt2":
+        import tiktoken
+        enc = tiktoken.get_encoding("gpt2")
+        for r in records:
+            r["text"] = enc.decode([v for v in r["tokens"] if v < enc.n_vocab])
+    return records
+
+
+def main():
+    configure(globals(), sys.argv[1:])
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    model, ckpt = load_model(os.path.join(out_dir, "ckpt.pt"), device, use_ema)
+    records = sample_records(model, ckpt, generator)
+    path = samples_file or os.path.join(out_dir, "samples.jsonl")
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(path + ".tmp", path)
+    lengths = [r["length"] for r in records]
+    print(f"wrote {len(records)} samples to {path} (length mean {np.mean(lengths):.1f}, min {min(lengths)}, max {max(lengths)})")
+
+
+if __name__ == "__main__":
+    main()
