@@ -22,9 +22,16 @@ Tasks:
         tests run in a subprocess with a timeout (--timeout) and resource limits (--problems FILE).
 """
 import argparse
+import gzip
 import json
 import math
 import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -412,7 +419,6 @@ def gsm8k_gold(answer):
 def gsm8k_extract(completion):
     """The answer a completion gives: the first number after "####" (GSM8K's format, learnt in
     IFT), else the first number after the last "answer is", else the last number; None if none."""
-    import re
     for marker in ("####", "answer is"):
         at = completion.lower().rfind(marker) if marker == "answer is" else completion.find(marker)
         if at >= 0:
@@ -439,7 +445,6 @@ def evaluate_gsm8k(args):
 
 def read_problems(path):
     """HumanEval(-infilling) problems by task_id, from .jsonl or .jsonl.gz."""
-    import gzip
     with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
         return {p["task_id"]: p for p in (json.loads(line) for line in f if line.strip())}
 
@@ -454,10 +459,6 @@ def run_program(program, timeout=3.0, memory_gb=4.0):
     """"passed", "failed" or "timed out": the program run by a fresh isolated python in an empty
     temporary directory, no stdin, address space and CPU time limited; on timeout its whole
     process group is killed."""
-    import signal
-    import subprocess
-    import sys
-    import tempfile
     limit = int(memory_gb * 2**30)  # the limits are set inside the child: preexec_fn is unsafe with threads
     header = (f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
               f"resource.setrlimit(resource.RLIMIT_CPU, ({math.ceil(timeout) + 1}, {math.ceil(timeout) + 1}))\n")
@@ -476,7 +477,6 @@ def run_program(program, timeout=3.0, memory_gb=4.0):
 
 def humaneval_outcomes(problems, samples, timeout=3.0, workers=None):
     """run_program's outcome for every sample {"task_id", "completion"}, in order, run in parallel."""
-    from concurrent.futures import ThreadPoolExecutor
     unknown = [s["task_id"] for s in samples if s["task_id"] not in problems]
     if unknown:
         raise SystemExit(f"error: sample task_id {unknown[0]!r} is not in the problems file")

@@ -1,0 +1,672 @@
+"""
+Retrofit LLaDA-8B-Base into a FlexMDM (paper section 5.2, appendix F.3), instruction-fine-tune it and
+sample the benchmarks. One stage per run, chosen by config/llada_*.py (the commands, for 16 GPUs
+under torchrun with FSDP or one CPU process, are in those files and in the README):
+
+    python retrofit_llada.py config/llada_cpu.py --base_model=DIR --stage=pretrain
+
+LLaDA's architecture is written here (the hub's remote code is never run) and filled by tensor name
+from the checkpoint's safetensors. The retrofit (model_type="flexmdm") adds, all trained in full (fp32):
+- time: model.TimeEmbedding of alpha(t) (footnote 2) -> per block a shift and a scale of both RMSNorms,
+  and of ln_f (adaLN without gates), zero-initialised: the token logits start exactly as LLaDA's;
+- insertion head: softplus(Linear(d, 1)) on the final hidden states; gap j is read at position j, the
+  last gap at an extra *slot* position (as in model.py) whose input is a learned vector (initialised to
+  LLaDA's EOS embedding); no token attends to the slot, so it cannot change the token logits;
+and LoRA (peft) on q/k/v of every block and on the output head ff_out ("crucial", F.3). The baseline
+(model_type="mdm") is LLaDA with the same LoRA and the plain MDM loss; pads are tokens it predicts
+(LLaDA's SFT convention). Prompts, infilling prefixes and suffixes are fixed tokens. Unlike the
+paper's run (F.1), the FlexMDM's attention hides padding.
+"""
+import glob
+import json
+import math
+import os
+import re
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from configurator import configure
+from interpolant import Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, sample_times, unmasking_loss
+from model import TimeEmbedding, modulate, rotary
+from prepare_owt import chunk, split_paragraphs
+from train import save_checkpoint
+
+# -----------------------------------------------------------------------------
+stage = "pretrain"  # pretrain | ift_math | ift_code | generate | bench
+model_type = "flexmdm"  # flexmdm (the retrofit) | mdm (the LLaDA baseline: same LoRA, plain MDM loss)
+base_model = "GSAI-ML/LLaDA-8B-Base"  # local directory or hub id: config.json + safetensors (+ tokenizer)
+tokenizer_name = ""  # transformers.AutoTokenizer path or hub id; '' = the base_model directory
+init_from = "base"  # base | resume (out_dir/ckpt.pt) | the ckpt.pt of an earlier stage
+out_dir = "out-llada"
+log_interval = 10
+save_interval = 1000
+# data: hub ids, or data files (local paths, globs, hf:// URLs) of .json(l)[.gz/.zst], .parquet, .txt
+owt_source = "Skylion007/openwebtext"
+owt_fields = "text"  # comma-separated fields of a row, joined by a blank line
+math_source = "hf://datasets/EleutherAI/proof-pile-2/*/train/*.jsonl.zst"  # its files: datasets no longer runs its script
+math_fields = "text"
+owt_fraction = 0.5  # pretrain: chance that a sequence comes from owt_source (paper: 50:50)
+gsm8k_source = "openai/gsm8k"  # ift_math: config "main", split "train"
+code_source = "OpenCoder-LLM/opc-sft-stage2"  # ift_code: rows with a "code" field
+code_config = "educational_instruct"
+max_len = 1024  # longest sequence: longer paragraphs are chunked, longer IFT pairs dropped
+infill_max_lines = 3  # ift_code: the middle is 1..infill_max_lines whole lines of the code
+infill_middle_tokens = 64  # ... of at most this many tokens; the MDM's middle width; FlexMDM: room over the longest prompt
+# model
+cond_dim = 512
+insert_init = 1.0  # initial expected insertions per gap (softplus of the head's bias)
+lora_r = 128
+lora_alpha = 128
+lora_dropout = 0.1
+activation_checkpointing = True
+# optimiser
+global_batch_size = 64  # sequences per optimiser step, all processes together
+micro_batch_size = 4  # sequences per forward pass and process
+learning_rate = 1e-4
+min_lr = 1e-5
+weight_decay = 0.1
+grad_clip = 1.0  # 0 disables
+warmup_iters = 100
+restart_iters = 10000  # period of the cosine schedule with warm restarts
+max_iters = 200000
+epochs = 0.0  # ift: > 0 sets max_iters = ceil(epochs * pairs / global_batch_size)
+# generation (stage=generate): JSON lines for evaluate.py
+task = "gsm8k"  # gsm8k | humaneval_infill
+eval_source = ""  # gsm8k: '' = openai/gsm8k (main, test), or a test.jsonl; humaneval_infill: a *.jsonl.gz
+samples_file = ""  # default out_dir/<task>.jsonl
+num_problems = 0  # 0 = all
+samples_per_problem = 1
+steps = 256
+sampler = "adaptive"  # sample.generate's options; F.3: top-prob confidence with a sliding window
+confidence = "top_prob"
+gamma1 = 5.0
+gamma2 = 64
+temperature = 0.0
+gen_batch_size = 16
+# bench (stage=bench): a random LLaDA-shaped model on random tokens; step time and peak memory
+bench_arch = (2048, 12, 16, 5632, 126464)  # d_model, n_layers, n_heads, mlp, vocab: ~1.1B parameters
+# system
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # frozen weights and autocast
+seed = 1337
+# -----------------------------------------------------------------------------
+
+ALPHA = BETA = Schedule("linear")  # the paper's schedules
+NEW_MODULES = ("time_emb", "ada", "ada_out", "slot_emb", "insert_head")
+LORA_TARGETS = r"transformer\.(blocks\.\d+\.(q_proj|k_proj|v_proj)|ff_out)"  # peft: a full match of the module name
+CHOICES = dict(stage=("pretrain", "ift_math", "ift_code", "generate", "bench"), model_type=("flexmdm", "mdm"),
+               task=("gsm8k", "humaneval_infill"), dtype=("float32", "bfloat16"))
+
+
+# -----------------------------------------------------------------------------
+# The LLaDA backbone and the retrofit
+
+class RMSNorm(nn.Module):
+    """LLaDA's RMSNorm: normalise in fp32, back to the input dtype, times the weight (no bias)."""
+
+    def __init__(self, d, eps):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
+
+
+class Block(nn.Module):
+    """A LLaDA block (LLaMA-style, bidirectional); with cond_dim > 0, adaLN shift/scale on both norms."""
+
+    def __init__(self, arch, cond_dim):
+        super().__init__()
+        d, m = arch["d_model"], arch["mlp"]
+        self.n_heads = arch["n_heads"]
+        self.attn_norm, self.ff_norm = RMSNorm(d, arch["eps"]), RMSNorm(d, arch["eps"])
+        self.q_proj, self.k_proj, self.v_proj, self.attn_out = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.ff_proj, self.up_proj, self.ff_out = nn.Linear(d, m, bias=False), nn.Linear(d, m, bias=False), nn.Linear(m, d, bias=False)
+        self.ada = nn.Linear(cond_dim, 4 * d) if cond_dim else None
+
+    def forward(self, x, rope, mask, cond):
+        B, T, D = x.shape
+        shift1 = scale1 = shift2 = scale2 = 0.0  # modulate(x, 0, 0) is x exactly
+        if self.ada is not None:
+            shift1, scale1, shift2, scale2 = self.ada(cond)[:, None].chunk(4, dim=-1)
+        a = modulate(self.attn_norm(x), shift1, scale1)
+        q, k, v = (p(a).view(B, T, self.n_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = (rotary(z.float(), *rope).to(v.dtype) for z in (q, k))  # LLaDA rotates in fp32
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, D))
+        a = modulate(self.ff_norm(x), shift2, scale2)
+        return x + self.ff_out(F.silu(self.ff_proj(a)) * self.up_proj(a))
+
+
+class LLaDA(nn.Module):
+    """Parameter names are the checkpoint's without its "model." prefix."""
+
+    def __init__(self, arch, model_type="flexmdm", cond_dim=512):
+        super().__init__()
+        d, V, flex = arch["d_model"], arch["vocab"], model_type == "flexmdm"
+        self.arch, self.model_type, self.grad_ckpt = arch, model_type, False
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(V, d), blocks=nn.ModuleList(Block(arch, cond_dim if flex else 0) for _ in range(arch["n_layers"])),
+            ln_f=RMSNorm(d, arch["eps"]), ff_out=nn.Linear(d, V, bias=False)))
+        if flex:
+            self.time_emb, self.ada_out = TimeEmbedding(cond_dim), nn.Linear(cond_dim, 2 * d)
+            self.slot_emb, self.insert_head = nn.Parameter(torch.zeros(d)), nn.Linear(d, 1)
+
+    def rope(self, T, device):
+        head_dim = self.arch["d_model"] // self.arch["n_heads"]
+        inv_freq = 1.0 / self.arch["rope_theta"] ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float) / head_dim)
+        angles = torch.arange(T, device=device, dtype=torch.float)[:, None] * inv_freq
+        return angles.cos(), angles.sin()
+
+    def forward(self, x, lengths=None, cond_time=None, select=None):
+        """x [B, L]. FlexMDM: right-padded, lengths [B] real tokens, cond_time [B] = alpha(t); the slot
+        sits at position lengths[b]. MDM: every position is a token (pads included), full attention.
+        Returns (logits [B, L, V], or [M, V] at the positions where select [B, L] is true;
+        g [B, L+1] for FlexMDM, else None)."""
+        B, L = x.shape
+        tr, cond, mask = self.transformer, None, None
+        h = tr.wte(x)
+        if self.model_type == "flexmdm":
+            pos = torch.arange(L + 1, device=x.device)
+            h = torch.where((pos == lengths[:, None])[..., None], self.slot_emb.to(h.dtype), torch.cat([h, h[:, :1]], 1))
+            # every query sees the real tokens of its row, and itself (the slot; pads nobody reads)
+            eye = torch.eye(L + 1, dtype=torch.bool, device=x.device)
+            mask = ((pos < lengths[:, None])[:, None, :] | eye)[:, None]
+            cond = F.silu(self.time_emb(cond_time))
+        rope = self.rope(h.shape[1], x.device)
+        for block in tr.blocks:
+            if self.grad_ckpt and self.training:
+                h = checkpoint(block, h, rope, mask, cond, use_reentrant=False)
+            else:
+                h = block(h, rope, mask, cond)
+        h, g = tr.ln_f(h), None
+        if cond is not None:
+            h = modulate(h, *self.ada_out(cond)[:, None].chunk(2, dim=-1))
+            g = F.softplus(self.insert_head(h).squeeze(-1).float())
+        h = h[:, :L]
+        return tr.ff_out(h if select is None else h[select]).float(), g
+
+
+def is_new(name):
+    return any(part in NEW_MODULES for part in name.split("."))
+
+
+def read_arch(model_dir):
+    """The architecture from LLaDA's config.json; unsupported variants stop with a clear error."""
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(path):
+        sys.exit(f"error: {path!r} not found: base_model must hold LLaDA's config.json and safetensors")
+    with open(path) as f:
+        cfg = json.load(f)
+    need = dict(weight_tying=False, include_bias=False, include_qkv_bias=False, alibi=False, rope=True,
+                attention_layer_norm=False, input_emb_norm=False, scale_logits=False, block_type="llama",
+                activation_type="silu", layer_norm_type="rms", multi_query_attention=False)
+    for key, want in need.items():
+        if cfg.get(key) is not None and cfg[key] != want:
+            sys.exit(f"error: {path}: {key}={cfg[key]!r} is not supported (only {want!r})")
+    missing = [k for k in ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "vocab_size") if not cfg.get(k)]
+    if missing:
+        sys.exit(f"error: {path} lacks {', '.join(missing)}")
+    if (cfg.get("n_kv_heads") or cfg["n_heads"]) != cfg["n_heads"]:
+        sys.exit(f"error: {path}: n_kv_heads != n_heads: grouped-query attention is not supported")
+    eos = cfg.get("eos_token_id", 126081)
+    return dict(d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], mlp=cfg["mlp_hidden_size"],
+                vocab=cfg.get("embedding_size") or cfg["vocab_size"], rope_theta=float(cfg.get("rope_theta") or 10000.0),
+                eps=float(cfg.get("rms_norm_eps") or 1e-5), mask_id=cfg.get("mask_token_id", 126336), eos_id=eos,
+                pad_id=cfg.get("pad_token_id", eos))
+
+
+def resolve_model_dir(name):
+    """A local directory as is; a hub id through huggingface_hub.snapshot_download."""
+    if os.path.isdir(name):
+        return name
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+    except Exception as e:  # noqa: BLE001 (hub errors come in many types; the user needs one line)
+        sys.exit(f"error: base_model {name!r} is neither a directory nor a downloadable hub id: {str(e).splitlines()[0]}")
+
+
+def load_base_weights(model, model_dir):
+    """Copy every checkpoint tensor (the shards of model.safetensors.index.json, or model.safetensors)
+    into the parameter of the same name; a missing, extra or misshaped tensor is an error."""
+    from safetensors import safe_open
+    index, single = os.path.join(model_dir, "model.safetensors.index.json"), os.path.join(model_dir, "model.safetensors")
+    if os.path.exists(index):
+        with open(index) as f:
+            where = {k: os.path.join(model_dir, v) for k, v in json.load(f)["weight_map"].items()}
+    elif os.path.exists(single):
+        with safe_open(single, "pt") as sf:
+            where = {k: single for k in sf.keys()}
+    else:
+        sys.exit(f"error: no model.safetensors.index.json or model.safetensors in {model_dir!r}")
+    params = {"model." + n: p for n, p in model.named_parameters() if not is_new(n)}
+    missing, extra = sorted(set(params) - set(where)), sorted(set(where) - set(params))
+    if missing:
+        sys.exit(f"error: checkpoint {model_dir!r} lacks tensor {missing[0]} ({len(missing)} missing)")
+    if extra:
+        sys.exit(f"error: unexpected tensor {extra[0]} in {model_dir!r}: not a LLaDA checkpoint of this config")
+    for file in sorted(set(where.values())):
+        with safe_open(file, "pt") as sf, torch.no_grad():
+            for name in [n for n, f in where.items() if f == file]:
+                t = sf.get_tensor(name)
+                if t.shape != params[name].shape:
+                    sys.exit(f"error: tensor {name} in {file} has shape {tuple(t.shape)}, expected {tuple(params[name].shape)}")
+                params[name].copy_(t)
+
+
+def build_llada(arch, model_type, device, dtype, model_dir=None, lora=True):
+    """LLaDA (+ the retrofit modules for flexmdm, + LoRA): frozen weights in dtype, from model_dir or
+    random (std 0.02); LoRA and the new modules trainable, in fp32."""
+    with torch.device("meta"):
+        model = LLaDA(arch, model_type, cond_dim).to(dtype)
+    model = model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if is_new(name):
+                p.data = p.data.float()
+            elif not model_dir:
+                nn.init.ones_(p) if p.dim() == 1 else nn.init.normal_(p, std=0.02)
+        if model_dir:
+            load_base_weights(model, model_dir)
+        if model_type == "flexmdm":  # time MLP as usual; adaLN zero (starts as LLaDA); g = insert_init; slot = EOS
+            for m in model.time_emb.modules():
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+            for m in [b.ada for b in model.transformer.blocks] + [model.ada_out]:
+                nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
+            nn.init.zeros_(model.insert_head.weight)
+            model.insert_head.bias.fill_(math.log(math.expm1(insert_init)))
+            model.slot_emb.copy_(model.transformer.wte.weight[arch["eos_id"]])
+    if lora:
+        from peft import LoraConfig, inject_adapter_in_model
+        model = inject_adapter_in_model(LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                                   target_modules=LORA_TARGETS), model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_new(name) or "lora_" in name)
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model
+
+
+def shard(model, param_dtype):
+    """FSDP2: one unit per block plus the root; compute in param_dtype, reduce gradients in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in model.transformer.blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+
+
+def load_ckpt(model, path, arch):
+    """A stage's checkpoint (its trainable tensors) into the model; returns the checkpoint dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    if not os.path.exists(path):
+        sys.exit(f"error: checkpoint {path!r} not found")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    shapes = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
+    bad = sorted(set(shapes) ^ set(ck["trainable"])) or [n for n in shapes if ck["trainable"][n].shape != shapes[n]]
+    if ck.get("model_type") != model_type or ck.get("arch") != arch or bad:
+        sys.exit(f"error: {path} ({ck.get('model_type')}) does not match this {model_type} model: base model, "
+                 f"cond_dim or lora_r differ{f' (tensor {bad[0]})' if bad else ''}")
+    set_model_state_dict(model, ck["trainable"], options=StateDictOptions(full_state_dict=True, strict=False))
+    return ck
+
+
+# -----------------------------------------------------------------------------
+# Data
+
+def load_rows(source, config="", split="train", streaming=False):
+    """Rows of a hub dataset (config, split) or of data files (a path, a glob or an hf:// URL)."""
+    from datasets import load_dataset
+    try:
+        if os.path.isfile(source) or glob.has_magic(source) or source.startswith("hf://"):
+            suffixes = source.split("/")[-1].split(".")
+            kind = "text" if "txt" in suffixes else "parquet" if "parquet" in suffixes else "json"
+            return load_dataset(kind, data_files=source, split="train", streaming=streaming)
+        return load_dataset(source, config or None, split=split, streaming=streaming)
+    except Exception as e:  # noqa: BLE001 (datasets raises many types; the user needs one line)
+        sys.exit(f"error: cannot load dataset {source!r}: {(str(e) or type(e).__name__).splitlines()[0]}")
+
+
+def paragraph_stream(source, fields, tok, rank, world, stream_seed):
+    """Endless token lists: the paragraphs of a shuffled stream of rows (split over the processes),
+    tokenised and chunked to max_len (appendix F.1)."""
+    from datasets.distributed import split_dataset_by_node
+    rows = split_dataset_by_node(load_rows(source, streaming=True).shuffle(seed=stream_seed, buffer_size=10000), rank, world)
+    for epoch in range(10**9):
+        rows.set_epoch(epoch)
+        produced = False
+        for row in rows:
+            if not any(f in row for f in fields.split(",")):
+                sys.exit(f"error: rows of {source!r} have no field {fields!r} (they have {', '.join(row)})")
+            paragraphs = split_paragraphs("\n\n".join(str(row[f]) for f in fields.split(",") if row.get(f)))
+            for ids in (tok(paragraphs, add_special_tokens=False)["input_ids"] if paragraphs else []):
+                for piece in chunk(ids, max_len):
+                    produced = True
+                    yield piece
+        if not produced:
+            sys.exit(f"error: no text in {source!r}")
+
+
+def gsm8k_prompt(question):
+    return f"Question: {question.strip()}\nAnswer:"
+
+
+def math_pairs(tok):
+    """GSM8K train as (prompt, answer) token lists, the answer's calculator notes <<...>> removed."""
+    rows = load_rows(gsm8k_source, "main", "train")
+    prompts = tok([gsm8k_prompt(q) for q in rows["question"]], add_special_tokens=False)["input_ids"]
+    answers = tok([" " + re.sub(r"<<[^>]*>>", "", a) for a in rows["answer"]], add_special_tokens=False)["input_ids"]
+    pairs = [(p, a) for p, a in zip(prompts, answers) if len(p) + len(a) <= max_len]
+    if not pairs:
+        sys.exit(f"error: no GSM8K pair of {gsm8k_source!r} fits max_len={max_len}")
+    return pairs
+
+
+def infill_split(code, rng, tok):
+    """An infilling example from a piece of code: (prefix, middle, suffix) token lists, the middle
+    1..infill_max_lines random whole lines, each part tokenised on its own (as the benchmark's prefix
+    and suffix are); None unless the middle is non-blank and fits infill_middle_tokens, and prefix +
+    infill_middle_tokens + suffix fits max_len."""
+    lines = code.splitlines(keepends=True)
+    n = int(rng.integers(1, min(infill_max_lines, len(lines)) + 1))
+    i = int(rng.integers(0, len(lines) - n + 1))
+    middle = "".join(lines[i:i + n])
+    pre, mid, suf = tok(["".join(lines[:i]), middle, "".join(lines[i + n:])], add_special_tokens=False)["input_ids"]
+    fits = middle.strip() and len(mid) <= infill_middle_tokens and len(pre) + infill_middle_tokens + len(suf) <= max_len
+    return (pre, mid, suf) if fits else None
+
+
+def stage_data(tok, rank, world, iter_num):
+    if stage == "pretrain":
+        return [paragraph_stream(source, fields, tok, rank, world, seed + iter_num)
+                for source, fields in ((owt_source, owt_fields), (math_source, math_fields))]
+    if stage == "ift_math":
+        return math_pairs(tok)
+    if stage == "ift_code":
+        rows = load_rows(code_source, code_config)
+        if "code" not in rows.column_names:
+            sys.exit(f"error: rows of {code_source!r} have no 'code' field (they have {', '.join(rows.column_names)})")
+        return [c for c in rows["code"] if c and c.strip()]
+    return None
+
+
+def draw_example(data, tok, rng, arch):
+    """One training sequence of the stage: (tokens, fixed flags)."""
+    if stage == "pretrain":
+        ids = next(data[0] if rng.random() < owt_fraction else data[1])
+        return ids, [False] * len(ids)
+    if stage == "bench":
+        return rng.integers(0, arch["vocab"] - 2, size=max_len).tolist(), [False] * max_len
+    if stage == "ift_math":
+        p, a = data[int(rng.integers(len(data)))]
+        return p + a, [True] * len(p) + [False] * len(a)
+    for _ in range(100):
+        parts = infill_split(data[int(rng.integers(len(data)))], rng, tok)
+        if parts is not None:
+            break
+    else:
+        sys.exit(f"error: no infilling example from 100 rows of {code_source!r} fits max_len={max_len}")
+    pre, mid, suf = parts
+    if model_type == "mdm":  # a middle of fixed width: the MDM predicts pads where the FlexMDM inserts nothing
+        mid = mid + [arch["pad_id"]] * (infill_middle_tokens - len(mid))
+    return pre + mid + suf, [True] * len(pre) + [False] * len(mid) + [True] * len(suf)
+
+
+def make_batch(examples, arch, dev):
+    """x1 [B, W], lengths [B], fixed [B, W]. FlexMDM: W = the longest example. MDM: pads are tokens;
+    GSM8K answers are padded to max_len (pads to predict), other rows' padding is fixed."""
+    answer_pads = model_type == "mdm" and stage == "ift_math"
+    width = max_len if answer_pads else max(len(s) for s, _ in examples)
+    x1 = torch.full((len(examples), width), arch["pad_id"], dtype=torch.long)
+    fixed = torch.full((len(examples), width), not answer_pads, dtype=torch.bool)
+    for b, (s, f) in enumerate(examples):
+        x1[b, :len(s)], fixed[b, :len(s)] = torch.tensor(s), torch.tensor(f)
+    lengths = torch.tensor([width if model_type == "mdm" else len(s) for s, _ in examples])
+    return x1.to(dev), lengths.to(dev), fixed.to(dev)
+
+
+# -----------------------------------------------------------------------------
+# Losses (eq. 7 for FlexMDM; the MDM loss for the baseline), per non-fixed token of x1
+
+def batch_loss(model, arch, x1, lengths, fixed, generator=None):
+    """(loss, unmasking part, insertion part) of a batch at low-discrepancy times."""
+    t = sample_times(x1.shape[0], device=x1.device, generator=generator)
+    rows = torch.arange(x1.shape[0], device=x1.device)[:, None]
+    if model_type == "mdm":
+        xt, masked = mdm_interpolant(x1, t, BETA, arch["mask_id"], fixed=fixed, generator=generator)
+        logits, _ = model(xt, select=masked)
+        unmask = unmasking_loss(logits, x1[masked], BETA.rate(t)[rows.expand_as(masked)[masked]])
+        n = (~fixed).sum().clamp_min(1)
+        return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
+    fb = flexmdm_interpolant(x1, lengths, t, ALPHA, BETA, arch["mask_id"], arch["pad_id"], fixed=fixed, generator=generator)
+    L = max(1, int(fb.lengths.max()))
+    masked = fb.masked[:, :L]
+    logits, g = model(fb.xt[:, :L], fb.lengths, ALPHA(t), select=masked)
+    unmask = unmasking_loss(logits, fb.targets[:, :L][masked], BETA.rate(t)[rows.expand_as(masked)[masked]])
+    valid = torch.arange(L + 1, device=x1.device)[None] <= fb.lengths[:, None]
+    insert = insertion_loss(g[valid], fb.gaps[:, :L + 1][valid], ALPHA.rate(t)[rows.expand_as(valid)[valid]])
+    n = ((torch.arange(x1.shape[1], device=x1.device)[None] < lengths[:, None]) & ~fixed).sum().clamp_min(1)
+    return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
+
+
+def get_lr(it):
+    """Linear warmup, then cosine from learning_rate to min_lr, restarting every restart_iters (F.3)."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    ratio = ((it - warmup_iters) % restart_iters) / restart_iters
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def make_optimizer(model):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=learning_rate)
+
+
+# -----------------------------------------------------------------------------
+# Training and generation
+
+def train_loop(model, arch, tok, rank, world, dev, autocast, ck):
+    """AdamW on the LoRA and new parameters; a checkpoint of them (+ optimizer, rng) every save_interval."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
+    global max_iters
+    if global_batch_size % (micro_batch_size * world):
+        sys.exit(f"error: global_batch_size={global_batch_size} is not a multiple of micro_batch_size={micro_batch_size} x {world} processes")
+    accum = global_batch_size // (micro_batch_size * world)
+    optimizer = make_optimizer(model)
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    iter_num, data_rng = 0, np.random.default_rng(seed + rank)
+    if init_from == "resume":
+        set_optimizer_state_dict(model, optimizer, ck["optimizer"], options=StateDictOptions(full_state_dict=True))
+        iter_num = ck["iter_num"]
+        torch.set_rng_state(ck["rng"][rank]["torch"])
+        data_rng.bit_generator.state = ck["rng"][rank]["data"]
+    data = stage_data(tok, rank, world, iter_num)
+    if epochs > 0 and stage in ("ift_math", "ift_code"):
+        max_iters = math.ceil(epochs * len(data) / global_batch_size)
+    if rank == 0:
+        print(f"{stage}: {max_iters} iterations of {global_batch_size} sequences ({micro_batch_size} x {accum} accumulation"
+              f" x {world} processes)" + (f", {len(data)} training examples" if stage in ("ift_math", "ift_code") else ""))
+    config = {k: v for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str))}
+    step_times = []
+    while iter_num < max_iters:
+        t0, lr = time.time(), get_lr(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(accum):
+            if world > 1:
+                model.set_requires_gradient_sync(micro == accum - 1)
+            x1, lengths, fixed = make_batch([draw_example(data, tok, data_rng, arch) for _ in range(micro_batch_size)], arch, dev)
+            with autocast:
+                loss, unmask, insert = batch_loss(model, arch, x1, lengths, fixed)
+            (loss / accum).backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
+        step_times.append(time.time() - t0)
+        iter_num += 1
+        mem = f", max memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if dev.startswith("cuda") else ""
+        if rank == 0 and (iter_num % log_interval == 0 or stage == "bench"):
+            print(f"iter {iter_num}: loss {loss.item():.4f} (unmask {unmask.item():.4f}, insert {insert.item():.4f}), "
+                  f"lr {lr:.2e}, {1000 * step_times[-1]:.0f} ms/iter{mem}", flush=True)
+        if stage != "bench" and (iter_num % save_interval == 0 or iter_num == max_iters):
+            state = {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().float().cpu()  # every rank gathers
+                     for n, p in model.named_parameters() if p.requires_grad}
+            optim = get_optimizer_state_dict(model, optimizer, options=full)
+            rngs = [{"torch": torch.get_rng_state(), "data": data_rng.bit_generator.state}] * world
+            if world > 1:
+                dist.all_gather_object(rngs, rngs[rank])
+            if rank == 0:
+                os.makedirs(out_dir, exist_ok=True)
+                save_checkpoint(os.path.join(out_dir, "ckpt.pt"), dict(trainable=state, optimizer=optim, iter_num=iter_num, rng=rngs,
+                                                                        model_type=model_type, arch=arch, config=config))
+    if rank == 0 and stage == "bench" and step_times:
+        steady = step_times[2:] or step_times
+        print(f"bench: median step {1000 * float(np.median(steady)):.0f} ms over {len(steady)} steps "
+              f"({micro_batch_size * accum} x {max_len} tokens per process per step){mem}")
+
+
+def load_problems(tok, arch):
+    """The benchmark as (record, prompt ids, prefix length, suffix length); insertion only happens
+    between the prefix and the suffix (for GSM8K: after the question)."""
+    if task == "gsm8k":
+        rows = load_rows(eval_source or "openai/gsm8k", "main", "test")
+        prompts = tok([gsm8k_prompt(q) for q in rows["question"]], add_special_tokens=False)["input_ids"]
+        return [({"question": q, "answer": a}, p, len(p), 0) for q, a, p in zip(rows["question"], rows["answer"], prompts)]
+    if not eval_source:
+        sys.exit("error: task=humaneval_infill needs --eval_source=PATH/HumanEval-SingleLineInfilling.jsonl.gz")
+    problems = []
+    for row in load_rows(eval_source):
+        pre, suf = tok([row["prompt"], row["suffix"]], add_special_tokens=False)["input_ids"]
+        middle = [arch["mask_id"]] * infill_middle_tokens if model_type == "mdm" else []
+        problems.append(({"task_id": row["task_id"]}, pre + middle + suf, len(pre), len(suf)))
+    return problems
+
+
+def generate_sequences(model, arch, items, dev, autocast, generator):
+    """The final sequence of each (record, prompt, n_pre, n_suf) item: insertion only happens between
+    the prefix and the suffix (and next to generated tokens), which stay fixed."""
+    from sample import generate
+
+    @torch.no_grad()
+    def model_fn(x, t):  # the MDM returns (logits, None); it has no time input (LLaDA's design)
+        with autocast:
+            return model(x) if model_type == "mdm" else model(x, (x != arch["pad_id"]).sum(1), ALPHA(t))
+
+    infill_mdm = task == "humaneval_infill" and model_type == "mdm"  # its prompts hold the masks: one length per batch
+    batches = []
+    for i in sorted(range(len(items)), key=lambda i: len(items[i][1])):
+        if batches and len(batches[-1]) < gen_batch_size and (not infill_mdm or len(items[batches[-1][0]][1]) == len(items[i][1])):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    seqs = [None] * len(items)
+    for batch in batches:
+        prompts = [items[i][1] for i in batch]
+        length = max_len if task == "gsm8k" else max(map(len, prompts)) + (0 if infill_mdm else infill_middle_tokens)
+        out = generate(model_fn, len(batch), steps, length, arch["mask_id"], arch["pad_id"], model_type=model_type,
+                       alpha=ALPHA, beta=BETA, sampler=sampler, confidence=confidence, gamma1=gamma1, gamma2=gamma2,
+                       temperature=temperature, prompts=prompts, open_gaps=[[items[i][2]] for i in batch],
+                       generator=generator, device=dev)
+        for i, seq in zip(batch, out):
+            seqs[i] = seq
+    return seqs
+
+
+def generate_stage(model, arch, tok, rank, world, dev, autocast):
+    """Samples for the benchmark, the problems split over the processes; JSON lines in samples_file."""
+    problems = load_problems(tok, arch)[:num_problems or None]
+    items = [p for p in problems for _ in range(samples_per_problem)][rank::world]
+    generator = torch.Generator(device=dev).manual_seed(seed + rank)
+    seqs = generate_sequences(model, arch, items, dev, autocast, generator)
+    middles = [[v for v in seq[n_pre:len(seq) - n_suf] if v != arch["pad_id"]] for seq, (_, _, n_pre, n_suf) in zip(seqs, items)]
+    records = [dict(item[0], completion=tok.decode(m, skip_special_tokens=True), tokens=m) for item, m in zip(items, middles)]
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, records)
+        records = [r for part in gathered for r in part]
+    if rank == 0:
+        path = samples_file or os.path.join(out_dir, f"{task}.jsonl")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(path + ".tmp", path)
+        print(f"wrote {len(records)} samples to {path}: python evaluate.py --task={task} --samples={path}"
+              + (f" --problems={eval_source}" if task == "humaneval_infill" else ""))
+
+
+def load_tokenizer(name, arch):
+    from transformers import AutoTokenizer
+    try:  # trust_remote_code=False said explicitly: never run hub code, and never ask on stdin
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: cannot load the tokenizer {name!r}: {str(e).splitlines()[0]}")
+    if len(tok) > arch["vocab"]:
+        sys.exit(f"error: the tokenizer {name!r} has {len(tok)} tokens, more than the model's {arch['vocab']}")
+    return tok
+
+
+def main():
+    configure(globals(), sys.argv[1:])
+    for name, allowed in CHOICES.items():
+        if globals()[name] not in allowed:
+            sys.exit(f"error: {name}={globals()[name]!r} is not one of {', '.join(allowed)}")
+    if model_type == "mdm" and stage in ("pretrain", "bench"):
+        sys.exit(f"error: stage={stage} is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base itself (ift stages, generate)")
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank, world, dev = 0, 1, device
+    if ddp:
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.startswith("cuda"):
+            dev = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(dev)
+    torch.manual_seed(seed)  # the same LoRA and new-module initialisation on every process
+    ptdtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    autocast = torch.autocast(dev.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    if stage == "bench":
+        arch = dict(zip(("d_model", "n_layers", "n_heads", "mlp", "vocab"), bench_arch), rope_theta=500000.0, eps=1e-5)
+        arch.update(mask_id=arch["vocab"] - 1, eos_id=arch["vocab"] - 2, pad_id=arch["vocab"] - 2)
+        model, tok = build_llada(arch, model_type, dev, ptdtype), None
+    else:
+        model_dir = resolve_model_dir(base_model)
+        arch = read_arch(model_dir)
+        tok = load_tokenizer(tokenizer_name or model_dir, arch)
+        model = build_llada(arch, model_type, dev, ptdtype, model_dir)
+    model.grad_ckpt = activation_checkpointing
+    if rank == 0:
+        count = [sum(p.numel() for n, p in model.named_parameters() if keep(n)) / 1e6 for keep in (str, is_new, lambda n: "lora_" in n)]
+        print(f"LLaDA {model_type}: {count[0]:.1f}M parameters, trainable: new modules {count[1]:.1f}M + LoRA {count[2]:.1f}M; "
+              f"{world} process(es) on {dev}", flush=True)
+    if world > 1 and stage != "generate":  # generation splits the problems over full copies instead
+        shard(model, ptdtype)
+    ck = None
+    if init_from != "base":
+        ck = load_ckpt(model, os.path.join(out_dir, "ckpt.pt") if init_from == "resume" else init_from, arch)
+    torch.manual_seed(seed + rank)  # different times, masks and dropout on every process
+    if stage == "generate":
+        generate_stage(model.eval(), arch, tok, rank, world, dev, autocast)
+    else:
+        train_loop(model.train(), arch, tok, rank, world, dev, autocast, ck)
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""The LLaDA retrofit (retrofit_llada.py) and its benchmarks (evaluate.py: gsm8k, humaneval_infill) on a
+tiny model in LLaDA's exact checkpoint format, built here: config.json with the real keys and small
+values, model.safetensors with the real tensor names, and a tiny byte-level BPE tokenizer."""
+import contextlib
+import gzip
+import importlib
+import io
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from configurator import configure
+
+DATA = os.path.join(ROOT, "..", "shared", "data")
+GSM8K = os.path.join(DATA, "gsm8k")
+HUMANEVAL = os.path.join(DATA, "human_eval_infilling")
+SINGLE_LINE = os.path.join(HUMANEVAL, "HumanEval-SingleLineInfilling.jsonl.gz")
+
+# LLaDA-8B-Base's config.json, every key, with small sizes and ids (the real ones: d_model 4096,
+# 32 layers and heads, mlp 12288, vocab 126464, eos/pad 126081, mask 126336).
+CONFIG = {
+    "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
+    "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
+    "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
+                 "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"},
+    "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama", "d_model": 32, "embedding_dropout": 0.0,
+    "embedding_size": 1024, "eos_token_id": 0, "flash_attention": False, "include_bias": False, "include_qkv_bias": False,
+    "init_cutoff_factor": None, "init_device": "meta", "init_fn": "mitchell", "init_std": 0.02, "input_emb_norm": False,
+    "layer_norm_type": "rms", "layer_norm_with_affine": True, "mask_token_id": 1, "max_sequence_length": 4096,
+    "mlp_hidden_size": 64, "mlp_ratio": 2, "model_type": "llada", "multi_query_attention": None, "n_heads": 2,
+    "n_kv_heads": 2, "n_layers": 2, "pad_token_id": 0, "precision": "amp_bf16", "residual_dropout": 0.0,
+    "rms_norm_eps": 1e-05, "rope": True, "rope_full_precision": True, "rope_theta": 500000.0, "scale_logits": False,
+    "transformers_version": "4.46.3", "use_cache": False, "vocab_size": 1024, "weight_tying": False}
+BLOCK_TENSORS = ("attn_norm", "ff_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+
+
+def checkpoint_tensors(cfg, seed=0):
+    """LLaDA's 3 + 9 * n_layers tensors by their checkpoint names, random, in bf16 (as published)."""
+    d, m, V = cfg["d_model"], cfg["mlp_hidden_size"], cfg["embedding_size"]
+    shapes = {"model.transformer.wte.weight": (V, d), "model.transformer.ln_f.weight": (d,),
+              "model.transformer.ff_out.weight": (V, d)}
+    for i in range(cfg["n_layers"]):
+        shapes.update({f"model.transformer.blocks.{i}.{n}.weight": s for n, s in zip(
+            BLOCK_TENSORS, [(d,), (d,), (d, d), (d, d), (d, d), (d, d), (m, d), (m, d), (d, m)])})
+    gen = torch.Generator().manual_seed(seed)
+    return {k: (1 + 0.1 * torch.randn(s, generator=gen) if len(s) == 1 else 0.1 * torch.randn(s, generator=gen)).bfloat16()
+            for k, s in shapes.items()}
+
+
+def write_checkpoint(path, tensors, cfg=CONFIG, shards=1):
+    """config.json + model.safetensors, or `shards` files with model.safetensors.index.json (LLaDA's layout)."""
+    from safetensors.torch import save_file
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    if shards == 1:
+        return save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    names, weight_map = sorted(tensors), {}
+    for s in range(shards):
+        file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[s::shards]}
+        save_file(part, os.path.join(path, file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+
+def write_code_rows(path, n=30):
+    """opc-sft-stage-2-like rows (instruction, output, code, entry_point, testcase) from HumanEval code."""
+    with gzip.open(SINGLE_LINE, "rt") as f, open(path, "w") as out:
+        for _, line in zip(range(n), f):
+            r = json.loads(line)
+            code = r["prompt"] + r["canonical_solution"] + r["suffix"]
+            out.write(json.dumps({"instruction": "Write the function.", "output": code, "code": code,
+                                  "entry_point": r["entry_point"], "testcase": []}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def llada_dir(tmp_path_factory):
+    """A tiny LLaDA-8B-Base look-alike: checkpoint + a byte-level BPE tokenizer (LLaDA's special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    path = str(tmp_path_factory.mktemp("llada"))
+    with open(os.path.join(GSM8K, "train.jsonl")) as f:
+        gsm8k = [line for _, line in zip(range(300), f)]
+    with gzip.open(SINGLE_LINE, "rt") as f:
+        code = [json.loads(line) for _, line in zip(range(50), f)]
+    texts = [r["question"] + "\n" + r["answer"] for r in map(json.loads, gsm8k)]
+    texts += [r["prompt"] + r["canonical_solution"] + r["suffix"] for r in code]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>", "<|mdm_mask|>", "<|eot_id|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                            mask_token="<|mdm_mask|>").save_pretrained(path)
+    write_checkpoint(path, checkpoint_tensors(CONFIG))
+    with open(os.path.join(path, "gsm8k_train.jsonl"), "w") as out:
+        out.writelines(gsm8k[:64])  # tokenising all 7473 pairs takes seconds
+    write_code_rows(os.path.join(path, "code.jsonl"))
+    return path
+
+
+def retrofit(llada_dir, *args):
+    """retrofit_llada with fresh globals: config/llada_cpu.py, the tiny checkpoint, then args; its data
+    paths made absolute (they are relative to the repo root)."""
+    import retrofit_llada
+    module = importlib.reload(retrofit_llada)
+    with contextlib.chdir(ROOT):
+        configure(vars(module), ["config/llada_cpu.py", f"--base_model={llada_dir}"])
+        configure(vars(module), [f"--{k}={os.path.abspath(getattr(module, k))}" for k in ("owt_source", "math_source")])
+    configure(vars(module), [*small_data(llada_dir), *args])
+    return module
+
+
+def small_data(llada_dir):
+    return [f"--gsm8k_source={llada_dir}/gsm8k_train.jsonl", f"--code_source={llada_dir}/code.jsonl"]
+
+
+def run_main(llada_dir, *args):
+    """retrofit_llada.main() as `python retrofit_llada.py config/llada_cpu.py ...` in the repo root; its stdout."""
+    import retrofit_llada
+    module = importlib.reload(retrofit_llada)
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = ["retrofit_llada.py", "config/llada_cpu.py", f"--base_model={llada_dir}", *small_data(llada_dir), *args]
+    try:
+        with contextlib.chdir(ROOT), contextlib.redirect_stdout(out):
+            module.main()
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(1)
+    return out.getvalue()
+
+
+def tiny_model(R, llada_dir, model_type="flexmdm", lora=True):
+    arch = R.read_arch(llada_dir)
+    return R.build_llada(arch, model_type, "cpu", torch.float32, llada_dir, lora=lora), arch
+
+
+def reference_llada(tensors, cfg, x):
+    """LLaDA's forward written out from the architecture's description, on the checkpoint tensors:
+    bidirectional attention, RMSNorm, RoPE on half-split pairs, SwiGLU, untied head. x [L] -> logits [L, V]."""
+    w = {k.removeprefix("model.transformer."): v.float() for k, v in tensors.items()}
+    d, H, eps = cfg["d_model"], cfg["n_heads"], cfg["rms_norm_eps"]
+    hd, L = d // H, len(x)
+
+    def norm(h, weight):
+        return weight * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+
+    inv_freq = 1.0 / cfg["rope_theta"] ** (torch.arange(0, hd, 2).float() / hd)
+    angles = torch.arange(L).float()[:, None] * inv_freq
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+
+    def rope(z):  # z [H, L, hd]
+        rotated = torch.cat([-z[..., hd // 2:], z[..., :hd // 2]], -1)
+        return z * cos + rotated * sin
+
+    h = w["wte.weight"][x]
+    for i in range(cfg["n_layers"]):
+        b = {n: w[f"blocks.{i}.{n}.weight"] for n in BLOCK_TENSORS}
+        a = norm(h, b["attn_norm"])
+        q, k, v = ((a @ b[p].T).view(L, H, hd).transpose(0, 1) for p in ("q_proj", "k_proj", "v_proj"))
+        att = torch.softmax(rope(q) @ rope(k).transpose(1, 2) / hd ** 0.5, -1) @ v
+        h = h + att.transpose(0, 1).reshape(L, d) @ b["attn_out"].T
+        a = norm(h, b["ff_norm"])
+        h = h + (torch.nn.functional.silu(a @ b["ff_proj"].T) * (a @ b["up_proj"].T)) @ b["ff_out"].T
+    return norm(h, w["ln_f.weight"]) @ w["ff_out.weight"].T
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+def test_loader_maps_every_tensor_and_rejects_bad_checkpoints(llada_dir, tmp_path):
+    R = retrofit(llada_dir)
+    tensors = checkpoint_tensors(CONFIG)
+    model, _ = tiny_model(R, llada_dir, lora=False)
+    params = {"model." + n: p for n, p in model.named_parameters() if not R.is_new(n)}
+    assert set(params) == set(tensors) and len(tensors) == 3 + 9 * CONFIG["n_layers"]
+    for name, t in tensors.items():
+        assert torch.equal(params[name], t.float()), name
+    sharded = str(tmp_path / "sharded")  # LLaDA's own layout: shards + model.safetensors.index.json
+    write_checkpoint(sharded, tensors, shards=3)
+    model2, _ = tiny_model(R, sharded, lora=False)
+    assert all(torch.equal(p, dict(model2.named_parameters())[n]) for n, p in model.named_parameters() if not R.is_new(n))
+
+    missing = dict(tensors)
+    del missing["model.transformer.blocks.1.k_proj.weight"]
+    write_checkpoint(str(tmp_path / "missing"), missing)
+    with pytest.raises(SystemExit, match=r"lacks tensor model\.transformer\.blocks\.1\.k_proj\.weight"):
+        tiny_model(R, str(tmp_path / "missing"))
+    misshaped = dict(tensors, **{"model.transformer.blocks.0.up_proj.weight": tensors["model.transformer.blocks.0.up_proj.weight"].T.contiguous()})
+    write_checkpoint(str(tmp_path / "misshaped"), misshaped)
+    with pytest.raises(SystemExit, match=r"blocks\.0\.up_proj\.weight .*shape \(32, 64\), expected \(64, 32\)"):
+        tiny_model(R, str(tmp_path / "misshaped"))
+    write_checkpoint(str(tmp_path / "gqa"), tensors, cfg=dict(CONFIG, n_kv_heads=1))
+    with pytest.raises(SystemExit, match="grouped-query"):
+        R.read_arch(str(tmp_path / "gqa"))
+
+
+def test_retrofit_starts_as_llada(llada_dir):
+    """Before any step the retrofitted model's token logits are LLaDA's (an independent reference
+    forward on the checkpoint), on a padded batch, LoRA dropout active; g starts at insert_init."""
+    R = retrofit(llada_dir)
+    tensors = checkpoint_tensors(CONFIG)
+    model, arch = tiny_model(R, llada_dir)
+    model.train()
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([9, 5])
+    x = torch.randint(3, 300, (2, 9), generator=gen)
+    x[1, 5:] = arch["pad_id"]
+    logits, g = model(x, lengths, torch.tensor([0.3, 0.8]))
+    for b in range(2):
+        ref = reference_llada(tensors, CONFIG, x[b, :lengths[b]])
+        torch.testing.assert_close(logits[b, :lengths[b]], ref, atol=2e-5, rtol=1e-4)
+    assert g.shape == (2, 10)
+    torch.testing.assert_close(g, torch.full_like(g, R.insert_init))
+    mdm, _ = tiny_model(R, llada_dir, model_type="mdm")
+    torch.testing.assert_close(mdm(x[:1])[0][0], reference_llada(tensors, CONFIG, x[0]), atol=2e-5, rtol=1e-4)
+
+
+def test_lora_exactly_on_qkv_and_output_head(llada_dir):
+    R = retrofit(llada_dir, "--lora_r=4", "--lora_alpha=8")
+    expected = {f"transformer.blocks.{i}.{p}" for i in range(CONFIG["n_layers"]) for p in ("q_proj", "k_proj", "v_proj")}
+    expected.add("transformer.ff_out")
+    for model_type in ("flexmdm", "mdm"):
+        model, _ = tiny_model(R, llada_dir, model_type)
+        adapted = {n for n, m in model.named_modules() if hasattr(m, "lora_A")}
+        assert adapted == expected
+        for name in adapted:
+            m = model.get_submodule(name)
+            assert m.r["default"] == 4 and m.scaling["default"] == 2.0 and m.lora_dropout["default"].p == 0.1
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {n for n, _ in model.named_parameters() if "lora_" in n or R.is_new(n)}
+        assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if n in trainable)
+        assert any(R.is_new(n) for n in trainable) == (model_type == "flexmdm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+@pytest.mark.parametrize("stage,model_type", [("pretrain", "flexmdm"), ("ift_math", "flexmdm"), ("ift_math", "mdm"),
+                                              ("ift_code", "flexmdm"), ("ift_code", "mdm")])
+def test_steps_lower_the_loss_on_a_repeated_batch(llada_dir, stage, model_type):
+    R = retrofit(llada_dir, f"--stage={stage}", f"--model_type={model_type}", "--learning_rate=1e-2", "--weight_decay=0.0")
+    model, arch = tiny_model(R, llada_dir, model_type)
+    tok = R.load_tokenizer(llada_dir, arch)
+    rng = __import__("numpy").random.default_rng(0)
+    batch = R.make_batch([R.draw_example(R.stage_data(tok, 0, 1, 0), tok, rng, arch) for _ in range(4)], arch, "cpu")
+    x1, lengths, fixed = batch
+    real = torch.arange(x1.shape[1])[None] < lengths[:, None]
+    assert (fixed & real).any() == (stage != "pretrain") and (fixed & real).sum() < real.sum()
+
+    def loss(train):
+        model.train(train)
+        return R.batch_loss(model, arch, *batch, generator=torch.Generator().manual_seed(0))[0]
+
+    optimizer = R.make_optimizer(model)
+    with torch.no_grad():
+        before = loss(False).item()
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss(True).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = loss(False).item()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_stages_end_to_end_then_evaluate(llada_dir, tmp_path):
+    """pretrain -> resume -> ift_math -> generate GSM8K and HumanEval-infill -> evaluate.py, in-process."""
+    import evaluate
+    pre, ift = str(tmp_path / "pre"), str(tmp_path / "ift")
+    out = run_main(llada_dir, "--stage=pretrain", "--max_iters=2", f"--out_dir={pre}")
+    assert "iter 2: loss" in out and os.path.exists(os.path.join(pre, "ckpt.pt"))
+    out = run_main(llada_dir, "--stage=pretrain", "--max_iters=3", "--init_from=resume", f"--out_dir={pre}")
+    assert "iter 3: loss" in out and "iter 1: loss" not in out
+    out = run_main(llada_dir, "--stage=ift_math", "--max_iters=2", f"--init_from={pre}/ckpt.pt", f"--out_dir={ift}")
+    assert "iter 2: loss" in out
+    with pytest.raises(SystemExit, match="does not match"):
+        run_main(llada_dir, "--stage=ift_math", "--model_type=mdm", f"--init_from={pre}/ckpt.pt", f"--out_dir={ift}")
+
+    run_main(llada_dir, "--stage=generate", f"--init_from={ift}/ckpt.pt", f"--out_dir={ift}", "--num_problems=3", "--steps=4")
+    rows = evaluate.read_jsonl(os.path.join(ift, "gsm8k.jsonl"))
+    assert len(rows) == 3 and all({"question", "answer", "completion", "tokens"} <= set(r) for r in rows)
+    metrics = evaluate.main(["--task=gsm8k", f"--samples={ift}/gsm8k.jsonl"])
+    assert metrics["n"] == 3 and 0 <= metrics["accuracy"] <= 1
+
+    run_main(llada_dir, "--stage=generate", "--task=humaneval_infill", f"--eval_source={SINGLE_LINE}",
+             f"--init_from={ift}/ckpt.pt", f"--out_dir={ift}", "--num_problems=2", "--steps=4")
+    metrics = evaluate.main(["--task=humaneval_infill", f"--samples={ift}/humaneval_infill.jsonl", f"--problems={SINGLE_LINE}"])
+    assert metrics["n"] == 2 and sum(metrics["outcomes"].values()) == 2
+
+
+@pytest.mark.parametrize("model_type", ["flexmdm", "mdm"])
+def test_infilling_keeps_prefix_and_suffix_intact(llada_dir, model_type):
+    """Insertion only between prefix and suffix: with an insertion head that asks for ~4 masks per
+    gap, an insertion inside the prefix or suffix would shift or split them."""
+    R = retrofit(llada_dir, "--task=humaneval_infill", f"--eval_source={SINGLE_LINE}", f"--model_type={model_type}",
+                 "--gen_batch_size=3", "--steps=6", "--temperature=1.0")
+    model, arch = tiny_model(R, llada_dir, model_type)
+    if model_type == "flexmdm":
+        with torch.no_grad():
+            model.insert_head.bias.fill_(4.0)
+    tok = R.load_tokenizer(llada_dir, arch)
+    items = R.load_problems(tok, arch)[:40:8]
+    seqs = R.generate_sequences(model.eval(), arch, items, "cpu", contextlib.nullcontext(), torch.Generator().manual_seed(0))
+    for (_, prompt, n_pre, n_suf), seq in zip(items, seqs):
+        assert seq[:n_pre] == prompt[:n_pre] and seq[len(seq) - n_suf:] == prompt[len(prompt) - n_suf:]
+        middle = seq[n_pre:len(seq) - n_suf]
+        assert 0 < len(middle) and arch["mask_id"] not in middle
+        assert len(seq) <= max(len(p) for _, p, _, _ in items) + R.infill_middle_tokens  # the batch's length cap
+
+
+def test_configs_are_valid(llada_dir):
+    import retrofit_llada
+    for name in ("llada_pretrain", "llada_ift_math", "llada_ift_code", "llada_ift_math_mdm", "llada_ift_code_mdm",
+                 "llada_bench", "llada_cpu"):
+        module = importlib.reload(retrofit_llada)
+        with contextlib.chdir(ROOT):
+            configure(vars(module), [f"config/{name}.py"])
+        assert all(getattr(module, k) in v for k, v in module.CHOICES.items()), name
+    assert (module.stage, module.device) == ("pretrain", "cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmarks (evaluate.py)
+
+def test_gsm8k_answer_extraction_on_real_answers():
+    import evaluate
+    rows = []
+    for split in ("train", "test"):
+        with open(os.path.join(GSM8K, f"{split}.jsonl")) as f:
+            rows += [json.loads(line) for line in f]
+    assert len(rows) == 8792
+    golds = [evaluate.gsm8k_gold(r["answer"]) for r in rows]
+    assert None not in golds and evaluate.gsm8k_gold("... #### 1,450,000") == "1450000"
+    assert [evaluate.gsm8k_extract(r["answer"]) for r in rows] == golds
+    said = [r["answer"].split("####")[0] + f"So the answer is ${r['answer'].split('####')[1].strip()}." for r in rows]
+    assert [evaluate.gsm8k_extract(s) for s in said] == golds
+    reasoning_only = sum(evaluate.gsm8k_extract(r["answer"].split("####")[0]) == g for r, g in zip(rows, golds))
+    assert reasoning_only / len(rows) > 0.95  # the last number of the reasoning is nearly always the answer
+    assert evaluate.gsm8k_extract("She pays $1,234.50 in total.") == "1234.5"
+    assert evaluate.gsm8k_extract("The answer is -3. Check: 5 - 8 = -3") == "-3"
+    assert evaluate.gsm8k_extract("#### 18.0\nand 7 more") == "18"
+    assert evaluate.gsm8k_extract("no idea") is None
+    rate = evaluate.rate_and_stderr([evaluate.gsm8k_extract(s) == g for s, g in zip(["#### 5", "#### 6"], ["5", "7"])])
+    assert rate == pytest.approx((0.5, 0.5 / 2 ** 0.5))
+
+
+def test_humaneval_infill_harness():
+    import evaluate
+    problems = evaluate.read_problems(SINGLE_LINE)
+    assert len(problems) == 1033
+    ids = list(problems)[::60]
+    canonical = [{"task_id": i, "completion": problems[i]["canonical_solution"]} for i in ids]
+    assert evaluate.humaneval_outcomes(problems, canonical, timeout=10) == ["passed"] * len(ids)
+    first = "SingleLineInfilling/HumanEval/0/L0"  # "for idx, elem in enumerate(numbers):" -> every element meets itself
+    wrong = [{"task_id": first, "completion": "    for idx, elem in enumerate(numbers[1:]):\n"}]
+    assert evaluate.humaneval_outcomes(problems, wrong, timeout=10) == ["failed"]
+
+    example = evaluate.read_problems(os.path.join(HUMANEVAL, "example_problem.jsonl"))
+    loop = [{"task_id": "test/0", "completion": "    while True:\n        pass\n    return "}]
+    assert evaluate.humaneval_outcomes(example, loop, timeout=1) == ["timed out"]
+    samples = evaluate.read_jsonl(os.path.join(HUMANEVAL, "example_samples.jsonl"))
+    outcomes = evaluate.humaneval_outcomes(example, samples, timeout=2, workers=len(samples))
+    assert evaluate.pass_at_1(samples, outcomes) == pytest.approx((0.3, 0.0))
+    assert outcomes.count("timed out") == 2
