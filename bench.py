@@ -53,7 +53,6 @@ sample_options passes more keyword arguments to generate (e.g. the MDM or window
 """
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -208,7 +207,7 @@ def bench_train():
         gen.manual_seed(seed + i)
         with autocast:
             if model_type == "mdm":
-                loss = train.mdm_loss(model, x1, fixed, t, beta, mask_id, gen)[0]
+                loss = train.mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, gen)[0]
             else:
                 loss = train.flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row_tokens, gen)[0]
         loss.backward()
@@ -320,7 +319,7 @@ def bench_sample():
                 out = run()
                 sync(device_type)
                 total += time.perf_counter() - t0
-                lens.append(sample_lengths(out, pad_id))
+                lens.append(np.mean([len(s) for s in out]))
         res = {"mode": "sample", "sampler": rule, "model_type": mt, "steps": sample_steps, "batch": sample_batch,
                "device": device, "dtype": dtype, "compile": compile,
                "seq_per_s": sample_rounds * sample_batch / total, "calls_per_s": calls[0] / total,
@@ -329,11 +328,6 @@ def bench_sample():
               f"({res['calls_per_sample_call']:.0f} calls per generate), mean length {res['mean_len']:.1f}")
         results.append(res)
     return results
-
-
-def sample_lengths(out, pad_id):
-    """Mean length of generate's output (a list of sequences)."""
-    return float(np.mean([len(s) for s in out]))
 
 
 def main():

@@ -40,11 +40,15 @@ import numpy as np
 # Shared helpers
 
 def read_jsonl(path):
+    if not os.path.exists(path):
+        sys.exit(f"error: samples file {path!r} not found: run sample.py first or fix --samples")
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 def load_meta(data_dir):
+    if not os.path.exists(os.path.join(data_dir, "meta.json")):
+        sys.exit(f"error: {os.path.join(data_dir, 'meta.json')!r} not found: prepare the data or fix --data_dir")
     with open(os.path.join(data_dir, "meta.json")) as f:
         return json.load(f)
 
@@ -160,6 +164,8 @@ def evaluate_maze(args):
     meta = load_meta(args.data_dir)
     maze = np.asarray(meta["maze"], dtype=np.uint8)
     rows = read_jsonl(args.samples)
+    if not all("subgoals" in r for r in rows):
+        sys.exit(f"error: {args.samples!r} has rows without 'subgoals': these are not maze samples")
     paths = [r["tokens"] for r in rows]
     subgoals = [r["subgoals"] for r in rows]
     reasons = [maze_path_check(p, s, maze) for p, s in zip(paths, subgoals)]

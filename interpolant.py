@@ -17,13 +17,16 @@ import torch
 import torch.nn.functional as F
 
 
+SCHEDULES = ("linear", "poly", "cosine")
+
+
 class Schedule:
     """An increasing s(t) on [0, 1] with s(0) = 0 and s(1) = 1.
     linear: t;  poly: t**exponent;  cosine: 1 - cos(pi t / 2)."""
 
     def __init__(self, kind="linear", exponent=2.0):
-        if kind not in ("linear", "poly", "cosine"):
-            raise ValueError(f"unknown schedule {kind!r}: expected linear, poly or cosine")
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {kind!r}: expected one of {', '.join(SCHEDULES)}")
         self.kind, self.p = kind, (1.0 if kind == "linear" else float(exponent))
 
     def __call__(self, t):

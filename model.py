@@ -15,6 +15,7 @@ belongs to (seq_ids, -1 for padding) and its position inside that sequence. A pa
 one sequence per row; a packed batch (train.py) puts several sequences in a row. Attention is
 restricted to tokens of the same sequence, so both layouts compute the same function.
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -23,7 +24,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+
+
+@functools.cache
+def compiled_flex_attention():
+    """FlexAttention compiled once, on first use (compiling at import would cost every script seconds).
+    Packing (train.pack) gives a new row count now and then and each compiles once, in seconds. Past
+    dynamo's default of 8 shapes it would run the unfused reference flex_attention instead: very slow."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(flex_attention, dynamic=False)
 
 
 @dataclass
@@ -52,7 +61,7 @@ def modulate(x, shift, scale):
 def attend(q, k, v, mask):
     """FlexAttention with a BlockMask (fused kernel on CUDA), or SDPA with a dense boolean mask."""
     if isinstance(mask, BlockMask):
-        return (compiled_flex_attention if q.is_cuda else flex_attention)(q, k, v, block_mask=mask)
+        return (compiled_flex_attention() if q.is_cuda else flex_attention)(q, k, v, block_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

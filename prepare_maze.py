@@ -307,6 +307,8 @@ def main(argv=None):
                    help="detour bound: d(s,w)+d(w,g) <= 2 d(s,g) + slack (moves)")
     p.add_argument("--out_dir", default=None, help="default data/maze_k{K}")
     a = p.parse_args(argv)
+    if a.K < 2:
+        p.error("--K must be at least 2 (the start and the goal are subgoals)")
     return build(a.m, a.n, a.K, a.num_pairs, a.paths_per_pair, a.seed, a.extra_door_frac,
                  a.out_dir, a.detour_slack)
 

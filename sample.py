@@ -268,11 +268,14 @@ def load_model(ckpt_path, device, use_ema=True):
     return model.to(device).eval(), ckpt
 
 
-def maze_prompts(data_dir, n):
+def maze_prompts(data_dir, n, maze):
     """Subgoal lists g1..gK of the held-out (val) paths, distinct, in file order, cycled to n."""
     fix_path, bin_path = os.path.join(data_dir, "val.fix"), os.path.join(data_dir, "val.bin")
     if not os.path.exists(fix_path):
         sys.exit(f"error: {fix_path!r} not found: the maze data for the held-out subgoals is missing")
+    with open(os.path.join(data_dir, "meta.json")) as f:
+        if json.load(f).get("maze") != maze:
+            sys.exit(f"error: {data_dir!r} holds another maze than the one this checkpoint was trained on")
     tokens, fix = np.fromfile(bin_path, dtype=np.uint16), np.fromfile(fix_path, dtype=np.uint8)
     idx = np.fromfile(os.path.join(data_dir, "val.idx"), dtype=np.int64)
     goals = {tuple(tokens[a:b][fix[a:b] == 1].tolist()): None for a, b in zip(idx[:-1], idx[1:])}
@@ -286,7 +289,7 @@ def sample_records(model, ckpt, generator):
     alpha = Schedule(ckpt["config"]["alpha_schedule"], ckpt["config"]["schedule_exponent"])
     beta = Schedule(ckpt["config"]["beta_schedule"], ckpt["config"]["schedule_exponent"])
     is_maze = meta.get("tokenizer") == "maze"
-    subgoals = maze_prompts(os.path.join("data", ckpt["config"]["dataset"]), num_samples) if is_maze else None
+    subgoals = maze_prompts(os.path.join("data", ckpt["config"]["dataset"]), num_samples, meta["maze"]) if is_maze else None
     prompts = [s + [meta["sep_id"]] for s in subgoals] if is_maze and model_type == "mdm" else subgoals
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bfloat16" and "cuda" in device else nullcontext()
     model_fn = model.sampler_fn(alpha if model_type == "flexmdm" else beta)  # as conditioned in training
@@ -314,6 +317,8 @@ def sample_records(model, ckpt, generator):
 
 def main():
     configure(globals(), sys.argv[1:])
+    if num_samples < 1:
+        sys.exit(f"error: num_samples must be at least 1, got {num_samples}")
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     model, ckpt = load_model(os.path.join(out_dir, "ckpt.pt"), device, use_ema)

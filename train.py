@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
-from interpolant import (Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, sample_times,
+from interpolant import (SCHEDULES, Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, sample_times,
                          unmasking_loss)
 from model import DiT, ModelConfig
 
@@ -82,6 +82,8 @@ def load_data(data_dir):
         dtype_ = np.uint32 if meta["vocab_size"] > 2**16 else np.uint16
         fix = np.memmap(path + ".fix", dtype=np.uint8, mode="r") if os.path.exists(path + ".fix") else None
         splits[split] = (np.memmap(path + ".bin", dtype=dtype_, mode="r"), np.fromfile(path + ".idx", dtype=np.int64), fix)
+        if len(splits[split][1]) < 2:
+            sys.exit(f"error: {path}.idx holds no sequence: the {split} split is empty")
     return meta, splits
 
 
@@ -159,15 +161,16 @@ def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row
     return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
 
 
-def mdm_loss(model, x1, fixed, t, beta, mask_id, generator=None):
-    """The MDM loss: w_beta(t) * cross-entropy at the masked positions, per non-fixed position."""
+def mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, generator=None):
+    """The MDM loss: w_beta(t) * cross-entropy at the masked positions (pads included: they are the
+    MDM's tokens), divided like flexmdm_loss by the non-fixed x1 tokens, so the two compare."""
     raw = model.module if hasattr(model, "module") else model
     xt, masked = mdm_interpolant(x1, t, beta, mask_id, fixed=fixed, generator=generator)
     tokens, seq_ids, positions = raw.padded_layout(xt)
     h = model(tokens, seq_ids, positions, beta(t), raw.attention_mask(seq_ids))
     rows = torch.arange(x1.shape[0], device=x1.device)[:, None].expand_as(masked)[masked]
     unmask = unmasking_loss(raw.unmask_head(h[masked]), x1[masked], beta.rate(t)[rows])
-    n = (~fixed).sum().clamp_min(1)
+    n = ((torch.arange(x1.shape[1], device=x1.device)[None] < lengths[:, None]) & ~fixed).sum().clamp_min(1)
     return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
 
 
@@ -216,8 +219,10 @@ def main():
     torch.manual_seed(seed)  # the same initial model on every rank; per-rank streams after it
     data_rng = np.random.default_rng(seed + rank)
     device_type = "cuda" if dev.startswith("cuda") else "cpu"
-    if dtype not in ("float32", "bfloat16"):
-        sys.exit(f"error: dtype must be float32 or bfloat16, got {dtype!r}")
+    for name, value, allowed in (("dtype", dtype, ("float32", "bfloat16")), ("model_type", model_type, ("flexmdm", "mdm")),
+                                 ("alpha_schedule", alpha_schedule, SCHEDULES), ("beta_schedule", beta_schedule, SCHEDULES)):
+        if value not in allowed:
+            sys.exit(f"error: {name} must be one of {', '.join(allowed)}, got {value!r}")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
 
     data_dir = os.path.join("data", dataset)
@@ -235,6 +240,8 @@ def main():
             sys.exit(f"error: --init_from=resume but {ckpt_path!r} does not exist")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         check_meta(meta, ckpt["meta"], ckpt_path)
+        if len(ckpt["rng"]) != world:
+            sys.exit(f"error: {ckpt_path} was written by {len(ckpt['rng'])} process(es), this run has {world}")
         model_args = ckpt["model_args"]
     elif init_from != "scratch":
         sys.exit(f"error: init_from must be scratch or resume, got {init_from!r}")
@@ -247,7 +254,8 @@ def main():
     if init_from == "resume":
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        ema = [e.to(dev) for e in ckpt["ema"]]
+        if ckpt["ema"] is not None:
+            ema = [e.to(dev) for e in ckpt["ema"]]
         iter_num = ckpt["iter_num"]
         torch.set_rng_state(ckpt["rng"][rank]["torch"])
         if device_type == "cuda":
@@ -267,7 +275,7 @@ def main():
         t = sample_times(batch_size, device=dev, generator=generator)
         with autocast:
             if model_type == "mdm":
-                return mdm_loss(model, x1, fixed, t, beta, meta["mask_id"], generator) + (lengths.sum(),)
+                return mdm_loss(model, x1, lengths, fixed, t, beta, meta["mask_id"], generator) + (lengths.sum(),)
             row_tokens = max(pack_tokens, seq_len + 1) if packing else 0
             return flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
                                 row_tokens, generator) + (lengths.sum(),)
@@ -297,7 +305,7 @@ def main():
         else:
             states = [rng_state]
         if master:
-            save_checkpoint(ckpt_path, {"model": raw_model.state_dict(), "ema": [e.cpu() for e in ema],
+            save_checkpoint(ckpt_path, {"model": raw_model.state_dict(), "ema": [e.cpu() for e in ema] if ema_decay else None,
                                         "optimizer": optimizer.state_dict(), "model_args": model_args, "iter_num": iter_num,
                                         "config": config, "meta": meta, "rng": states})
 
@@ -341,6 +349,11 @@ def main():
                            "train/insert": insert.item(), "lr": lr})
             t0, tokens_seen = time.time(), 0
     if ddp:  # let gloo's worker threads finish and free DDP while the group lives (else exit can deadlock)
+        checksum = torch.stack([p.detach().double().sum() for p in raw_model.parameters()]).sum().reshape(1)
+        sums = [torch.zeros_like(checksum) for _ in range(world)]
+        dist.all_gather(sums, checksum)
+        if any(not torch.equal(sums[0], s) for s in sums):
+            sys.exit("error: the DDP processes ended with different parameters")
         dist.barrier()
         del model
         dist.destroy_process_group()
