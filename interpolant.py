@@ -107,6 +107,18 @@ def mdm_interpolant(x1, t, beta, mask_id, fixed=None, generator=None):
     return torch.where(masked, torch.full_like(x1, mask_id), x1), masked
 
 
+TIME_WEIGHTINGS = ("elbo", "flat")
+
+
+def time_weight(schedule, t, kind="elbo"):
+    """The weight of each sequence's loss terms at its time t. "elbo" is eq. 7's rate factor
+    s'(t) / (1 - s(t)), which makes the loss a bound on the negative log-likelihood. "flat" is 1:
+    each t is its own regression problem (the model sees t), so any positive weight has the same
+    minimisers f and g, and the flat one avoids the 1 / (1 - t) spikes near t = 1 that make the
+    gradient noisy (it gives more weight to early t, where g decides the length)."""
+    return schedule.rate(t) if kind == "elbo" else torch.ones_like(t)
+
+
 def bregman(x, y, eps=1e-8):
     """phi(x, y) = y - x log y + x log x - x: >= 0, zero at y = x, minimised in y by the mean of x."""
     y = y.clamp_min(eps)

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
-from interpolant import (SCHEDULES, Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, sample_times,
-                         unmasking_loss)
+from interpolant import (SCHEDULES, TIME_WEIGHTINGS, Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant,
+                         sample_times, time_weight, unmasking_loss)
 from model import DiT, ModelConfig
 
 # -----------------------------------------------------------------------------
@@ -48,6 +48,7 @@ dropout = 0.1
 alpha_schedule = "linear"  # insertion schedule: linear | poly | cosine
 beta_schedule = "linear"  # unmasking schedule
 schedule_exponent = 2.0  # for poly schedules
+time_weighting = "elbo"  # elbo: eq. 7 | flat: same minimisers, less gradient noise (interpolant.time_weight)
 # optimiser
 learning_rate = 1e-4
 max_iters = 10000
@@ -136,10 +137,12 @@ def pack(xt, lengths, slot_id, pad_id, row_tokens):
     return tokens.view(-1, row_tokens), seq_ids.view(-1, row_tokens), positions.view(-1, row_tokens), where
 
 
-def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row_tokens=0, generator=None):
+def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row_tokens=0, generator=None,
+                 weighting="elbo"):
     """Eq. 7 for one batch, summed over sequences and divided by the number of x1 tokens that the
     interpolant acts on (non-fixed). row_tokens > 0 runs the network on the packed layout; the
-    loss is the same function of the parameters either way. Returns (loss, unmask, insert) terms."""
+    loss is the same function of the parameters either way. weighting: see interpolant.time_weight.
+    Returns the (loss, unmask, insert) terms."""
     raw = model.module if hasattr(model, "module") else model
     fb = flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
     if row_tokens:
@@ -152,16 +155,17 @@ def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row
     B, L = fb.xt.shape
     rows = torch.arange(B, device=x1.device)[:, None]
     m_rows = rows.expand(B, L)[fb.masked]
-    unmask = unmasking_loss(raw.unmask_head(h[where[:, :L][fb.masked]]), fb.targets[fb.masked], beta.rate(t)[m_rows])
+    unmask = unmasking_loss(raw.unmask_head(h[where[:, :L][fb.masked]]), fb.targets[fb.masked],
+                             time_weight(beta, t, weighting)[m_rows])
     gap_valid = where >= 0
     g = raw.insertion_rates(h[where[gap_valid]])
-    insert = insertion_loss(g, fb.gaps[gap_valid], alpha.rate(t)[rows.expand(B, L + 1)[gap_valid]])
+    insert = insertion_loss(g, fb.gaps[gap_valid], time_weight(alpha, t, weighting)[rows.expand(B, L + 1)[gap_valid]])
     n = (torch.arange(x1.shape[1], device=x1.device)[None] < lengths[:, None]) & ~fixed
     n = n.sum().clamp_min(1)
     return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
 
 
-def mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, generator=None):
+def mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, generator=None, weighting="elbo"):
     """The MDM loss: w_beta(t) * cross-entropy at the masked positions (pads included: they are the
     MDM's tokens), divided like flexmdm_loss by the non-fixed x1 tokens, so the two compare."""
     raw = model.module if hasattr(model, "module") else model
@@ -169,7 +173,7 @@ def mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, generator=None):
     tokens, seq_ids, positions = raw.padded_layout(xt)
     h = model(tokens, seq_ids, positions, beta(t), raw.attention_mask(seq_ids))
     rows = torch.arange(x1.shape[0], device=x1.device)[:, None].expand_as(masked)[masked]
-    unmask = unmasking_loss(raw.unmask_head(h[masked]), x1[masked], beta.rate(t)[rows])
+    unmask = unmasking_loss(raw.unmask_head(h[masked]), x1[masked], time_weight(beta, t, weighting)[rows])
     n = ((torch.arange(x1.shape[1], device=x1.device)[None] < lengths[:, None]) & ~fixed).sum().clamp_min(1)
     return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
 
@@ -220,9 +224,12 @@ def main():
     data_rng = np.random.default_rng(seed + rank)
     device_type = "cuda" if dev.startswith("cuda") else "cpu"
     for name, value, allowed in (("dtype", dtype, ("float32", "bfloat16")), ("model_type", model_type, ("flexmdm", "mdm")),
-                                 ("alpha_schedule", alpha_schedule, SCHEDULES), ("beta_schedule", beta_schedule, SCHEDULES)):
+                                 ("alpha_schedule", alpha_schedule, SCHEDULES), ("beta_schedule", beta_schedule, SCHEDULES),
+                                 ("time_weighting", time_weighting, TIME_WEIGHTINGS)):
         if value not in allowed:
             sys.exit(f"error: {name} must be one of {', '.join(allowed)}, got {value!r}")
+    if packing and model_type == "mdm":
+        sys.exit("error: packing=True applies to FlexMDM only: the MDM baseline pads by design")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
 
     data_dir = os.path.join("data", dataset)
@@ -269,27 +276,29 @@ def main():
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
-    def batch_loss(split, rng, generator=None):
+    def batch_loss(split, rng, generator=None, weighting=time_weighting):
         indices = rng.integers(0, len(splits[split][1]) - 1, size=batch_size)
         x1, lengths, fixed = (z.to(dev, non_blocking=True) for z in get_batch(splits[split], indices, meta, model_type, seq_len))
         t = sample_times(batch_size, device=dev, generator=generator)
         with autocast:
             if model_type == "mdm":
-                return mdm_loss(model, x1, lengths, fixed, t, beta, meta["mask_id"], generator) + (lengths.sum(),)
+                return mdm_loss(model, x1, lengths, fixed, t, beta, meta["mask_id"], generator,
+                                weighting) + (lengths.sum(),)
             row_tokens = max(pack_tokens, seq_len + 1) if packing else 0
             return flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
-                                row_tokens, generator) + (lengths.sum(),)
+                                row_tokens, generator, weighting) + (lengths.sum(),)
 
     @torch.no_grad()
     def evaluate():
-        """Validation loss on a fixed set of batches and draws, with EMA weights; touches no training RNG."""
+        """Validation loss (eq. 7, whatever the training weighting) on a fixed set of batches and draws,
+        with EMA weights; touches no training RNG."""
         model.eval()
         live = [p.detach().clone() for p in raw_model.parameters()]
         if ema_decay:
             torch._foreach_copy_(list(raw_model.parameters()), ema)
         generator = torch.Generator(device=dev).manual_seed(seed)
         rng = np.random.default_rng(seed)
-        terms = torch.stack([torch.stack(batch_loss("val", rng, generator)[:3]) for _ in range(eval_iters)]).mean(0)
+        terms = torch.stack([torch.stack(batch_loss("val", rng, generator, "elbo")[:3]) for _ in range(eval_iters)]).mean(0)
         torch._foreach_copy_(list(raw_model.parameters()), live)
         model.train()
         if ddp:

@@ -161,6 +161,28 @@ def test_packed_loss_equals_padded_loss(tiny_maze):
     assert abs(loss2.item() - padded[0].item()) > 1e-4
 
 
+def test_flat_time_weighting_drops_the_rate_factors(tiny_maze):
+    """At one common time t0, the flat-weighted terms are the eq. 7 terms divided by each term's own
+    rate factor: w_beta(t0) for unmasking, w_alpha(t0) for insertion."""
+    meta, splits = train.load_data(os.path.join(str(tiny_maze), "data", "tiny"))
+    x1, lengths, fixed = train.get_batch(splits["train"], range(16), meta, "flexmdm", meta["max_len"])
+    t = torch.full((16,), 0.6)
+    alpha, beta = Schedule("poly", 2.0), Schedule("cosine")
+    from model import DiT, ModelConfig
+    torch.manual_seed(0)
+    model = DiT(ModelConfig(vocab_size=meta["vocab_size"], n_layer=1, n_head=2, n_embd=16, cond_dim=8,
+                            pad_id=meta["pad_id"]))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    terms = {w: train.flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
+                                   generator=torch.Generator().manual_seed(3), weighting=w) for w in ("elbo", "flat")}
+    _, unmask, insert = terms["elbo"]
+    assert unmask > 0 and insert > 0
+    torch.testing.assert_close(terms["flat"][1], unmask / beta.rate(t[:1])[0])
+    torch.testing.assert_close(terms["flat"][2], insert / alpha.rate(t[:1])[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: a one-line error naming the problem, exit status 1, no traceback
 
@@ -189,6 +211,12 @@ def test_unknown_key_in_a_config_file(tiny_maze, tmp_path):
                                      ("--packing=1.5", "packing")])
 def test_mistyped_value(tiny_maze, arg, key):
     expect_exit(["--dataset=tiny", arg], tiny_maze, key)
+
+
+@pytest.mark.parametrize("arg,needle", [("--time_weighting=uniform", "time_weighting"),
+                                        ("--model_type=mdm --packing=True", "packing")])
+def test_bad_setting_value(tiny_maze, tmp_path, arg, needle):
+    expect_exit(["--dataset=tiny", *TINY_TRAIN_ARGS, *arg.split(), f"--out_dir={tmp_path}"], tiny_maze, needle)
 
 
 def test_missing_config_file(tiny_maze):
