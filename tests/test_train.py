@@ -120,6 +120,19 @@ def test_torchrun_two_processes(tiny_maze, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Packed == padded: the same loss and gradients on the same draw
 
+def random_model(meta):
+    """A small DiT with all weights random (the zero-initialised heads too), so both loss terms
+    depend on every parameter."""
+    from model import DiT, ModelConfig
+    torch.manual_seed(0)
+    model = DiT(ModelConfig(vocab_size=meta["vocab_size"], n_layer=2, n_head=2, n_embd=32, cond_dim=16,
+                            pad_id=meta["pad_id"]))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
 def test_packed_loss_equals_padded_loss(tiny_maze):
     meta, splits = train.load_data(os.path.join(str(tiny_maze), "data", "tiny"))
     idx = torch.randperm(len(splits["train"][1]) - 1, generator=torch.Generator().manual_seed(0))[:24].numpy()
@@ -128,13 +141,7 @@ def test_packed_loss_equals_padded_loss(tiny_maze):
     t = sample_times(len(idx), generator=torch.Generator().manual_seed(1))
     t[0] = 0.0  # x_t holds only the fixed tokens
     alpha, beta = Schedule("poly", 2.0), Schedule("cosine")
-    from model import DiT, ModelConfig
-    torch.manual_seed(0)
-    model = DiT(ModelConfig(vocab_size=meta["vocab_size"], n_layer=2, n_head=2, n_embd=32, cond_dim=16,
-                            pad_id=meta["pad_id"]))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
+    model = random_model(meta)
 
     def loss_and_grads(row_tokens):
         model.zero_grad(set_to_none=True)
@@ -168,13 +175,7 @@ def test_flat_time_weighting_drops_the_rate_factors(tiny_maze):
     x1, lengths, fixed = train.get_batch(splits["train"], range(16), meta, "flexmdm", meta["max_len"])
     t = torch.full((16,), 0.6)
     alpha, beta = Schedule("poly", 2.0), Schedule("cosine")
-    from model import DiT, ModelConfig
-    torch.manual_seed(0)
-    model = DiT(ModelConfig(vocab_size=meta["vocab_size"], n_layer=1, n_head=2, n_embd=16, cond_dim=8,
-                            pad_id=meta["pad_id"]))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
+    model = random_model(meta)
     terms = {w: train.flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
                                    generator=torch.Generator().manual_seed(3), weighting=w) for w in ("elbo", "flat")}
     _, unmask, insert = terms["elbo"]
