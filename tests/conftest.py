@@ -14,8 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# Offline: tiktoken reads the GPT-2 BPE from the shared cache, never from the network (SPEC 5).
+# Offline: tiktoken reads the GPT-2 BPE from the shared cache, never from the network (SPEC 5), and
+# the Hugging Face libraries may not download either. A missing cache stops the run here, by name:
+# tiktoken would otherwise go and fetch it.
 os.environ["TIKTOKEN_CACHE_DIR"] = os.path.abspath(os.path.join(ROOT, "..", "shared", "tiktoken_cache"))
+if not os.path.isdir(os.environ["TIKTOKEN_CACHE_DIR"]) or len(os.listdir(os.environ["TIKTOKEN_CACHE_DIR"])) < 2:
+    pytest.exit(f"the offline GPT-2 BPE cache {os.environ['TIKTOKEN_CACHE_DIR']} is missing: tests need ../shared beside the repo")
+for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[flag] = "1"
 # The test machines have 2 cores shared by several people: one thread per process.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
