@@ -64,16 +64,21 @@ def draw(probs, greedy, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def confidence_scores(probs, kind):
-    """Higher is more confident; probs [B, L, V]."""
+def confidence_scores(probs, masks, kind):
+    """Higher is more confident, -inf where x holds no mask: [B, L]. probs [M, V] is f at the masks."""
+    if kind == "position":
+        score = -torch.arange(masks.shape[1], device=masks.device, dtype=torch.float).expand(masks.shape)
+        return score.masked_fill(~masks, -math.inf)
     if kind == "top_prob":
-        return probs.max(-1).values
-    if kind == "margin":
+        conf = probs.max(-1).values
+    elif kind == "margin":
         top2 = probs.topk(2, dim=-1).values
-        return top2[..., 0] - top2[..., 1]
-    if kind == "entropy":
-        return (probs * probs.clamp_min(1e-30).log()).sum(-1)
-    return -torch.arange(probs.shape[1], device=probs.device, dtype=probs.dtype).expand(probs.shape[:2])
+        conf = top2[:, 0] - top2[:, 1]
+    else:  # entropy
+        conf = (probs * probs.clamp_min(1e-30).log()).sum(-1)
+    score = torch.full(masks.shape, -math.inf, device=masks.device)
+    score[masks] = conf.float()
+    return score
 
 
 def adaptive_choice(probs, masks, rate, conf_kind, gamma1, gamma2, generator):
@@ -81,7 +86,7 @@ def adaptive_choice(probs, masks, rate, conf_kind, gamma1, gamma2, generator):
     the K most confident masks, among the leftmost min(floor(gamma1 * K), gamma2) if gamma1 > 0."""
     n_masks = masks.sum(1)
     k = torch.poisson(rate * n_masks.float(), generator=generator).long().clamp(max=n_masks)
-    score = confidence_scores(probs, conf_kind).float().masked_fill(~masks, -math.inf)
+    score = confidence_scores(probs, masks, conf_kind)
     if gamma1 > 0:
         # never narrower than K itself, so that K masks are unmasked as drawn
         window = torch.minimum((gamma1 * k).floor().long(), torch.full_like(k, gamma2)).clamp_min(k)
@@ -94,7 +99,7 @@ def adaptive_choice(probs, masks, rate, conf_kind, gamma1, gamma2, generator):
 
 
 def unmask_step(x, masks, probs, t, tau, beta, opts, last, generator):
-    """Unmask in place; probs [B, L, V] is the tempered f at every position of x [B, L]."""
+    """Unmask in place; probs [M, V] is the tempered f at the masks of x [B, L] (masks [B, L])."""
     if last:
         chosen = masks
     elif opts["sampler"] == "adaptive":
@@ -109,7 +114,7 @@ def unmask_step(x, masks, probs, t, tau, beta, opts, last, generator):
         u = torch.rand(masks.shape, device=x.device, generator=generator)
         chosen = masks & (u < p[:, None])
     greedy = opts["temperature"] == 0 or (last and opts["final"] == "argmax")
-    x[chosen] = draw(probs[chosen], greedy, generator)
+    x[chosen] = draw(probs[chosen[masks]], greedy, generator)
 
 
 def open_gap_mask(fixed, open_left, open_end, lengths):
@@ -196,12 +201,12 @@ def generate_batch(model_fn, n, steps, max_len, mask_id, pad_id, opts, prompts, 
         t = torch.full((n,), k * tau, device=device)
         width = max(1, int(lengths.max()))
         logits, g = model_fn(x[:, :width], t)
-        logits = logits.float()
-        logits[..., list(opts["banned"])] = -math.inf
+        masks = x[:, :width] == mask_id
+        logits = logits[masks].float()  # f is only read at the masks
+        logits[:, opts["banned"]] = -math.inf
         if opts["temperature"] > 0:
             logits = logits / opts["temperature"]
         probs = torch.softmax(logits, dim=-1)
-        masks = x[:, :width] == mask_id
         last = k == steps - 1
         unmask_step(x[:, :width], masks, probs, t, tau, beta, opts, last, generator)
         if model_type == "flexmdm" and not last:
