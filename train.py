@@ -255,20 +255,20 @@ def main():
     raw_model = DiT(ModelConfig(**model_args)).to(dev)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=learning_rate, betas=(beta1, beta2),
                                   weight_decay=weight_decay, fused=True)
-    ema = [p.detach().clone() for p in raw_model.parameters()]
     torch.manual_seed(seed + rank)
-    iter_num = 0
+    iter_num, saved_ema = 0, None
     if init_from == "resume":
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt["ema"] is not None:
-            ema = [e.to(dev) for e in ckpt["ema"]]
+        saved_ema = ckpt["ema"]
         iter_num = ckpt["iter_num"]
         torch.set_rng_state(ckpt["rng"][rank]["torch"])
         if device_type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
         data_rng.bit_generator.state = ckpt["rng"][rank]["data"]
         del ckpt
+    # the EMA starts from the weights the run starts from (a checkpoint saved without EMA included)
+    ema = [e.to(dev) for e in saved_ema] if saved_ema is not None else [p.detach().clone() for p in raw_model.parameters()]
     if master:
         os.makedirs(out_dir, exist_ok=True)
         print(f"{model_type}: {raw_model.num_params() / 1e6:.2f}M parameters, max length {seq_len}, {world} process(es) on {dev}")

@@ -4,6 +4,7 @@ import contextlib
 import importlib
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,24 @@ torch.set_num_threads(1)
 # A tiny model for train.py runs: seconds on one CPU thread.
 TINY_TRAIN_ARGS = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--cond_dim=16", "--dropout=0.0",
                    "--device=cpu", "--dtype=float32", "--compile=False", "--wandb_log=False"]
+
+
+def val_losses(stdout):
+    """The validation losses that train.py printed, in order."""
+    return [float(v) for v in re.findall(r"^iter \d+: val loss ([0-9.]+)", stdout, re.M)]
+
+
+def random_dit(vocab_size, pad_id, seed=0, **cfg):
+    """A 2-layer DiT with every weight random: the zero-initialised adaLN and heads would hide
+    layout mistakes and leave loss terms that depend on no parameter."""
+    from model import DiT, ModelConfig
+    torch.manual_seed(seed)
+    model = DiT(ModelConfig(vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32, cond_dim=16, dropout=0.0,
+                            pad_id=pad_id, **cfg))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
 
 
 def subprocess_env():

@@ -2,19 +2,13 @@
 losses and gradients in both layouts, the same learning on a tiny maze, and bench.py on CPU."""
 import json
 import os
-import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import train  # noqa: E402
-from interpolant import Schedule, flexmdm_interpolant, sample_times  # noqa: E402
-from model import DiT, ModelConfig  # noqa: E402
+import train
+from conftest import ROOT, random_dit, run_python, val_losses
+from interpolant import Schedule, flexmdm_interpolant, sample_times
 
 V, PAD, MASK = 40, 38, 39  # vocab incl. pad and mask; the FlexMDM slot id is V
 LENGTHS = [0, 37, 1, 5, 0, 20, 39, 2]  # very different lengths, empty ones included
@@ -22,13 +16,7 @@ L = 39
 
 
 def tiny_model(attention="sdpa", seed=0):
-    torch.manual_seed(seed)
-    model = DiT(ModelConfig(vocab_size=V, max_len=L, n_layer=2, n_head=2, n_embd=32, cond_dim=16,
-                            dropout=0.0, pad_id=PAD, attention=attention))
-    with torch.no_grad():  # the zero-initialised adaLN and heads would hide layout mistakes
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model
+    return random_dit(V, PAD, seed, max_len=L, attention=attention)
 
 
 def padded_batch(lengths, seed=0, masks=False):
@@ -143,22 +131,9 @@ def test_packed_loss_and_gradients_match_padded():
 # End to end: train.py on a tiny maze, and bench.py, as subprocesses (one CPU thread each).
 
 def run(args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    out = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
-
-
-@pytest.fixture(scope="module")
-def tiny_maze(tmp_path_factory):
-    root = tmp_path_factory.mktemp("maze")
-    run([os.path.join(ROOT, "prepare_maze.py"), "--m=3", "--n=3", "--K=2", "--num_pairs=200",
-         f"--out_dir={root / 'data' / 'tiny'}"], root)
-    return root
-
-
-def val_losses(stdout):
-    return [float(v) for v in re.findall(r"^iter \d+: val loss ([0-9.]+)", stdout, re.M)]
+    proc = run_python(args, cwd, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
 
 
 def test_packed_training_learns_the_tiny_maze_like_padded(tiny_maze):

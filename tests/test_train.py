@@ -9,14 +9,10 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY_TRAIN_ARGS, make_maze, run_python, run_train
+from conftest import ROOT, TINY_TRAIN_ARGS, make_maze, random_dit, run_python, run_train, val_losses
 from interpolant import Schedule, flexmdm_interpolant, sample_times
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def val_losses(stdout):
-    return [float(v) for v in re.findall(r"^iter \d+: val loss ([0-9.]+)", stdout, re.M)]
 
 
 def train_losses(stdout):
@@ -74,6 +70,16 @@ def test_resume_is_exact(tiny_maze, tmp_path, model_type):
     assert val_losses(one)[-1] == val_losses(rest)[-1]
 
 
+def test_resume_turning_ema_on_starts_it_from_the_resumed_weights(tiny_maze, tmp_path):
+    common = ["--dataset=tiny", *TINY_TRAIN_ARGS, "--batch_size=16", "--eval_iters=1", "--learning_rate=3e-3",
+              "--warmup_iters=1", "--max_iters=4", f"--out_dir={tmp_path}"]
+    run_train([*common, "--ema_decay=0.0"], tiny_maze)
+    assert load(tmp_path / "ckpt.pt")["ema"] is None
+    run_train([*common, "--ema_decay=0.9", "--init_from=resume"], tiny_maze)  # no step left: EMA = weights
+    ckpt = load(tmp_path / "ckpt.pt")
+    assert all(torch.equal(e, p) for e, p in zip(ckpt["ema"], ckpt["model"].values()))
+
+
 def test_resume_with_other_random_streams_ends_elsewhere(tiny_maze, tmp_path):
     """Guards test_resume_is_exact: the same resume with the checkpoint's RNG states replaced
     (torch and data streams) ends with other weights, so the bitwise equality is a real check."""
@@ -120,19 +126,6 @@ def test_torchrun_two_processes(tiny_maze, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Packed == padded: the same loss and gradients on the same draw
 
-def random_model(meta):
-    """A small DiT with all weights random (the zero-initialised heads too), so both loss terms
-    depend on every parameter."""
-    from model import DiT, ModelConfig
-    torch.manual_seed(0)
-    model = DiT(ModelConfig(vocab_size=meta["vocab_size"], n_layer=2, n_head=2, n_embd=32, cond_dim=16,
-                            pad_id=meta["pad_id"]))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model
-
-
 def test_packed_loss_equals_padded_loss(tiny_maze):
     meta, splits = train.load_data(os.path.join(str(tiny_maze), "data", "tiny"))
     idx = torch.randperm(len(splits["train"][1]) - 1, generator=torch.Generator().manual_seed(0))[:24].numpy()
@@ -141,7 +134,7 @@ def test_packed_loss_equals_padded_loss(tiny_maze):
     t = sample_times(len(idx), generator=torch.Generator().manual_seed(1))
     t[0] = 0.0  # x_t holds only the fixed tokens
     alpha, beta = Schedule("poly", 2.0), Schedule("cosine")
-    model = random_model(meta)
+    model = random_dit(meta["vocab_size"], meta["pad_id"])
 
     def loss_and_grads(row_tokens):
         model.zero_grad(set_to_none=True)
@@ -175,7 +168,7 @@ def test_flat_time_weighting_drops_the_rate_factors(tiny_maze):
     x1, lengths, fixed = train.get_batch(splits["train"], range(16), meta, "flexmdm", meta["max_len"])
     t = torch.full((16,), 0.6)
     alpha, beta = Schedule("poly", 2.0), Schedule("cosine")
-    model = random_model(meta)
+    model = random_dit(meta["vocab_size"], meta["pad_id"])
     terms = {w: train.flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
                                    generator=torch.Generator().manual_seed(3), weighting=w) for w in ("elbo", "flat")}
     _, unmask, insert = terms["elbo"]
