@@ -15,7 +15,6 @@ belongs to (seq_ids, -1 for padding) and its position inside that sequence. A pa
 one sequence per row; a packed batch (train.py) puts several sequences in a row. Attention is
 restricted to tokens of the same sequence, so both layouts compute the same function.
 """
-import functools
 import math
 from dataclasses import dataclass
 
@@ -24,15 +23,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+_compiled_flex = None
 
 
-@functools.cache
 def compiled_flex_attention():
     """FlexAttention compiled once, on first use (compiling at import would cost every script seconds).
     Packing (train.pack) gives a new row count now and then and each compiles once, in seconds. Past
-    dynamo's default of 8 shapes it would run the unfused reference flex_attention instead: very slow."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(flex_attention, dynamic=False)
+    dynamo's default of 8 shapes it would run the unfused reference flex_attention instead: very slow.
+    A plain global, not functools.cache: under compile=True dynamo traces through a cache wrapper
+    (re-running this body, with a warning), but reads a global as it is."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
 
 
 @dataclass
