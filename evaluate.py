@@ -340,8 +340,9 @@ def length_report(args, rows):
     if not args.data_dir:
         raise SystemExit(f"error: --task={args.task} needs --data_dir (the prepared dataset to compare lengths with)")
     ref = data_lengths(args.data_dir, args.data_split)
-    metrics = length_metrics(sample_lengths(rows), ref)
-    metrics["png"] = plot_lengths(sample_lengths(rows), ref, args.png or args.samples + ".lengths.png",
+    lengths = sample_lengths(rows)
+    metrics = length_metrics(lengths, ref)
+    metrics["png"] = plot_lengths(lengths, ref, args.png or args.samples + ".lengths.png",
                                   labels=("samples", f"data {args.data_split}"))
     s, d = metrics["samples"], metrics["data"]
     print(f"length: TV {metrics['tv_exact']:.4f} (exact lengths), {metrics[f'tv_bin{LENGTH_BIN}']:.4f} "
@@ -360,10 +361,13 @@ def genppl_report(args, rows):
     (the GPT-2 family shares our BPE, so there the ids barely change; any other LM works too)."""
     import torch
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    kept = [r for r in rows if r.get("length", len(r["tokens"])) > PPL_MIN_TOKENS]
+    kept = [r for r, n in zip(rows, sample_lengths(rows)) if n > PPL_MIN_TOKENS]
     if not kept:
         raise SystemExit(f"error: no sample has more than {PPL_MIN_TOKENS} tokens: nothing to score")
-    texts = [r["text"] if "text" in r else decode_gpt2(r["tokens"]) for r in kept]
+    if any("text" not in r for r in kept):
+        from prepare_owt import decode, gpt2
+        enc = gpt2()
+    texts = [r["text"] if "text" in r else decode(enc, r["tokens"]) for r in kept]
     model, tokenizer = load_reference(args.ref_model, device)
     bos = tokenizer.bos_token_id
     ids, cut = reference_ids(texts, lambda s: tokenizer(s)["input_ids"], bos,
@@ -376,12 +380,6 @@ def genppl_report(args, rows):
           f"{metrics['filtered_short']} samples of <= {PPL_MIN_TOKENS} tokens left out, {cut} cut to the context)")
     print(f"unigram entropy {metrics['unigram_entropy']:.3f} nats (mean over samples)")
     return metrics
-
-
-def decode_gpt2(tokens):
-    import tiktoken
-    enc = tiktoken.get_encoding("gpt2")
-    return enc.decode([t for t in tokens if t < enc.n_vocab])
 
 
 def evaluate_text_task(args):
@@ -440,10 +438,10 @@ def evaluate_gsm8k(args):
     rows = read_jsonl(args.samples)
     if not rows or any(not {"answer", "completion"} <= set(r) for r in rows):
         raise SystemExit(f"error: {args.samples} needs lines with 'answer' and 'completion' (retrofit_llada.py --stage=generate)")
-    correct = [gsm8k_extract(r["completion"]) == gsm8k_gold(r["answer"]) for r in rows]
-    acc, se = rate_and_stderr(correct)
+    predicted = [gsm8k_extract(r["completion"]) for r in rows]
+    acc, se = rate_and_stderr([p == gsm8k_gold(r["answer"]) for p, r in zip(predicted, rows)])
     metrics = {"task": "gsm8k", "samples": args.samples, "n": len(rows), "accuracy": acc, "stderr": se,
-               "no_answer": sum(gsm8k_extract(r["completion"]) is None for r in rows)}
+               "no_answer": sum(p is None for p in predicted)}
     print(f"gsm8k accuracy: {100 * acc:.1f}% +- {100 * se:.1f}% (n={len(rows)}, no answer {metrics['no_answer']})")
     print(f"wrote {write_metrics(args.samples, metrics)}")
     return metrics

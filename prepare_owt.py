@@ -68,6 +68,11 @@ def gpt2():
         sys.exit(f"error: could not load the GPT-2 BPE (tiktoken 'gpt2'; offline, set TIKTOKEN_CACHE_DIR): {type(e).__name__}")
 
 
+def decode(enc, ids):
+    """The text of GPT-2 token ids; ids past the BPE (our pad and mask) are dropped."""
+    return enc.decode([i for i in ids if i < enc.n_vocab])
+
+
 def encode_document(text, max_len, enc=None):
     """Token sequences of one document: its paragraphs, encoded, long ones chunked; and how many
     paragraphs it had and how many of them were chunked."""

@@ -313,10 +313,10 @@ def sample_records(model, ckpt, generator):
             record["subgoals"] = subgoals[b]
         records.append(record)
     if meta.get("tokenizer") == "gpt2":
-        import tiktoken
-        enc = tiktoken.get_encoding("gpt2")
+        from prepare_owt import decode, gpt2
+        enc = gpt2()
         for r in records:
-            r["text"] = enc.decode([v for v in r["tokens"] if v < enc.n_vocab])
+            r["text"] = decode(enc, r["tokens"])
     return records
 
 
