@@ -481,27 +481,33 @@ def train_loop(model, arch, tok, rank, world, dev, autocast, ck):
     """AdamW on the LoRA and new parameters; a checkpoint of them (+ optimizer, rng) every save_interval."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
     from torch.distributed.tensor import DTensor
-    global max_iters
     if global_batch_size % (micro_batch_size * world):
         sys.exit(f"error: global_batch_size={global_batch_size} is not a multiple of micro_batch_size={micro_batch_size} x {world} processes")
     accum = global_batch_size // (micro_batch_size * world)
     optimizer = make_optimizer(model)
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     iter_num, data_rng = 0, np.random.default_rng(seed + rank)
+    cuda = dev.startswith("cuda")
     if init_from == "resume":
+        if len(ck["rng"]) != world:
+            sys.exit(f"error: {os.path.join(out_dir, 'ckpt.pt')} was written by {len(ck['rng'])} process(es), this run has {world}")
         set_optimizer_state_dict(model, optimizer, ck["optimizer"], options=StateDictOptions(full_state_dict=True))
         iter_num = ck["iter_num"]
         torch.set_rng_state(ck["rng"][rank]["torch"])
+        if cuda:
+            torch.cuda.set_rng_state(ck["rng"][rank]["cuda"])
         data_rng.bit_generator.state = ck["rng"][rank]["data"]
     data = stage_data(tok, rank, world, iter_num)
+    n_iters = max_iters
     if epochs > 0 and stage in ("ift_math", "ift_code"):
-        max_iters = math.ceil(epochs * len(data) / global_batch_size)
+        n_iters = math.ceil(epochs * len(data) / global_batch_size)
     if rank == 0:
-        print(f"{stage}: {max_iters} iterations of {global_batch_size} sequences ({micro_batch_size} x {accum} accumulation"
+        print(f"{stage}: {n_iters} iterations of {global_batch_size} sequences ({micro_batch_size} x {accum} accumulation"
               f" x {world} processes)" + (f", {len(data)} training examples" if stage in ("ift_math", "ift_code") else ""))
     config = {k: v for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str))}
+    config["max_iters"] = n_iters
     step_times = []
-    while iter_num < max_iters:
+    while iter_num < n_iters:
         t0, lr = time.time(), get_lr(iter_num)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -516,19 +522,21 @@ def train_loop(model, arch, tok, rank, world, dev, autocast, ck):
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if dev.startswith("cuda"):
+        iter_num += 1
+        timed = stage == "bench" or iter_num % log_interval == 0
+        if cuda and timed:  # let the CPU run ahead of the GPU on the other steps
             torch.cuda.synchronize()
         step_times.append(time.time() - t0)
-        iter_num += 1
-        mem = f", max memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if dev.startswith("cuda") else ""
-        if rank == 0 and (iter_num % log_interval == 0 or stage == "bench"):
+        mem = f", max memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else ""
+        if rank == 0 and timed:
             print(f"iter {iter_num}: loss {loss.item():.4f} (unmask {unmask.item():.4f}, insert {insert.item():.4f}), "
                   f"lr {lr:.2e}, {1000 * step_times[-1]:.0f} ms/iter{mem}", flush=True)
-        if stage != "bench" and (iter_num % save_interval == 0 or iter_num == max_iters):
+        if stage != "bench" and (iter_num % save_interval == 0 or iter_num == n_iters):
             state = {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().float().cpu()  # every rank gathers
                      for n, p in model.named_parameters() if p.requires_grad}
             optim = get_optimizer_state_dict(model, optimizer, options=full)
-            rngs = [{"torch": torch.get_rng_state(), "data": data_rng.bit_generator.state}] * world
+            rngs = [{"torch": torch.get_rng_state(), "data": data_rng.bit_generator.state,
+                     "cuda": torch.cuda.get_rng_state() if cuda else None}] * world
             if world > 1:
                 dist.all_gather_object(rngs, rngs[rank])
             if rank == 0:

@@ -278,6 +278,11 @@ def test_stages_end_to_end_then_evaluate(llada_dir, tmp_path):
     assert "iter 2: loss" in out and os.path.exists(os.path.join(pre, "ckpt.pt"))
     out = run_main(llada_dir, "--stage=pretrain", "--max_iters=3", "--init_from=resume", f"--out_dir={pre}")
     assert "iter 3: loss" in out and "iter 1: loss" not in out
+    ckpt = torch.load(os.path.join(pre, "ckpt.pt"), weights_only=False)
+    os.makedirs(tmp_path / "two")
+    torch.save(dict(ckpt, rng=ckpt["rng"] * 2), tmp_path / "two" / "ckpt.pt")  # as if from 2 processes
+    with pytest.raises(SystemExit, match="written by 2 process"):
+        run_main(llada_dir, "--stage=pretrain", "--max_iters=4", "--init_from=resume", f"--out_dir={tmp_path / 'two'}")
     out = run_main(llada_dir, "--stage=ift_math", "--max_iters=2", f"--init_from={pre}/ckpt.pt", f"--out_dir={ift}")
     assert "iter 2: loss" in out
     with pytest.raises(SystemExit, match="does not match"):
