@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 import train
-from configurator import configure
+from configurator import check_choices, configure
 from interpolant import Schedule, flexmdm_interpolant, mdm_interpolant, sample_times
 from model import DiT, ModelConfig
 
@@ -131,8 +131,6 @@ def setup():
         torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    if dtype not in ("float32", "bfloat16"):
-        sys.exit(f"error: dtype must be float32 or bfloat16, got {dtype!r}")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -332,8 +330,7 @@ def bench_sample():
 
 def main():
     configure(globals(), sys.argv[1:])
-    if mode not in ("train", "sample"):
-        sys.exit(f"error: mode must be train or sample, got {mode!r}")
+    check_choices(globals(), dict(mode=("train", "sample"), dtype=("float32", "bfloat16")))
     res = bench_train() if mode == "train" else bench_sample()
     if out_json:
         with open(out_json, "w") as f:

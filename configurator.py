@@ -55,3 +55,10 @@ def configure(config, argv):
         except (SyntaxError, ValueError):
             value = raw
         _set(config, key, value, "the command line")
+
+
+def check_choices(config, choices):
+    """A one-line error for the first setting whose value is not among its choices {name: allowed}."""
+    for name, allowed in choices.items():
+        if config[name] not in allowed:
+            sys.exit(f"error: {name}={config[name]!r} is not one of {', '.join(allowed)}")

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from configurator import configure
+from configurator import check_choices, configure
 from interpolant import Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, sample_times, unmasking_loss
 from model import TimeEmbedding, modulate, rotary
 from prepare_owt import chunk, split_paragraphs
@@ -631,9 +631,7 @@ def load_tokenizer(name, arch):
 
 def main():
     configure(globals(), sys.argv[1:])
-    for name, allowed in CHOICES.items():
-        if globals()[name] not in allowed:
-            sys.exit(f"error: {name}={globals()[name]!r} is not one of {', '.join(allowed)}")
+    check_choices(globals(), CHOICES)
     if model_type == "mdm" and stage in ("pretrain", "bench"):
         sys.exit(f"error: stage={stage} is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base itself (ift stages, generate)")
     ddp = int(os.environ.get("RANK", -1)) != -1

@@ -31,7 +31,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from configurator import configure
+from configurator import check_choices, configure
 from interpolant import Schedule
 
 # -----------------------------------------------------------------------------
@@ -227,11 +227,8 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
     pad_id, t [B]) -> (logits [B, L, V], g [B, L+1] or None): SPEC section 2. prompts: one list of
     fixed tokens per sample (for the MDM, mask_id inside a prompt marks a position to fill);
     open_gaps: per sample, the prompt's gaps where insertion may happen (default: all)."""
-    for name, value, allowed in (("model_type", model_type, ("flexmdm", "mdm")), ("sampler", sampler, SAMPLERS),
-                                 ("unmask", unmask, UNMASK_RULES), ("confidence", confidence, CONFIDENCES),
-                                 ("final", final, FINALS)):
-        if value not in allowed:
-            sys.exit(f"error: {name}={value!r} is not one of {', '.join(allowed)}")
+    check_choices(locals(), dict(model_type=("flexmdm", "mdm"), sampler=SAMPLERS, unmask=UNMASK_RULES,
+                                 confidence=CONFIDENCES, final=FINALS))
     min_steps = 2 if model_type == "flexmdm" else 1
     if steps < min_steps or temperature < 0:
         sys.exit(f"error: need steps >= {min_steps} and temperature >= 0 (got steps={steps}, temperature={temperature})")

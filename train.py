@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
+from configurator import check_choices, configure
 from interpolant import (SCHEDULES, TIME_WEIGHTINGS, Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant,
                          sample_times, time_weight, unmasking_loss)
 from model import DiT, ModelConfig
@@ -223,11 +223,8 @@ def main():
     torch.manual_seed(seed)  # the same initial model on every rank; per-rank streams after it
     data_rng = np.random.default_rng(seed + rank)
     device_type = "cuda" if dev.startswith("cuda") else "cpu"
-    for name, value, allowed in (("dtype", dtype, ("float32", "bfloat16")), ("model_type", model_type, ("flexmdm", "mdm")),
-                                 ("alpha_schedule", alpha_schedule, SCHEDULES), ("beta_schedule", beta_schedule, SCHEDULES),
-                                 ("time_weighting", time_weighting, TIME_WEIGHTINGS)):
-        if value not in allowed:
-            sys.exit(f"error: {name} must be one of {', '.join(allowed)}, got {value!r}")
+    check_choices(globals(), dict(dtype=("float32", "bfloat16"), model_type=("flexmdm", "mdm"), alpha_schedule=SCHEDULES,
+                                  beta_schedule=SCHEDULES, time_weighting=TIME_WEIGHTINGS))
     if packing and model_type == "mdm":
         sys.exit("error: packing=True applies to FlexMDM only: the MDM baseline pads by design")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
