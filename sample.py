@@ -264,24 +264,20 @@ def load_model(ckpt_path, device, use_ema=True):
     model = DiT(ModelConfig(**{**ckpt["model_args"], "attention": "sdpa"}))
     model.load_state_dict(ckpt["model"])
     if use_ema and ckpt.get("ema"):
-        with torch.no_grad():
-            for p, e in zip(model.parameters(), ckpt["ema"]):
-                p.copy_(e)
+        torch._foreach_copy_([p.detach() for p in model.parameters()], ckpt["ema"])
     return model.to(device).eval(), ckpt
 
 
 def maze_prompts(data_dir, n, maze):
     """Subgoal lists g1..gK of the held-out (val) paths, distinct, in file order, cycled to n."""
-    fix_path, bin_path = os.path.join(data_dir, "val.fix"), os.path.join(data_dir, "val.bin")
-    if not os.path.exists(fix_path):
-        sys.exit(f"error: {fix_path!r} not found: the maze data for the held-out subgoals is missing")
-    with open(os.path.join(data_dir, "meta.json")) as f:
-        if json.load(f).get("maze") != maze:
-            sys.exit(f"error: {data_dir!r} holds another maze than the one this checkpoint was trained on")
-    tokens, fix = np.fromfile(bin_path, dtype=np.uint16), np.fromfile(fix_path, dtype=np.uint8)
-    idx = np.fromfile(os.path.join(data_dir, "val.idx"), dtype=np.int64)
-    goals = {tuple(tokens[a:b][fix[a:b] == 1].tolist()): None for a, b in zip(idx[:-1], idx[1:])}
-    goals = list(goals)
+    from train import load_data
+    meta, splits = load_data(data_dir)
+    tokens, idx, fix = splits["val"]
+    if fix is None:
+        sys.exit(f"error: {os.path.join(data_dir, 'val.fix')!r} not found: the maze data for the held-out subgoals is missing")
+    if meta.get("maze") != maze:
+        sys.exit(f"error: {data_dir!r} holds another maze than the one this checkpoint was trained on")
+    goals = list(dict.fromkeys(tuple(tokens[a:b][fix[a:b] == 1].tolist()) for a, b in zip(idx[:-1], idx[1:])))
     return [list(goals[i % len(goals)]) for i in range(n)]
 
 
