@@ -279,20 +279,18 @@ def bench_sample():
     device_type, autocast = setup()
     if ckpt:
         raw, state = sample.load_model(ckpt, "cpu")
-        meta, mt = state["meta"], state["model_args"]["model_type"]
-        length, vocab = raw.cfg.max_len, meta["vocab_size"]
-        mask_id, pad_id = meta["mask_id"], meta["pad_id"]
+        meta, mt, config = state["meta"], state["model_args"]["model_type"], state["config"]
+        length, mask_id, pad_id = raw.cfg.max_len, meta["mask_id"], meta["pad_id"]
     else:
-        mt, length, vocab = model_type, max_len, vocab_size
-        mask_id, pad_id = vocab - 1, vocab - 2
-        raw = DiT(ModelConfig(vocab_size=vocab, max_len=length, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+        mt, length, config = model_type, max_len, globals()
+        mask_id, pad_id = vocab_size - 1, vocab_size - 2
+        raw = DiT(ModelConfig(vocab_size=vocab_size, max_len=length, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                               cond_dim=cond_dim, dropout=0.0, model_type=mt, pad_id=pad_id, attention="sdpa"))
     raw = raw.to(device).eval()
-    # the network is conditioned on alpha(t) (FlexMDM) or beta(t) (MDM), as in training
-    cond = Schedule(alpha_schedule if mt == "flexmdm" else beta_schedule, schedule_exponent)
+    alpha, beta = sample.schedules(config)  # a checkpoint's own, as sample.py uses them
     if compile:  # sequence lengths change at every step: compile for dynamic shapes
         raw.forward_padded = torch.compile(raw.forward_padded, dynamic=True)
-    net, calls = raw.sampler_fn(cond), [0]
+    net, calls = raw.sampler_fn(alpha if mt == "flexmdm" else beta), [0]  # conditioned as in training
 
     def model_fn(x, t):
         calls[0] += 1
@@ -306,7 +304,7 @@ def bench_sample():
     for rule in [s for s in samplers.split(",") if s]:
         options = {**({"sampler": "adaptive"} if rule == "adaptive" else {"unmask": rule}), **sample_options}
         run = lambda: sample.generate(model_fn, sample_batch, sample_steps, length, mask_id, pad_id, device=device,
-                                      model_type=mt, **options)
+                                      model_type=mt, alpha=alpha, beta=beta, **options)
         torch.manual_seed(seed)
         with torch.no_grad():
             run()  # untimed: compilation, allocator

@@ -37,6 +37,7 @@ from configurator import check_choices, configure
 from interpolant import Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, sample_times, unmasking_loss
 from model import TimeEmbedding, modulate, rotary
 from prepare_owt import chunk, split_paragraphs
+from sample import generate, write_jsonl
 from train import save_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -569,7 +570,6 @@ def load_problems(tok, arch):
 def generate_sequences(model, arch, items, dev, autocast, generator):
     """The final sequence of each (record, prompt, n_pre, n_suf) item: insertion only happens between
     the prefix and the suffix (and next to generated tokens), which stay fixed."""
-    from sample import generate
 
     @torch.no_grad()
     def model_fn(x, t):  # the MDM returns (logits, None); it has no time input (LLaDA's design)
@@ -610,10 +610,7 @@ def generate_stage(model, arch, tok, rank, world, dev, autocast):
         records = [r for part in gathered for r in part]
     if rank == 0:
         path = samples_file or os.path.join(out_dir, f"{task}.jsonl")
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(path + ".tmp", path)
+        write_jsonl(path, records)
         print(f"wrote {len(records)} samples to {path}: python evaluate.py --task={task} --samples={path}"
               + (f" --problems={eval_source}" if task == "humaneval_infill" else ""))
 

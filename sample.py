@@ -281,11 +281,24 @@ def maze_prompts(data_dir, n, maze):
     return [list(goals[i % len(goals)]) for i in range(n)]
 
 
+def schedules(config):
+    """The insertion and unmasking schedules (alpha, beta) of a training config."""
+    return (Schedule(config["alpha_schedule"], config["schedule_exponent"]),
+            Schedule(config["beta_schedule"], config["schedule_exponent"]))
+
+
+def write_jsonl(path, records):
+    """One JSON line per record, written to a temporary file and renamed (never half a file)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(path + ".tmp", path)
+
+
 def sample_records(model, ckpt, generator):
     """Generate num_samples samples for the checkpoint's task; returns the JSON-line records."""
     meta, model_type = ckpt["meta"], ckpt["model_args"]["model_type"]
-    alpha = Schedule(ckpt["config"]["alpha_schedule"], ckpt["config"]["schedule_exponent"])
-    beta = Schedule(ckpt["config"]["beta_schedule"], ckpt["config"]["schedule_exponent"])
+    alpha, beta = schedules(ckpt["config"])
     is_maze = meta.get("tokenizer") == "maze"
     subgoals = maze_prompts(os.path.join("data", ckpt["config"]["dataset"]), num_samples, meta["maze"]) if is_maze else None
     prompts = [s + [meta["sep_id"]] for s in subgoals] if is_maze and model_type == "mdm" else subgoals
@@ -322,9 +335,7 @@ def main():
     model, ckpt = load_model(os.path.join(out_dir, "ckpt.pt"), device, use_ema)
     records = sample_records(model, ckpt, generator)
     path = samples_file or os.path.join(out_dir, "samples.jsonl")
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(path + ".tmp", path)
+    write_jsonl(path, records)
     lengths = [r["length"] for r in records]
     print(f"wrote {len(records)} samples to {path} (length mean {np.mean(lengths):.1f}, min {min(lengths)}, max {max(lengths)})")
 

@@ -100,7 +100,7 @@ def test_prepare_local_txt_documents(tmp_path):
 def test_prepare_wikitext_lines_and_webtext_jsonl(tmp_path):
     """The datasets path on the shared files: WikiText-2 one paragraph per line (headings kept),
     validation from a .jsonl with a "text" field."""
-    n_lines, n_val = 120, 40
+    n_lines = 120
     out, meta = prepare(tmp_path, "wiki", source=os.path.join(WIKI, "wiki.valid.raw"), txt_unit="line",
                         val_source=WEBTEXT, max_docs=n_lines, max_len=512)
     seqs = check_files(out, meta, 512)
