@@ -125,6 +125,12 @@ def bregman(x, y, eps=1e-8):
     return y - x * torch.log(y) + torch.xlogy(x, x) - x
 
 
+def num_targets(lengths, fixed):
+    """The x1 tokens the interpolant acts on (real, not fixed): the losses are per such token."""
+    real = torch.arange(fixed.shape[1], device=fixed.device)[None] < lengths[:, None]
+    return (real & ~fixed).sum().clamp_min(1)
+
+
 def unmasking_loss(logits, targets, weight):
     """sum_j w_beta(t) * -log f[j, x1[s_t[j]]] over the masked positions passed in (eq. 7, first
     term). logits [M, V], targets [M], weight [M] = w_beta(t) of each position's sequence."""

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from configurator import check_choices, configure
-from interpolant import Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, sample_times, unmasking_loss
+from interpolant import (Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, num_targets, sample_times,
+                         unmasking_loss)
 from model import TimeEmbedding, modulate, rotary
 from prepare_owt import chunk, split_paragraphs
 from sample import generate, write_jsonl
@@ -447,7 +448,7 @@ def batch_loss(model, arch, x1, lengths, fixed, generator=None):
         xt, masked = mdm_interpolant(x1, t, BETA, arch["mask_id"], fixed=fixed, generator=generator)
         logits, _ = model(xt, select=masked)
         unmask = unmasking_loss(logits, x1[masked], BETA.rate(t)[rows.expand_as(masked)[masked]])
-        n = (~fixed).sum().clamp_min(1)
+        n = num_targets(lengths, fixed)  # lengths = the width: pads are the MDM's tokens
         return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
     fb = flexmdm_interpolant(x1, lengths, t, ALPHA, BETA, arch["mask_id"], arch["pad_id"], fixed=fixed, generator=generator)
     L = max(1, int(fb.lengths.max()))
@@ -456,7 +457,7 @@ def batch_loss(model, arch, x1, lengths, fixed, generator=None):
     unmask = unmasking_loss(logits, fb.targets[:, :L][masked], BETA.rate(t)[rows.expand_as(masked)[masked]])
     valid = torch.arange(L + 1, device=x1.device)[None] <= fb.lengths[:, None]
     insert = insertion_loss(g[valid], fb.gaps[:, :L + 1][valid], ALPHA.rate(t)[rows.expand_as(valid)[valid]])
-    n = ((torch.arange(x1.shape[1], device=x1.device)[None] < lengths[:, None]) & ~fixed).sum().clamp_min(1)
+    n = num_targets(lengths, fixed)
     return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
 
 

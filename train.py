@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import check_choices, configure
 from interpolant import (SCHEDULES, TIME_WEIGHTINGS, Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant,
-                         sample_times, time_weight, unmasking_loss)
+                         num_targets, sample_times, time_weight, unmasking_loss)
 from model import DiT, ModelConfig
 
 # -----------------------------------------------------------------------------
@@ -160,8 +160,7 @@ def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row
     gap_valid = where >= 0
     g = raw.insertion_rates(h[where[gap_valid]])
     insert = insertion_loss(g, fb.gaps[gap_valid], time_weight(alpha, t, weighting)[rows.expand(B, L + 1)[gap_valid]])
-    n = (torch.arange(x1.shape[1], device=x1.device)[None] < lengths[:, None]) & ~fixed
-    n = n.sum().clamp_min(1)
+    n = num_targets(lengths, fixed)
     return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
 
 
@@ -174,7 +173,7 @@ def mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, generator=None, weight
     h = model(tokens, seq_ids, positions, beta(t), raw.attention_mask(seq_ids))
     rows = torch.arange(x1.shape[0], device=x1.device)[:, None].expand_as(masked)[masked]
     unmask = unmasking_loss(raw.unmask_head(h[masked]), x1[masked], time_weight(beta, t, weighting)[rows])
-    n = ((torch.arange(x1.shape[1], device=x1.device)[None] < lengths[:, None]) & ~fixed).sum().clamp_min(1)
+    n = num_targets(lengths, fixed)
     return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
 
 
