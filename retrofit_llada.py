@@ -39,7 +39,7 @@ from interpolant import (Schedule, flexmdm_interpolant, insertion_loss, mdm_inte
 from model import TimeEmbedding, modulate, rotary
 from prepare_owt import chunk, split_paragraphs
 from sample import generate, write_jsonl
-from train import save_checkpoint
+from train import init_distributed, save_checkpoint
 
 # -----------------------------------------------------------------------------
 stage = "pretrain"  # pretrain | ift_math | ift_code | generate | bench
@@ -632,14 +632,7 @@ def main():
     check_choices(globals(), CHOICES)
     if model_type == "mdm" and stage in ("pretrain", "bench"):
         sys.exit(f"error: stage={stage} is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base itself (ift stages, generate)")
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    rank, world, dev = 0, 1, device
-    if ddp:
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.startswith("cuda"):
-            dev = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(dev)
+    ddp, rank, _, world, dev = init_distributed(device)
     torch.manual_seed(seed)  # the same LoRA and new-module initialisation on every process
     ptdtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     autocast = torch.autocast(dev.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()

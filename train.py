@@ -201,23 +201,28 @@ def check_meta(meta, ckpt_meta, path):
             sys.exit(f"error: {key} of the data ({meta.get(key)!r}) does not match the checkpoint {path} ({ckpt_meta.get(key)!r})")
 
 
+def init_distributed(device):
+    """Under torchrun, join the process group (nccl on CUDA, gloo on CPU) and take this process's
+    GPU. Returns (ddp, rank, local_rank, world, device of this process)."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return False, 0, 0, 1, device
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    rank, local_rank, world = dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+    dev = f"cuda:{local_rank}" if device.startswith("cuda") else device
+    if device.startswith("cuda"):
+        torch.cuda.set_device(dev)
+    return True, rank, local_rank, world, dev
+
+
 def main():
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
     configure(globals(), sys.argv[1:])
     config = {k: globals()[k] for k in config_keys}
 
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        rank, local_rank, world = dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
-        dev = f"cuda:{local_rank}" if device.startswith("cuda") else device
-        if device.startswith("cuda"):
-            torch.cuda.set_device(dev)
-        if gradient_accumulation_steps % world:
-            sys.exit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by {world} processes")
-        accum = gradient_accumulation_steps // world
-    else:
-        rank, world, dev, accum = 0, 1, device, gradient_accumulation_steps
+    ddp, rank, local_rank, world, dev = init_distributed(device)
+    if gradient_accumulation_steps % world:
+        sys.exit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by {world} processes")
+    accum = gradient_accumulation_steps // world
     master = rank == 0
     torch.manual_seed(seed)  # the same initial model on every rank; per-rank streams after it
     data_rng = np.random.default_rng(seed + rank)
