@@ -292,10 +292,10 @@ def bench_sample():
         raw.forward_padded = torch.compile(raw.forward_padded, dynamic=True)
     net, calls = raw.sampler_fn(alpha if mt == "flexmdm" else beta), [0]  # conditioned as in training
 
-    def model_fn(x, t):
+    def model_fn(x, t, fixed):
         calls[0] += 1
         with autocast:
-            return net(x, t)
+            return net(x, t, fixed)
 
     print(f"{mt}: {raw.num_params() / 1e6:.2f}M parameters, max length {length}, batch {sample_batch}, "
           f"{sample_steps} steps, {device} {dtype}{' compiled' if compile else ''}"

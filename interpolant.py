@@ -61,6 +61,7 @@ class FlexBatch(NamedTuple):
     targets: torch.Tensor  # [B, L] the clean token x1[s_t[j]] behind each position j of x_t
     masked: torch.Tensor   # [B, L] bool, x_t[j] is a mask (these get the unmasking loss)
     gaps: torch.Tensor     # [B, L+1] float, tokens of x1 still to be inserted in each gap
+    fixed: torch.Tensor    # [B, L] bool, x_t[j] is a fixed token of x1
 
 
 def flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=None, generator=None):
@@ -85,16 +86,18 @@ def flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=None
     xt = torch.full_like(x1, pad_id)
     targets = torch.full_like(x1, pad_id)
     masked = torch.zeros_like(real)
+    fixed_t = torch.zeros_like(real)
     r, c = rows[present], before[present]
     xt[r, c] = torch.where(clean, x1, torch.full_like(x1, mask_id))[present]
     targets[r, c] = x1[present]
     masked[r, c] = ~clean[present]
+    fixed_t[r, c] = fixed[present]
     # An absent token i still has to be inserted in the gap before the next present token,
     # i.e. gap number (#present before i).
     absent = real & ~present
     gaps = torch.zeros(B, L + 1, device=x1.device)
     gaps.index_put_((rows[absent], before[absent]), torch.ones((), device=x1.device), accumulate=True)
-    return FlexBatch(xt, new_len, targets, masked, gaps)
+    return FlexBatch(xt, new_len, targets, masked, gaps, fixed_t)
 
 
 def mdm_interpolant(x1, t, beta, mask_id, fixed=None, generator=None):

@@ -51,6 +51,7 @@ class ModelConfig:
     model_type: str = "flexmdm"  # flexmdm | mdm
     pad_id: int = 0
     attention: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | flex | sdpa
+    fixed_embedding: bool = False  # add a learned vector to fixed tokens (subgoals, prompts)
 
 
 def rotary(x, cos, sin):
@@ -126,6 +127,10 @@ class DiT(nn.Module):
         for zero in [b.ada for b in self.blocks] + [self.ada_out, self.unmask_head] + ([self.insert_head] if self.insert_head else []):
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
+        # Fixed tokens (maze subgoals) carry the same ids as generated ones: without this vector the
+        # network cannot tell a subgoal from an unmasked cell. Zero at init and created last (no RNG
+        # drawn), so with the option off, or on at init, the model is exactly the one without it.
+        self.fixed_emb = nn.Parameter(torch.zeros(cfg.n_embd)) if cfg.fixed_embedding else None
 
     @staticmethod
     def _init_weights(module):
@@ -157,15 +162,18 @@ class DiT(nn.Module):
         angles = positions.float()[:, None, :, None] * inv_freq  # [R, 1, T, head_dim/2]
         return angles.cos(), angles.sin()
 
-    def forward(self, tokens, seq_ids, positions, cond_time, mask=None):
+    def forward(self, tokens, seq_ids, positions, cond_time, mask=None, fixed=None):
         """tokens, seq_ids, positions: [R, T]; cond_time: [S], the conditioning time alpha(t) of
-        each sequence; mask: attention_mask(seq_ids), built here if not given. Returns the final
-        hidden states [R, T, n_embd]; apply the heads to them."""
+        each sequence; mask: attention_mask(seq_ids), built here if not given; fixed: [R, T] bool,
+        the fixed tokens (None: none), read only with fixed_embedding. Returns the final hidden
+        states [R, T, n_embd]; apply the heads to them."""
         mask = self.attention_mask(seq_ids) if mask is None else mask
         cond = F.silu(self.time_emb(cond_time))
         seq_index = seq_ids.clamp_min(0)
         rope = self.rope(positions)
         x = self.tok_emb(tokens)
+        if self.fixed_emb is not None and fixed is not None:
+            x = x + fixed[..., None] * self.fixed_emb
         for block in self.blocks:
             x = block(x, cond, seq_index, rope, mask)
         shift, scale = self.ada_out(cond)[seq_index].chunk(2, dim=-1)
@@ -187,13 +195,16 @@ class DiT(nn.Module):
         tokens = torch.where(pos == lengths, self.slot_id, tokens)
         return tokens, torch.where(pos <= lengths, rows, -1), pos
 
-    def forward_padded(self, x, cond_time):
-        """The sampler's contract (SPEC section 2): x [B, L] right-padded with pad_id, cond_time [B]
-        -> (logits [B, L, V], g [B, L+1]) for FlexMDM, (logits [B, L, V], None) for the MDM."""
-        h = self(*self.padded_layout(x), cond_time)
+    def forward_padded(self, x, cond_time, fixed=None):
+        """The sampler's contract (SPEC section 2): x [B, L] right-padded with pad_id, cond_time [B],
+        fixed [B, L] bool or None -> (logits [B, L, V], g [B, L+1]) for FlexMDM, (logits [B, L, V],
+        None) for the MDM."""
+        if fixed is not None and self.slot_id is not None:
+            fixed = torch.cat([fixed, torch.zeros_like(fixed[:, :1])], dim=1)  # the gap slot is not fixed
+        h = self(*self.padded_layout(x), cond_time, fixed=fixed)
         logits = self.unmask_head(h[:, : x.shape[1]]).float()
         return logits, (self.insertion_rates(h) if self.insert_head is not None else None)
 
     def sampler_fn(self, alpha):
-        """model_fn(x, t) for sample.generate: conditions the network on alpha(t)."""
-        return lambda x, t: self.forward_padded(x, alpha(t))
+        """model_fn(x, t, fixed) for sample.generate: conditions the network on alpha(t)."""
+        return lambda x, t, fixed: self.forward_padded(x, alpha(t), fixed)

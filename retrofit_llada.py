@@ -573,7 +573,7 @@ def generate_sequences(model, arch, items, dev, autocast, generator):
     the prefix and the suffix (and next to generated tokens), which stay fixed."""
 
     @torch.no_grad()
-    def model_fn(x, t):  # the MDM returns (logits, None); it has no time input (LLaDA's design)
+    def model_fn(x, t, fixed):  # the MDM returns (logits, None); it has no time input (LLaDA's design)
         with autocast:
             return model(x) if model_type == "mdm" else model(x, (x != arch["pad_id"]).sum(1), ALPHA(t))
 

@@ -200,7 +200,7 @@ def generate_batch(model_fn, n, steps, max_len, mask_id, pad_id, opts, prompts, 
     for k in range(steps):
         t = torch.full((n,), k * tau, device=device)
         width = max(1, int(lengths.max()))
-        logits, g = model_fn(x[:, :width], t)
+        logits, g = model_fn(x[:, :width], t, fixed[:, :width])
         masks = x[:, :width] == mask_id
         logits = logits[masks].float()  # f is only read at the masks
         logits[:, opts["banned"]] = -math.inf
@@ -224,7 +224,8 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
              sampler="vanilla", unmask="poisson", confidence="top_prob", gamma1=0.0, gamma2=64, temperature=1.0,
              final="draw", prompts=None, open_gaps=None, batch_size=None, generator=None, device="cpu", banned=()):
     """Samples as lists of token ids (see the module docstring). model_fn(x [B, L] right-padded with
-    pad_id, t [B]) -> (logits [B, L, V], g [B, L+1] or None): SPEC section 2. prompts: one list of
+    pad_id, t [B], fixed [B, L] bool: the prompt's tokens) -> (logits [B, L, V], g [B, L+1] or None):
+    SPEC section 2, plus the fixed flags (a model may ignore them). prompts: one list of
     fixed tokens per sample (for the MDM, mask_id inside a prompt marks a position to fill);
     open_gaps: per sample, the prompt's gaps where insertion may happen (default: all)."""
     check_choices(locals(), dict(model_type=("flexmdm", "mdm"), sampler=SAMPLERS, unmask=UNMASK_RULES,

@@ -49,9 +49,11 @@ alpha_schedule = "linear"  # insertion schedule: linear | poly | cosine
 beta_schedule = "linear"  # unmasking schedule
 schedule_exponent = 2.0  # for poly schedules
 time_weighting = "elbo"  # elbo: eq. 7 | flat: same minimisers, less gradient noise (interpolant.time_weight)
+fixed_embedding = False  # add a learned vector to fixed tokens, so subgoals differ from unmasked cells (model.py)
 # optimiser
 learning_rate = 1e-4
 max_iters = 10000
+max_seconds = 0.0  # > 0: a wall-clock budget of training steps (eval excluded); the LR schedule then runs on time
 weight_decay = 0.01
 beta1 = 0.9
 beta2 = 0.999
@@ -151,8 +153,13 @@ def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row
         tokens, seq_ids, positions = raw.padded_layout(fb.xt)
         where = torch.arange(tokens.numel(), device=x1.device).view(tokens.shape)
         where = torch.where(seq_ids >= 0, where, -1)
-    h = model(tokens, seq_ids, positions, alpha(t), raw.attention_mask(seq_ids)).flatten(0, 1)
     B, L = fb.xt.shape
+    fixed_rows = None
+    if raw.fixed_emb is not None:  # the fixed flags of x_t, in the rows' layout
+        fixed_rows = torch.zeros(tokens.numel(), dtype=torch.bool, device=x1.device)
+        fixed_rows[where[:, :L][fb.fixed]] = True
+        fixed_rows = fixed_rows.view(tokens.shape)
+    h = model(tokens, seq_ids, positions, alpha(t), raw.attention_mask(seq_ids), fixed_rows).flatten(0, 1)
     rows = torch.arange(B, device=x1.device)[:, None]
     m_rows = rows.expand(B, L)[fb.masked]
     unmask = unmasking_loss(raw.unmask_head(h[where[:, :L][fb.masked]]), fb.targets[fb.masked],
@@ -170,15 +177,18 @@ def mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, generator=None, weight
     raw = model.module if hasattr(model, "module") else model
     xt, masked = mdm_interpolant(x1, t, beta, mask_id, fixed=fixed, generator=generator)
     tokens, seq_ids, positions = raw.padded_layout(xt)
-    h = model(tokens, seq_ids, positions, beta(t), raw.attention_mask(seq_ids))
+    h = model(tokens, seq_ids, positions, beta(t), raw.attention_mask(seq_ids), fixed)
     rows = torch.arange(x1.shape[0], device=x1.device)[:, None].expand_as(masked)[masked]
     unmask = unmasking_loss(raw.unmask_head(h[masked]), x1[masked], time_weight(beta, t, weighting)[rows])
     n = num_targets(lengths, fixed)
     return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
 
 
-def get_lr(it):
-    """Linear warmup then cosine decay to min_lr (nanoGPT)."""
+def get_lr(it, spent):
+    """Linear warmup then cosine decay to min_lr (nanoGPT). With a wall-clock budget the schedule
+    stands where the same fraction of max_iters would be as the fraction of max_seconds spent."""
+    if max_seconds:
+        it = max_iters * spent / max_seconds
     decay_iters = lr_decay_iters or max_iters
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
@@ -240,7 +250,8 @@ def main():
     alpha = Schedule(alpha_schedule, schedule_exponent)
     beta = Schedule(beta_schedule, schedule_exponent)
     model_args = dict(vocab_size=meta["vocab_size"], max_len=seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                      cond_dim=cond_dim, dropout=dropout, model_type=model_type, pad_id=meta["pad_id"])
+                      cond_dim=cond_dim, dropout=dropout, model_type=model_type, pad_id=meta["pad_id"],
+                      fixed_embedding=fixed_embedding)
 
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if init_from == "resume":
@@ -257,12 +268,12 @@ def main():
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=learning_rate, betas=(beta1, beta2),
                                   weight_decay=weight_decay, fused=True)
     torch.manual_seed(seed + rank)
-    iter_num, saved_ema = 0, None
+    iter_num, spent, saved_ema = 0, 0.0, None
     if init_from == "resume":
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         saved_ema = ckpt["ema"]
-        iter_num = ckpt["iter_num"]
+        iter_num, spent = ckpt["iter_num"], ckpt.get("train_seconds", 0.0)
         torch.set_rng_state(ckpt["rng"][rank]["torch"])
         if device_type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
@@ -317,7 +328,7 @@ def main():
         if master:
             save_checkpoint(ckpt_path, {"model": raw_model.state_dict(), "ema": [e.cpu() for e in ema] if ema_decay else None,
                                         "optimizer": optimizer.state_dict(), "model_args": model_args, "iter_num": iter_num,
-                                        "config": config, "meta": meta, "rng": states})
+                                        "train_seconds": spent, "config": config, "meta": meta, "rng": states})
 
     if wandb_log and master:
         import wandb
@@ -325,16 +336,20 @@ def main():
 
     t0, tokens_seen = time.time(), 0
     while True:
-        if iter_num % eval_interval == 0 or iter_num == max_iters:
+        done = iter_num >= max_iters or (max_seconds and spent >= max_seconds)
+        if iter_num % eval_interval == 0 or done:
             val = evaluate()
             if master:
                 print(f"iter {iter_num}: val loss {val[0]:.4f} (unmask {val[1]:.4f}, insert {val[2]:.4f})")
                 if wandb_log:
                     wandb.log({"iter": iter_num, "val/loss": val[0], "val/unmask": val[1], "val/insert": val[2]})
             checkpoint()
-        if iter_num >= max_iters:
+        if done:
+            if master:
+                print(f"stopped after {iter_num} iterations and {spent:.0f} s of training steps")
             break
-        lr = get_lr(iter_num)
+        step_start = time.time()
+        lr = get_lr(iter_num, spent)
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro in range(accum):
@@ -350,6 +365,11 @@ def main():
         if ema_decay:
             torch._foreach_lerp_(ema, [p.detach() for p in raw_model.parameters()], 1 - ema_decay)
         iter_num += 1
+        spent += time.time() - step_start
+        if ddp and max_seconds:  # rank 0's clock decides, so that all ranks stop at the same iteration
+            clock = torch.tensor([spent], dtype=torch.float64, device=dev)
+            dist.broadcast(clock, 0)
+            spent = clock.item()
         if iter_num % log_interval == 0 and master:
             dt = time.time() - t0
             print(f"iter {iter_num}: loss {loss.item():.4f} (unmask {unmask.item():.4f}, insert {insert.item():.4f}), "

@@ -225,7 +225,7 @@ def test_sampler_fn_conditions_on_alpha():
     alpha = Schedule("poly", 2.0)
     x, t = padded_batch(LENGTHS), times(len(LENGTHS))
     with torch.no_grad():
-        got = model.sampler_fn(alpha)(x, t)
+        got = model.sampler_fn(alpha)(x, t, x == -1)  # no fixed tokens
         want = model.forward_padded(x, alpha(t))
         other = model.forward_padded(x, t)
     torch.testing.assert_close(got[0], want[0])
