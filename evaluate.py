@@ -77,14 +77,22 @@ def rate_and_stderr(successes):
 # r*W + c; any other id (pad = H*W, mask = H*W+1, sep = H*W+2, or anything out of range) is not a
 # cell and makes the path fail.
 
-def maze_path_check(path, subgoals, maze):
+def collapse_repeats(path):
+    """The path with each run of one repeated cell kept once: [a, b, b, c] -> [a, b, c]."""
+    return [t for i, t in enumerate(path) if i == 0 or t != path[i - 1]]
+
+
+def maze_path_check(path, subgoals, maze, collapse=False):
     """Why a path fails, or "ok". Success (the paper's two criteria): the path is non-empty,
     every token is a cell of the grid and free (0), consecutive cells are 4-adjacent, it starts
     at g1 = subgoals[0], ends at gK = subgoals[-1], and contains the subgoals in order (as a
-    subsequence)."""
+    subsequence). collapse=True first merges consecutive repeated cells (a step of length 0, which
+    the strict metric counts as a jump): not the paper's metric, a diagnosis of where paths fail."""
     maze = np.asarray(maze)
     H, W = maze.shape
     path = [int(t) for t in path]
+    if collapse:
+        path = collapse_repeats(path)
     subgoals = [int(t) for t in subgoals]
     if not path:
         return "empty"
@@ -108,9 +116,9 @@ def maze_path_check(path, subgoals, maze):
     return "ok" if k == len(subgoals) else "missed_subgoal"
 
 
-def maze_path_ok(path, subgoals, maze):
+def maze_path_ok(path, subgoals, maze, collapse=False):
     """True iff the token path is a valid path through the subgoals in order (maze_path_check)."""
-    return maze_path_check(path, subgoals, maze) == "ok"
+    return maze_path_check(path, subgoals, maze, collapse) == "ok"
 
 
 def maze_success_rate(samples, subgoal_lists, maze):
@@ -120,10 +128,10 @@ def maze_success_rate(samples, subgoal_lists, maze):
     return rate_and_stderr([maze_path_ok(p, s, maze) for p, s in zip(samples, subgoal_lists)])
 
 
-def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=4):
-    """PNG of the maze with up to max_panels paths, one panel each: walls black, the path as a
-    line, subgoals numbered in order (g1 green, gK red). Non-cell tokens are left out of the
-    drawing. Returns filename."""
+def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=6, cols=3):
+    """PNG of the maze with up to max_panels paths, one panel each, `cols` panels a row: walls
+    black, the path as a line, subgoals numbered in order (g1 green, gK red). Non-cell tokens are
+    left out of the drawing. Returns filename."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -132,13 +140,14 @@ def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=4):
     H, W = maze.shape
     paths, subgoal_lists = list(paths)[:max_panels], list(subgoal_lists)[:max_panels]
     n = max(1, len(paths))
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 4 * H / W + 0.4), squeeze=False)
+    rows, cols = -(-n // cols), min(n, cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, rows * (4 * H / W + 0.4)), squeeze=False)
 
     def cells(tokens):
         rc = [divmod(int(t), W) for t in tokens if 0 <= int(t) < H * W]
         return np.array(rc, dtype=float).reshape(-1, 2)
 
-    for i, ax in enumerate(axes[0]):
+    for i, ax in enumerate(axes.flat):
         ax.imshow(maze, cmap="gray_r", vmin=0, vmax=1.5, interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
         if i >= len(paths):
@@ -169,24 +178,147 @@ def evaluate_maze(args):
     paths = [r["tokens"] for r in rows]
     subgoals = [r["subgoals"] for r in rows]
     reasons = [maze_path_check(p, s, maze) for p, s in zip(paths, subgoals)]
-    rate, se = rate_and_stderr([r == "ok" for r in reasons])
+    ok = [r == "ok" for r in reasons]
+    rate, se = rate_and_stderr(ok)
+    collapsed, collapsed_se = rate_and_stderr([maze_path_ok(p, s, maze, collapse=True) for p, s in zip(paths, subgoals)])
     metrics = {
         "task": "maze", "samples": args.samples, "data_dir": args.data_dir, "n": len(rows),
         "K": meta.get("K"), "success_rate": rate, "stderr": se,
+        "success_rate_collapsed": collapsed, "stderr_collapsed": collapsed_se,
         "outcomes": {r: reasons.count(r) for r in sorted(set(reasons))},
         "mean_path_len": float(np.mean([len(p) for p in paths])),
     }
     print(f"maze success rate: {100 * rate:.1f}% +- {100 * se:.1f}% (n={len(rows)}), "
           f"outcomes {metrics['outcomes']}")
-    if args.png:
-        render_maze_png(maze, paths, subgoals, args.png)
+    print(f"with consecutive repeated cells collapsed (not the paper's metric): {100 * collapsed:.1f}% +- "
+          f"{100 * collapsed_se:.1f}%")
+    if args.png:  # the first three solved and the first three failed samples
+        shown = [i for i in range(len(ok)) if ok[i]][:3] + [i for i in range(len(ok)) if not ok[i]][:3]
+        render_maze_png(maze, [paths[i] for i in shown], [subgoals[i] for i in shown], args.png)
         metrics["png"] = args.png
+        print(f"wrote {args.png} (up to 3 solved and 3 failed samples)")
     print(f"wrote {write_metrics(args.samples, metrics)}")
     return metrics
 
 
-# ----------------------------------------------------------------------------------------------
-# Text (paper section 5.1.1, appendix F.1)
+# Length diagnosis (RESULTS.md): is a failed path's length one that a path through its subgoals can
+# have? A grid path from s to g has |r_s - r_g| + |c_s - c_g| + an even number of steps, so half of
+# all lengths are impossible for every pair ("parity").
+
+LENGTH_CASES = ("a data length", "between data lengths", "shorter than all", "longer than all")
+
+
+def held_out_lengths(data_dir, split="val"):
+    """{subgoal tuple: sorted distinct lengths of the split's paths through exactly those subgoals}."""
+    path = os.path.join(data_dir, split)
+    if not all(os.path.exists(path + ext) for ext in (".bin", ".idx", ".fix")):
+        sys.exit(f"error: {path}.bin/.idx/.fix not found: --data_dir must be a prepared maze dataset")
+    tokens, fix = np.fromfile(path + ".bin", dtype=np.uint16), np.fromfile(path + ".fix", dtype=np.uint8)
+    idx = np.fromfile(path + ".idx", dtype=np.int64)
+    lengths = {}
+    for a, b in zip(idx[:-1], idx[1:]):
+        lengths.setdefault(tuple(tokens[a:b][fix[a:b] == 1].tolist()), set()).add(int(b - a))
+    return {k: sorted(v) for k, v in lengths.items()}
+
+
+def maze_length_case(path, subgoals, data_lengths_, width):
+    """(where len(path) falls among the data lengths of its subgoals: one of LENGTH_CASES, whether
+    its parity is impossible for its start and goal)."""
+    n = len(path)
+    case = ("a data length" if n in data_lengths_ else "shorter than all" if n < data_lengths_[0]
+            else "longer than all" if n > data_lengths_[-1] else "between data lengths")
+    (r0, c0), (r1, c1) = divmod(int(subgoals[0]), width), divmod(int(subgoals[-1]), width)
+    return case, (n - 1 - abs(r0 - r1) - abs(c0 - c1)) % 2 == 1
+
+
+def insertion_trace(ckpt_path, data_dir, n, steps, temperature, seed=1337):
+    """Sample n held-out prompts from a FlexMDM checkpoint as sample.py does (vanilla sampler) and
+    record, at each model call, every row's length and the model's own estimate of the tokens still
+    to come, sum_j g_j over its gaps (Prop. 1: g_j is E[gap_j | x_t]). Returns (t [S], lengths
+    [S, n], expected [S, n], final lengths [n], K)."""
+    import torch
+    import sample
+    model, ckpt = sample.load_model(ckpt_path, "cpu")
+    if ckpt["model_args"]["model_type"] != "flexmdm":
+        sys.exit(f"error: {ckpt_path!r} is not a FlexMDM checkpoint: the insertion trace needs g")
+    meta = ckpt["meta"]
+    alpha, beta = sample.schedules(ckpt["config"])
+    prompts = sample.maze_prompts(data_dir, n, meta["maze"])
+    net, times, lengths, expected = model.sampler_fn(alpha), [], [], []
+
+    def model_fn(x, t, fixed):
+        logits, g = net(x, t, fixed)
+        n_t = (x != meta["pad_id"]).sum(1)
+        gaps = torch.arange(g.shape[1])[None] <= n_t[:, None]
+        times.append(float(t[0]))
+        lengths.append(n_t.numpy())
+        expected.append((g * gaps).sum(1).numpy())
+        return logits, g
+    seqs = sample.generate(model_fn, n, steps, model.cfg.max_len, meta["mask_id"], meta["pad_id"], alpha=alpha,
+                           beta=beta, temperature=temperature, prompts=prompts,
+                           generator=torch.Generator().manual_seed(seed))
+    return np.array(times), np.array(lengths), np.array(expected), np.array([len(s) for s in seqs]), len(prompts[0])
+
+
+def plot_insertion_trace(times, lengths, expected, final, sample_lengths, data_lengths_, filename):
+    """Two panels: the length histograms of samples and data; the mean of sum_j g_j (expected tokens
+    to come) against the mean of the tokens that did come, over the sampling time."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    bins = np.arange(0, max(max(sample_lengths), max(data_lengths_)) + 2) - 0.5
+    left.hist(data_lengths_, bins=bins, density=True, alpha=0.5, label="held-out data")
+    left.hist(sample_lengths, bins=bins, density=True, alpha=0.5, label="samples")
+    left.set_xlabel("path length (cells)"), left.legend()
+    right.plot(times, expected.mean(1), label="model: sum of g (expected to come)")
+    right.plot(times, (final[None] - lengths).mean(1), label="actually inserted after t")
+    right.set_xlabel("sampling time t"), right.set_ylabel("tokens"), right.legend()
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_maze_lengths(args):
+    """CLI task: where the samples' lengths fall among the lengths of the held-out paths through the
+    same subgoals, and with --ckpt a re-sampled trace of the model's expected insertions."""
+    meta = load_meta(args.data_dir)
+    rows = read_jsonl(args.samples)
+    by_goals = held_out_lengths(args.data_dir)
+    if not all(tuple(r.get("subgoals", ())) in by_goals for r in rows):
+        sys.exit(f"error: {args.samples!r} has samples whose subgoals are not a held-out set of {args.data_dir!r}")
+    maze = np.asarray(meta["maze"])
+    cases = [maze_length_case(r["tokens"], r["subgoals"], by_goals[tuple(r["subgoals"])], maze.shape[1]) for r in rows]
+    ok = [maze_path_ok(r["tokens"], r["subgoals"], maze) for r in rows]
+    table = {c: {"n": sum(case == c for case, _ in cases),
+                 "solved": sum(o for (case, _), o in zip(cases, ok) if case == c)} for c in LENGTH_CASES}
+    data_mean = float(np.mean([np.mean(by_goals[tuple(r["subgoals"])]) for r in rows]))
+    metrics = {"task": "maze_lengths", "samples": args.samples, "n": len(rows), "cases": table,
+               "wrong_parity": sum(p for _, p in cases) / len(rows),
+               "mean_sample_len": float(np.mean([len(r["tokens"]) for r in rows])), "mean_data_len": data_mean}
+    for c in LENGTH_CASES:
+        print(f"{c:>22}: {table[c]['n']:5d} samples, {table[c]['solved']:5d} solved")
+    print(f"impossible parity: {100 * metrics['wrong_parity']:.1f}%; mean length {metrics['mean_sample_len']:.2f} "
+          f"(held-out paths through the same subgoals: {data_mean:.2f})")
+    if args.ckpt:
+        times, lengths, expected, final, K = insertion_trace(args.ckpt, args.data_dir, args.trace_samples, args.steps,
+                                                             args.temperature)
+        tau = times[1] - times[0]
+        rate = np.array([1 / (1 - t) if t < 1 else 0.0 for t in times])  # w_alpha(t), linear schedule
+        metrics["trace"] = {"n": len(final), "expected_at_t0": float(expected[0].mean()),
+                            "inserted": float((final - K).mean()),
+                            "compensator": float((tau * rate[:-1, None] * expected[:-1]).sum(0).mean())}
+        print(f"trace of {len(final)} samples: sum of g at t=0 {metrics['trace']['expected_at_t0']:.2f}, "
+              f"inserted {metrics['trace']['inserted']:.2f}, sum over steps of tau w(t) sum g "
+              f"{metrics['trace']['compensator']:.2f}")
+        if args.png:
+            data = [n for r in rows for n in by_goals[tuple(r["subgoals"])]]
+            plot_insertion_trace(times, lengths, expected, final, [len(r["tokens"]) for r in rows], data, args.png)
+            metrics["png"] = args.png
+    print(f"wrote {write_metrics(args.samples + '.lengths', metrics)}")
+    return metrics
+
+
 #
 # Samples are JSON lines {"tokens": GPT-2 ids, "length": len(tokens), "text": decoded}. Lengths are
 # compared with the data's sequence lengths (data_dir/{split}.idx, default val); text quality is
@@ -520,7 +652,7 @@ def evaluate_humaneval_infill(args):
 # ----------------------------------------------------------------------------------------------
 # CLI
 
-TASKS = {"maze": evaluate_maze, "length": evaluate_text_task, "genppl": evaluate_text_task, "text": evaluate_text_task,
+TASKS = {"maze": evaluate_maze, "maze_lengths": evaluate_maze_lengths, "length": evaluate_text_task, "genppl": evaluate_text_task, "text": evaluate_text_task,
          "gsm8k": evaluate_gsm8k, "humaneval_infill": evaluate_humaneval_infill}
 
 
@@ -533,6 +665,10 @@ def build_parser():
     p.add_argument("--data_split", default="val", help="length: the data split to compare with")
     p.add_argument("--ref_model", default="gpt2-large", help="genppl: reference causal LM, hub name or local path")
     p.add_argument("--ref_batch_size", type=int, default=16, help="genppl: sequences per reference LM call")
+    p.add_argument("--ckpt", default=None, help="maze_lengths: a FlexMDM ckpt.pt to trace the expected insertions of")
+    p.add_argument("--steps", type=int, default=256, help="maze_lengths: sampler steps of the trace")
+    p.add_argument("--temperature", type=float, default=1.0, help="maze_lengths: temperature of the trace")
+    p.add_argument("--trace_samples", type=int, default=200, help="maze_lengths: samples in the trace")
     p.add_argument("--problems", default=None, help="humaneval_infill: the benchmark's .jsonl(.gz) problems")
     p.add_argument("--timeout", type=float, default=3.0, help="humaneval_infill: seconds per program")
     p.add_argument("--workers", type=int, default=None, help="humaneval_infill: programs run at once (default: CPU count)")
@@ -541,8 +677,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.task == "maze" and not args.data_dir:
-        raise SystemExit("error: --task=maze needs --data_dir (for meta.json's maze)")
+    if args.task in ("maze", "maze_lengths") and not args.data_dir:
+        raise SystemExit(f"error: --task={args.task} needs --data_dir (for meta.json's maze)")
     return TASKS[args.task](args)
 
 

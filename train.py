@@ -53,7 +53,9 @@ fixed_embedding = False  # add a learned vector to fixed tokens, so subgoals dif
 # optimiser
 learning_rate = 1e-4
 max_iters = 10000
-max_seconds = 0.0  # > 0: a wall-clock budget of training steps (eval excluded); the LR schedule then runs on time
+max_seconds = 0.0  # > 0: train for this many seconds of training steps (eval excluded) instead of max_iters
+# iterations; the LR schedule keeps its shape, with max_iters (and warmup_iters, lr_decay_iters) mapped onto the budget
+budget_clock = "wall"  # wall | cpu: the process's CPU time, a fair budget for runs that share a CPU (1 thread each)
 weight_decay = 0.01
 beta1 = 0.9
 beta2 = 0.999
@@ -238,7 +240,8 @@ def main():
     data_rng = np.random.default_rng(seed + rank)
     device_type = "cuda" if dev.startswith("cuda") else "cpu"
     check_choices(globals(), dict(dtype=("float32", "bfloat16"), model_type=("flexmdm", "mdm"), alpha_schedule=SCHEDULES,
-                                  beta_schedule=SCHEDULES, time_weighting=TIME_WEIGHTINGS))
+                                  beta_schedule=SCHEDULES, time_weighting=TIME_WEIGHTINGS, budget_clock=("wall", "cpu")))
+    clock = time.process_time if budget_clock == "cpu" else time.time
     if packing and model_type == "mdm":
         sys.exit("error: packing=True applies to FlexMDM only: the MDM baseline pads by design")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
@@ -336,7 +339,7 @@ def main():
 
     t0, tokens_seen = time.time(), 0
     while True:
-        done = iter_num >= max_iters or (max_seconds and spent >= max_seconds)
+        done = spent >= max_seconds if max_seconds else iter_num >= max_iters
         if iter_num % eval_interval == 0 or done:
             val = evaluate()
             if master:
@@ -348,7 +351,7 @@ def main():
             if master:
                 print(f"stopped after {iter_num} iterations and {spent:.0f} s of training steps")
             break
-        step_start = time.time()
+        step_start = clock()
         lr = get_lr(iter_num, spent)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -365,7 +368,7 @@ def main():
         if ema_decay:
             torch._foreach_lerp_(ema, [p.detach() for p in raw_model.parameters()], 1 - ema_decay)
         iter_num += 1
-        spent += time.time() - step_start
+        spent += clock() - step_start
         if ddp and max_seconds:  # rank 0's clock decides, so that all ranks stop at the same iteration
             clock = torch.tensor([spent], dtype=torch.float64, device=dev)
             dist.broadcast(clock, 0)

@@ -356,6 +356,59 @@ def test_metric_rejects(corridor, case, reason):
     assert not evaluate.maze_path_ok(toks, tok(sg), m)
 
 
+def test_collapsed_metric(corridor):
+    """A repeated cell (a step of length 0) fails the strict metric and passes collapsed; a real
+    jump, or a repeat that hides a jump, fails both."""
+    m, tok, path = corridor
+    sg = tok([path[0], path[5], path[-1]])
+    repeated = tok(path[:3] + [path[2], path[2]] + path[3:])
+    jump = tok(path[:4] + path[5:])
+    assert evaluate.maze_path_check(repeated, sg, m) == "jump"
+    assert evaluate.maze_path_ok(repeated, sg, m, collapse=True)
+    assert evaluate.maze_path_check(jump, sg, m, collapse=True) == "jump"
+    assert evaluate.maze_path_check(tok(path[:4] + [path[3]] + path[5:]), sg, m, collapse=True) == "jump"
+    assert evaluate.collapse_repeats([1, 1, 2, 2, 2, 3, 1]) == [1, 2, 3, 1]
+
+
+def test_length_case(corridor):
+    """Cases against the data lengths of one subgoal set, and the parity rule: a path from (1, 1)
+    to (3, 3) has 4 + 2k steps, so 5 + 2k cells."""
+    m, tok, path = corridor
+    sg = tok([path[0], path[-1]])
+    lengths = [9, 11]
+    W = m.shape[1]
+    assert evaluate.maze_length_case(tok(path), sg, lengths, W) == ("a data length", False)
+    assert evaluate.maze_length_case([0] * 10, sg, lengths, W) == ("between data lengths", True)
+    assert evaluate.maze_length_case([0] * 8, sg, lengths, W) == ("shorter than all", True)
+    assert evaluate.maze_length_case([0] * 13, sg, lengths, W) == ("longer than all", False)
+
+
+def test_maze_lengths_cli(tmp_path, capsys):
+    """held_out_lengths reads the val paths by subgoal set; the CLI counts where samples fall."""
+    out, meta = build(tmp_path, K=3, num_pairs=40)
+    tok, idx, fix = read_split(out, "val")
+    by_goals = evaluate.held_out_lengths(out)
+    assert sum(map(len, by_goals.values())) >= len(by_goals) > 0
+    rows = []
+    for i, (a, b) in enumerate(zip(idx[:-1], idx[1:])):
+        seq, sg = tok[a:b].tolist(), tok[a:b][fix[a:b] == 1].tolist()
+        assert len(seq) in by_goals[tuple(sg)]
+        rows.append({"tokens": seq if i % 2 == 0 else seq + [seq[-1]] * 40, "subgoals": sg})
+    samples = str(tmp_path / "samples.jsonl")
+    with open(samples, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = evaluate.main(["--task=maze_lengths", f"--samples={samples}", f"--data_dir={out}"])
+    n_even = sum(i % 2 == 0 for i in range(len(rows)))
+    assert metrics["cases"]["a data length"] == {"n": n_even, "solved": n_even}
+    assert metrics["cases"]["longer than all"] == {"n": len(rows) - n_even, "solved": 0}
+    assert metrics["wrong_parity"] == 0  # 40 extra cells keep the parity
+    rows[0]["subgoals"] = rows[0]["subgoals"][::-1]
+    with open(samples, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit, match="not a held-out set"):
+        evaluate.main(["--task=maze_lengths", f"--samples={samples}", f"--data_dir={out}"])
+
+
 def test_success_rate(corridor):
     m, tok, path = corridor
     good, sg = tok(path), tok([path[0], path[-1]])
@@ -425,3 +478,17 @@ def test_configs(monkeypatch, name, dataset, model_type):
     assert cfg["max_iters"] == 5 * cfg["warmup_iters"] > 0
     assert all(isinstance(cfg[k], int) for k in
                ("warmup_iters", "max_iters", "eval_interval", "eval_iters", "log_interval"))
+
+
+def test_insertion_trace(tiny_maze, tmp_path):
+    """The trace on a briefly trained FlexMDM: it starts from the K subgoals at t = 0, ends at t = 1
+    on the final lengths (the last step inserts nothing), and its expected counts are g's sums."""
+    from conftest import TINY_TRAIN_ARGS, run_train
+    out = tmp_path / "run"
+    run_train(["--dataset=tiny", f"--out_dir={out}", "--max_iters=20", "--eval_interval=20", "--batch_size=16",
+               "--learning_rate=3e-3", *TINY_TRAIN_ARGS], tiny_maze)
+    data_dir = str(tiny_maze / "data" / "tiny")
+    times, lengths, expected, final, K = evaluate.insertion_trace(str(out / "ckpt.pt"), data_dir, 12, 16, 1.0)
+    assert K == 2 and times[0] == 0.0 and times[-1] == 1.0 and len(times) == 16
+    assert (lengths[0] == K).all() and np.array_equal(lengths[-1], final)
+    assert (np.diff(lengths, axis=0) >= 0).all() and (expected >= 0).all() and expected[0].mean() > 0

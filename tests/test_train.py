@@ -207,6 +207,30 @@ def test_mistyped_value(tiny_maze, arg, key):
     expect_exit(["--dataset=tiny", arg], tiny_maze, key)
 
 
+# ---------------------------------------------------------------------------------------------
+# A wall-clock (or CPU-time) budget instead of an iteration count
+
+def test_time_budget_stops_checkpoints_and_resumes(tiny_maze, tmp_path):
+    common = ["--dataset=tiny", *TINY_TRAIN_ARGS, "--batch_size=8", "--max_iters=1000000", "--eval_interval=1000000",
+              "--eval_iters=1", "--log_interval=1000000", "--budget_clock=cpu", f"--out_dir={tmp_path}"]
+    out = run_train([*common, "--max_seconds=1.5"], tiny_maze)
+    first = load(tmp_path / "ckpt.pt")
+    assert f"stopped after {first['iter_num']} iterations" in out and first["iter_num"] > 0
+    assert 1.5 <= first["train_seconds"] < 10
+    run_train([*common, "--max_seconds=3.0", "--init_from=resume"], tiny_maze)
+    second = load(tmp_path / "ckpt.pt")
+    assert second["iter_num"] > first["iter_num"] and 3.0 <= second["train_seconds"] < 12
+
+
+def test_time_budget_maps_the_lr_schedule_onto_the_budget(monkeypatch):
+    for key, value in dict(max_iters=100, warmup_iters=10, lr_decay_iters=0, learning_rate=1.0, min_lr=0.1,
+                           max_seconds=0.0).items():
+        monkeypatch.setattr(train, key, value)
+    by_iteration = [train.get_lr(it, 0.0) for it in (0, 5, 50, 100)]
+    monkeypatch.setattr(train, "max_seconds", 20.0)
+    assert [train.get_lr(123, s) for s in (0.0, 1.0, 10.0, 20.0)] == by_iteration
+
+
 @pytest.mark.parametrize("arg,needle", [("--time_weighting=uniform", "time_weighting"),
                                         ("--model_type=mdm --packing=True", "packing")])
 def test_bad_setting_value(tiny_maze, tmp_path, arg, needle):
