@@ -374,16 +374,18 @@ def length_metrics(sample_lengths, reference_lengths):
             "samples": length_summary(sample_lengths), "data": length_summary(reference_lengths)}
 
 
-def plot_lengths(sample_lengths, reference_lengths, filename, labels=("samples", "data")):
-    """PNG overlaying the two length histograms (fraction of sequences per bin, about 64 bins)."""
+def plot_lengths(sample_lengths, reference_lengths, filename, labels=("samples", "data"), others=()):
+    """PNG overlaying the length histograms (fraction of sequences per bin, about 64 bins) of the
+    samples, the data and any other (lengths, label) pairs in `others`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    top = int(max(np.max(sample_lengths), np.max(reference_lengths))) + 1
+    series = [(sample_lengths, labels[0]), (reference_lengths, labels[1]), *others]
+    top = int(max(np.max(lengths) for lengths, _ in series)) + 1
     width = max(1, -(-top // 64))
     edges = np.arange(0, top + width, width)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for lengths, label in zip((sample_lengths, reference_lengths), labels):
+    for lengths, label in series:
         weights = np.full(len(lengths), 1.0 / len(lengths))
         ax.hist(lengths, bins=edges, weights=weights, histtype="step", lw=1.5, label=f"{label} (n={len(lengths)})")
     ax.set_xlabel("sequence length (tokens)")
@@ -474,8 +476,11 @@ def length_report(args, rows):
     ref = data_lengths(args.data_dir, args.data_split)
     lengths = sample_lengths(rows)
     metrics = length_metrics(lengths, ref)
+    others = [(sample_lengths(read_jsonl(path)), os.path.basename(os.path.dirname(path)) or path)
+              for path in args.compare.split(",") if path]
     metrics["png"] = plot_lengths(lengths, ref, args.png or args.samples + ".lengths.png",
-                                  labels=("samples", f"data {args.data_split}"))
+                                  labels=(os.path.basename(os.path.dirname(args.samples)) or "samples",
+                                          f"data {args.data_split}"), others=others)
     s, d = metrics["samples"], metrics["data"]
     print(f"length: TV {metrics['tv_exact']:.4f} (exact lengths), {metrics[f'tv_bin{LENGTH_BIN}']:.4f} "
           f"(bins of {LENGTH_BIN}), W1 {metrics['wasserstein1']:.2f} tokens")
@@ -663,6 +668,7 @@ def build_parser():
     p.add_argument("--data_dir", default=None, help="dataset directory with meta.json")
     p.add_argument("--png", default=None, help="optional figure to write")
     p.add_argument("--data_split", default="val", help="length: the data split to compare with")
+    p.add_argument("--compare", default="", help="length: more samples files (comma-separated) drawn in the PNG too")
     p.add_argument("--ref_model", default="gpt2-large", help="genppl: reference causal LM, hub name or local path")
     p.add_argument("--ref_batch_size", type=int, default=16, help="genppl: sequences per reference LM call")
     p.add_argument("--ckpt", default=None, help="maze_lengths: a FlexMDM ckpt.pt to trace the expected insertions of")

@@ -156,7 +156,7 @@ def test_length_metrics_hand_values(tmp_path):
     assert evaluate.wasserstein1([0, 0, 3], [1, 1, 1]) == pytest.approx((1 + 1 + 2) / 3)
     m = evaluate.length_metrics([10, 20], [10, 10, 40, 40])
     assert m["samples"]["mean"] == 15 and m["data"]["mean"] == 25 and m["data"]["p50"] == 25
-    png = evaluate.plot_lengths([10, 20], [10, 10, 40, 40], str(tmp_path / "lengths.png"))
+    png = evaluate.plot_lengths([10, 20], [10, 10, 40, 40], str(tmp_path / "lengths.png"), others=[([5, 90], "mdm")])
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,6 @@
+# The padded MDM baseline of config/wikitext_cpu.py: the same model, data, weighting and budget (it pads to 512).
+#   OMP_NUM_THREADS=1 python train.py config/wikitext_cpu_mdm.py
+exec(open("config/wikitext_cpu.py").read())
+out_dir = "out/wikitext_cpu_mdm"
+model_type = "mdm"
+packing = False
