@@ -177,17 +177,14 @@ def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row
     B, L = fb.xt.shape
     fixed_rows = None
     if raw.fixed_emb is not None:  # the fixed flags of x_t, in the rows' layout
-        fixed_rows = torch.zeros(tokens.numel(), dtype=torch.bool, device=x1.device)
-        fixed_rows[where[:, :L][fb.fixed]] = True
-        fixed_rows = fixed_rows.view(tokens.shape)
+        fixed_rows = scatter_rows(where[:, :L], fb.fixed, False, tokens.shape)
     h = model(tokens, seq_ids, positions, alpha(t), raw.attention_mask(seq_ids), fixed_rows).flatten(0, 1)
-    rows = torch.arange(B, device=x1.device)[:, None]
-    m_rows = rows.expand(B, L)[fb.masked]
-    unmask = unmasking_loss(raw.unmask_head(h[where[:, :L][fb.masked]]), fb.targets[fb.masked],
-                             time_weight(beta, t, weighting)[m_rows])
-    gap_valid = where >= 0
-    g = raw.insertion_rates(h[where[gap_valid]])
-    insert = insertion_loss(g, fb.gaps[gap_valid], time_weight(alpha, t, weighting)[rows.expand(B, L + 1)[gap_valid]])
+    b, j = fb.masked.nonzero(as_tuple=True)  # the one host sync of the loss: the number of masks
+    unmask = unmasking_loss(raw.unmask_head(h[where[b, j]]), fb.targets[b, j], time_weight(beta, t, weighting)[b])
+    # g at every position of the rows (a cheap head), read at each gap slot; where = -1 weighs 0
+    gap = where >= 0
+    g = torch.where(gap, raw.insertion_rates(h)[where.clamp_min(0)], 0.0)
+    insert = insertion_loss(g, fb.gaps, torch.where(gap, time_weight(alpha, t, weighting)[:, None], 0.0))
     n = num_targets(lengths, fixed)
     return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
 
@@ -199,8 +196,8 @@ def mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, generator=None, weight
     xt, masked = mdm_interpolant(x1, t, beta, mask_id, fixed=fixed, generator=generator)
     tokens, seq_ids, positions = raw.padded_layout(xt)
     h = model(tokens, seq_ids, positions, beta(t), raw.attention_mask(seq_ids), fixed)
-    rows = torch.arange(x1.shape[0], device=x1.device)[:, None].expand_as(masked)[masked]
-    unmask = unmasking_loss(raw.unmask_head(h[masked]), x1[masked], time_weight(beta, t, weighting)[rows])
+    b, j = masked.nonzero(as_tuple=True)  # one host sync: the number of masks
+    unmask = unmasking_loss(raw.unmask_head(h[b, j]), x1[b, j], time_weight(beta, t, weighting)[b])
     n = num_targets(lengths, fixed)
     return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
 
