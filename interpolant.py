@@ -80,24 +80,21 @@ def flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=None
     present = real & ((t1 <= tt) | fixed)
     clean = fixed | (t2 <= tt)
     # Compact the present tokens to the left: token i of x1 lands at position (#present before i).
+    # Scattered by row, the absent tokens to a spare column L that is dropped (no boolean indexing:
+    # its data-dependent size would make the host wait for the device).
     before = torch.cumsum(present, dim=1) - present.long()  # present tokens strictly before i
-    new_len = present.sum(1)
-    rows = torch.arange(B, device=x1.device)[:, None].expand(B, L)
-    xt = torch.full_like(x1, pad_id)
-    targets = torch.full_like(x1, pad_id)
-    masked = torch.zeros_like(real)
-    fixed_t = torch.zeros_like(real)
-    r, c = rows[present], before[present]
-    xt[r, c] = torch.where(clean, x1, torch.full_like(x1, mask_id))[present]
-    targets[r, c] = x1[present]
-    masked[r, c] = ~clean[present]
-    fixed_t[r, c] = fixed[present]
+    dest = torch.where(present, before, L)
+    compact = lambda values, fill: torch.full((B, L + 1), fill, dtype=values.dtype, device=x1.device).scatter_(
+        1, dest, values)[:, :L]
+    xt = compact(torch.where(clean, x1, mask_id), pad_id)
+    targets = compact(x1, pad_id)
+    masked = compact(present & ~clean, False)
+    fixed_t = compact(fixed & present, False)
     # An absent token i still has to be inserted in the gap before the next present token,
     # i.e. gap number (#present before i).
     absent = real & ~present
-    gaps = torch.zeros(B, L + 1, device=x1.device)
-    gaps.index_put_((rows[absent], before[absent]), torch.ones((), device=x1.device), accumulate=True)
-    return FlexBatch(xt, new_len, targets, masked, gaps, fixed_t)
+    gaps = torch.zeros(B, L + 1, device=x1.device).scatter_add_(1, before, absent.float())
+    return FlexBatch(xt, present.sum(1), targets, masked, gaps, fixed_t)
 
 
 def mdm_interpolant(x1, t, beta, mask_id, fixed=None, generator=None):

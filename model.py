@@ -147,14 +147,15 @@ class DiT(nn.Module):
 
     def attention_mask(self, seq_ids):
         """Each token attends to the tokens of its own sequence; a padding token only to itself
-        (it keeps a finite output that nobody reads). Built once per batch, shared by all layers."""
+        (it keeps a finite output that nobody reads). Built once per batch, shared by all layers.
+        A padding token's key is -1 - its column, unique in its row, so one comparison does both."""
+        R, T = seq_ids.shape
+        key = torch.where(seq_ids >= 0, seq_ids, -1 - torch.arange(T, device=seq_ids.device))
         if self.use_flex(seq_ids.device):
             def same_sequence(b, h, q, kv):
-                return ((seq_ids[b, q] == seq_ids[b, kv]) & (seq_ids[b, kv] >= 0)) | (q == kv)
-            R, T = seq_ids.shape
+                return key[b, q] == key[b, kv]
             return create_block_mask(same_sequence, R, None, T, T, device=seq_ids.device)
-        eye = torch.eye(seq_ids.shape[1], dtype=torch.bool, device=seq_ids.device)
-        return (((seq_ids[:, :, None] == seq_ids[:, None, :]) & (seq_ids[:, None, :] >= 0)) | eye)[:, None]
+        return (key[:, :, None] == key[:, None, :])[:, None]
 
     def rope(self, positions):
         head_dim = self.cfg.n_embd // self.cfg.n_head

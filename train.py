@@ -115,30 +115,51 @@ def get_batch(split_data, indices, meta, model_type, seq_len):
     return torch.from_numpy(x1), torch.from_numpy(lengths), torch.from_numpy(fixed)
 
 
+def scatter_rows(where, values, fill, shape):
+    """A tensor of shape, fill except at the flat indices where [B, n] >= 0, which get values [B, n].
+    The entries with where = -1 go to a spare last element that is dropped: no boolean indexing,
+    whose data-dependent size would make the host wait for the device."""
+    size = math.prod(shape)
+    dest = torch.where(where >= 0, where, size).flatten()
+    out = torch.full((size + 1,), fill, dtype=values.dtype, device=values.device)
+    return out.index_put_((dest,), values.flatten())[:size].view(shape)
+
+
+def next_fit(span, row_tokens):
+    """Next-fit of sequences of span[i] <= row_tokens positions into rows, in order, as tensor ops:
+    returns each sequence's row and column. A row opened at sequence i holds i..nxt(i)-1, as many
+    as fit; the rows open at 0, nxt(0), nxt(nxt(0)), ... This orbit is found by pointer doubling:
+    after k rounds `opens` holds its first 2^k members and `jump` is nxt applied 2^k times."""
+    B = span.shape[0]
+    ends = torch.cumsum(span, 0)
+    begins = ends - span
+    nxt = torch.searchsorted(ends, begins + row_tokens, right=True)  # first k with ends[k] > begins[i] + T
+    jump = torch.cat([nxt, nxt.new_full((1,), B)])  # B: past the last sequence, a fixed point
+    opens = torch.zeros(B + 1, dtype=torch.long, device=span.device)
+    opens[0] = 1
+    for _ in range((B - 1).bit_length()):  # 2^k >= B >= the number of rows
+        opens = opens.index_add(0, jump, opens).clamp_max_(1)
+        jump = jump[jump]
+    opens = opens[:B]
+    first = torch.cummax(opens * torch.arange(B, device=span.device), 0).values  # the row's first sequence
+    return torch.cumsum(opens, 0) - 1, begins - begins[first]
+
+
 def pack(xt, lengths, slot_id, pad_id, row_tokens):
     """Pack the FlexMDM states x_t [B, L] (each followed by its gap slot) into rows of row_tokens,
     next-fit, with no padding between sequences. Returns tokens, seq_ids, positions [R, row_tokens]
-    and where [B, L+1]: the flat index in the rows of (sequence b, position j), -1 past the slot."""
+    and where [B, L+1]: the flat index in the rows of (sequence b, position j), -1 past the slot.
+    One host sync: the row count R."""
     B, L = xt.shape
-    span = (lengths + 1).tolist()
-    starts, row, col = [], 0, 0
-    for n in span:
-        if col + n > row_tokens:
-            row, col = row + 1, 0
-        starts.append(row * row_tokens + col)
-        col += n
+    row, col = next_fit(lengths + 1, row_tokens)
+    shape = (int(row[-1]) + 1, row_tokens)
     j = torch.arange(L + 1, device=xt.device)
-    valid = j[None, :] <= lengths[:, None]
-    where = torch.where(valid, torch.tensor(starts, device=xt.device)[:, None] + j, -1)
+    where = torch.where(j <= lengths[:, None], (row * row_tokens + col)[:, None] + j, -1)
     seq_tokens = torch.cat([xt, torch.full_like(xt[:, :1], pad_id)], dim=1)
     seq_tokens = torch.where(j == lengths[:, None], slot_id, seq_tokens)
-    size = (row + 1) * row_tokens
-    flat = where[valid]
-    tokens = torch.full((size,), pad_id, dtype=xt.dtype, device=xt.device).index_put_((flat,), seq_tokens[valid])
-    seq_ids = torch.full((size,), -1, dtype=torch.long, device=xt.device)
-    seq_ids[flat] = torch.arange(B, device=xt.device)[:, None].expand(B, L + 1)[valid]
-    positions = torch.zeros(size, dtype=torch.long, device=xt.device).index_put_((flat,), j.expand(B, -1)[valid])
-    return tokens.view(-1, row_tokens), seq_ids.view(-1, row_tokens), positions.view(-1, row_tokens), where
+    seq_ids = torch.arange(B, device=xt.device)[:, None].expand(B, L + 1)
+    return (scatter_rows(where, seq_tokens, pad_id, shape), scatter_rows(where, seq_ids, -1, shape),
+            scatter_rows(where, j.expand(B, -1), 0, shape), where)
 
 
 def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row_tokens=0, generator=None,
@@ -158,17 +179,14 @@ def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row
     B, L = fb.xt.shape
     fixed_rows = None
     if raw.fixed_emb is not None:  # the fixed flags of x_t, in the rows' layout
-        fixed_rows = torch.zeros(tokens.numel(), dtype=torch.bool, device=x1.device)
-        fixed_rows[where[:, :L][fb.fixed]] = True
-        fixed_rows = fixed_rows.view(tokens.shape)
+        fixed_rows = scatter_rows(where[:, :L], fb.fixed, False, tokens.shape)
     h = model(tokens, seq_ids, positions, alpha(t), raw.attention_mask(seq_ids), fixed_rows).flatten(0, 1)
-    rows = torch.arange(B, device=x1.device)[:, None]
-    m_rows = rows.expand(B, L)[fb.masked]
-    unmask = unmasking_loss(raw.unmask_head(h[where[:, :L][fb.masked]]), fb.targets[fb.masked],
-                             time_weight(beta, t, weighting)[m_rows])
-    gap_valid = where >= 0
-    g = raw.insertion_rates(h[where[gap_valid]])
-    insert = insertion_loss(g, fb.gaps[gap_valid], time_weight(alpha, t, weighting)[rows.expand(B, L + 1)[gap_valid]])
+    b, j = fb.masked.nonzero(as_tuple=True)  # the one host sync of the loss: the number of masks
+    unmask = unmasking_loss(raw.unmask_head(h[where[b, j]]), fb.targets[b, j], time_weight(beta, t, weighting)[b])
+    # g at every position of the rows (a cheap head), read at each gap slot; where = -1 weighs 0
+    gap = where >= 0
+    g = torch.where(gap, raw.insertion_rates(h)[where.clamp_min(0)], 0.0)
+    insert = insertion_loss(g, fb.gaps, torch.where(gap, time_weight(alpha, t, weighting)[:, None], 0.0))
     n = num_targets(lengths, fixed)
     return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
 
@@ -180,8 +198,8 @@ def mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, generator=None, weight
     xt, masked = mdm_interpolant(x1, t, beta, mask_id, fixed=fixed, generator=generator)
     tokens, seq_ids, positions = raw.padded_layout(xt)
     h = model(tokens, seq_ids, positions, beta(t), raw.attention_mask(seq_ids), fixed)
-    rows = torch.arange(x1.shape[0], device=x1.device)[:, None].expand_as(masked)[masked]
-    unmask = unmasking_loss(raw.unmask_head(h[masked]), x1[masked], time_weight(beta, t, weighting)[rows])
+    b, j = masked.nonzero(as_tuple=True)  # one host sync: the number of masks
+    unmask = unmasking_loss(raw.unmask_head(h[b, j]), x1[b, j], time_weight(beta, t, weighting)[b])
     n = num_targets(lengths, fixed)
     return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
 

@@ -72,6 +72,31 @@ def test_pack_layout(row_tokens):
     assert (flat_seq[rest] == -1).all() and (flat_tok[rest] == PAD).all()
 
 
+def next_fit_starts(lengths, row_tokens):
+    """The flat index of each sequence's first position under next-fit, by the plain loop."""
+    starts, row, col = [], 0, 0
+    for n in lengths:
+        if col + n + 1 > row_tokens:
+            row, col = row + 1, 0
+        starts.append(row * row_tokens + col)
+        col += n + 1
+    return starts
+
+
+def test_pack_is_next_fit_on_random_batches():
+    """The tensor next-fit (pointer doubling) opens the same rows as the loop, at every batch size
+    up to past a power of two, with sequences that fill a row and empty ones."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        B, row_tokens = trial % 70 + 1, int(torch.randint(1, 50, (1,), generator=g))
+        lengths = torch.randint(0, row_tokens, (B,), generator=g)
+        lengths[torch.rand(B, generator=g) < 0.2] = row_tokens - 1  # a sequence and its slot fill a row
+        x = torch.randint(0, PAD, (B, max(row_tokens - 1, 1)), generator=g)
+        tokens, _, _, where = train.pack(x, lengths, V, PAD, row_tokens)
+        starts = next_fit_starts(lengths.tolist(), row_tokens)
+        assert where[:, 0].tolist() == starts and tokens.shape[0] == starts[-1] // row_tokens + 1
+
+
 def test_pack_single_rows_when_each_sequence_fills_a_row():
     x, lengths = padded_batch([L, L, L])
     tokens, seq_ids, _, where = train.pack(x, lengths, V, PAD, L + 1)
