@@ -35,6 +35,7 @@ import random
 from collections import deque
 
 import numpy as np
+from tqdm import tqdm
 
 DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
 
@@ -219,10 +220,11 @@ def sample_pairs(num_nodes, num_pairs, rng):
 
 
 def build_split(pairs, cells, parent_rows, dist, K, paths_per_pair, rng_paths, rng_sub,
-                detour_slack=10):
-    """Token paths and fixed flags for a list of pairs: two lists of arrays (int64, uint8)."""
+                detour_slack=10, progress=None):
+    """Token paths and fixed flags for a list of pairs: two lists of arrays (int64, uint8).
+    progress: a label to show a progress bar under, or None."""
     tokens, fixes = [], []
-    for s, g in pairs:
+    for s, g in tqdm(pairs, desc=progress, unit="pair", disable=progress is None, mininterval=1.0):
         for path in detour_paths(parent_rows, dist, int(s), int(g), paths_per_pair, rng_paths,
                                  detour_slack):
             if len(path) < K:
@@ -273,7 +275,7 @@ def build(m=20, n=20, K=2, num_pairs=15000, paths_per_pair=10, seed=2025, extra_
     lengths = {}
     for split, sp in split_pairs.items():
         tokens, fixes = build_split(sp, cells, parent_rows, dist, K, paths_per_pair, rng_paths,
-                                    rng_sub, detour_slack)
+                                    rng_sub, detour_slack, progress=f"paths ({split})" if verbose else None)
         lengths[split] = write_split(out_dir, split, tokens, fixes)
     meta = {
         "vocab_size": H * W + 3, "pad_id": H * W, "mask_id": H * W + 1, "sep_id": H * W + 2,
