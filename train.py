@@ -311,15 +311,17 @@ def main():
 
     def batch_loss(split, rng, generator=None, weighting=time_weighting):
         indices = rng.integers(0, len(splits[split][1]) - 1, size=batch_size)
-        x1, lengths, fixed = (z.to(dev, non_blocking=True) for z in get_batch(splits[split], indices, meta, model_type, seq_len))
+        batch = get_batch(splits[split], indices, meta, model_type, seq_len)
+        n_tokens = int(batch[1].sum())  # counted on the host: no device sync
+        x1, lengths, fixed = (z.to(dev, non_blocking=True) for z in batch)
         t = sample_times(batch_size, device=dev, generator=generator)
         with autocast:
             if model_type == "mdm":
                 return mdm_loss(model, x1, lengths, fixed, t, beta, meta["mask_id"], generator,
-                                weighting) + (lengths.sum(),)
+                                weighting) + (n_tokens,)
             row_tokens = max(pack_tokens, seq_len + 1) if packing else 0
             return flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
-                                row_tokens, generator, weighting) + (lengths.sum(),)
+                                row_tokens, generator, weighting) + (n_tokens,)
 
     @torch.no_grad()
     def evaluate():
@@ -378,7 +380,7 @@ def main():
                 model.require_backward_grad_sync = micro == accum - 1
             loss, unmask, insert, n_tokens = batch_loss("train", data_rng)
             (loss / accum).backward()
-            tokens_seen += int(n_tokens)
+            tokens_seen += n_tokens
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
         optimizer.step()
