@@ -49,7 +49,9 @@ Sampling (mode='sample'): sample.generate on a random-init model (or ckpt=<path 
 each unmasking rule in `samplers` at sample_steps steps and sample_batch sequences; reports
 sequences/s, model calls/s (counted by wrapping model_fn) and the mean length of the samples (throughput depends on it: a
 random-init insertion head grows sequences fast, a trained one follows the data).
-sample_options passes more keyword arguments to generate (e.g. the MDM or window options).
+sample_options passes more keyword arguments to generate (e.g. the MDM or window options, early_stop).
+full_width=True runs the network on all max_len positions at every step (x and fixed padded, outputs
+sliced back: pad_to), as the published FlexMDM code does, instead of the batch's current width.
 """
 import json
 import math
@@ -95,6 +97,7 @@ sample_steps = 256
 sample_batch = 64
 sample_rounds = 2  # timed generate calls per sampler (one untimed call first)
 sample_options = {}  # more keyword arguments for sample.generate, e.g. --sample_options="{'temperature': 0.0}"
+full_width = False  # mode=sample: the network sees all max_len positions every step (the published code's way)
 # every other setting of train.py is accepted (and ignored unless named above: the optimizer,
 # schedule and system settings are used as train.py uses them)
 for _k, _v in vars(train).items():
@@ -274,6 +277,17 @@ def bench_train():
     return res
 
 
+def pad_to(model_fn, width, pad_id):
+    """model_fn run on x padded to width with pad_id (fixed with False) and its outputs sliced back: the
+    published FlexMDM code's layout. The network masks padding, so the samples' distribution is ours."""
+    def padded(x, t, fixed):
+        extra = width - x.shape[1]
+        logits, g = model_fn(torch.nn.functional.pad(x, (0, extra), value=pad_id), t,
+                             torch.nn.functional.pad(fixed, (0, extra), value=False))
+        return logits[:, : x.shape[1]], None if g is None else g[:, : x.shape[1] + 1]
+    return padded
+
+
 def bench_sample():
     import sample
     device_type, autocast = setup()
@@ -296,9 +310,11 @@ def bench_sample():
         calls[0] += 1
         with autocast:
             return net(x, t, fixed)
+    if full_width:
+        model_fn = pad_to(model_fn, length, pad_id)
 
     print(f"{mt}: {raw.num_params() / 1e6:.2f}M parameters, max length {length}, batch {sample_batch}, "
-          f"{sample_steps} steps, {device} {dtype}{' compiled' if compile else ''}"
+          f"{sample_steps} steps, {'full width' if full_width else 'our width'}, {device} {dtype}{' compiled' if compile else ''}"
           f"{', ckpt ' + ckpt if ckpt else ', random init'}")
     results = []
     for rule in [s for s in samplers.split(",") if s]:
@@ -317,7 +333,7 @@ def bench_sample():
                 total += time.perf_counter() - t0
                 lens.append(np.mean([len(s) for s in out]))
         res = {"mode": "sample", "sampler": rule, "model_type": mt, "steps": sample_steps, "batch": sample_batch,
-               "device": device, "dtype": dtype, "compile": compile,
+               "device": device, "dtype": dtype, "compile": compile, "full_width": full_width,
                "seq_per_s": sample_rounds * sample_batch / total, "calls_per_s": calls[0] / total,
                "calls_per_sample_call": calls[0] / sample_rounds, "mean_len": float(np.mean(lens))}
         print(f"{rule}: {res['seq_per_s']:.2f} sequences/s, {res['calls_per_s']:.1f} model calls/s "
