@@ -8,6 +8,7 @@ bench.py for this repo. Settings are the globals below, overridden by config fil
     python bench.py --device=cpu --dtype=float32 --n_layer=2 --n_head=4 --n_embd=128 \
         --vocab_size=1024 --max_len=256 --batch_size=32 --packing=True   # CPU, seconds
     python bench.py --mode=sample --sample_batch=64 --sample_steps=256
+    python bench.py --mode=sample --ckpt=out/bench_maze/ckpt.pt --device=cpu --dtype=float32 --full_width=True
 
 Config files: bench.py accepts every setting of train.py (it takes them from train.py, so a
 train config file such as config/owt.py loads), but only the ones named below change what it
@@ -291,10 +292,15 @@ def pad_to(model_fn, width, pad_id):
 def bench_sample():
     import sample
     device_type, autocast = setup()
+    prompt_options = {}
     if ckpt:
         raw, state = sample.load_model(ckpt, "cpu")
         meta, mt, config = state["meta"], state["model_args"]["model_type"], state["config"]
         length, mask_id, pad_id = raw.cfg.max_len, meta["mask_id"], meta["pad_id"]
+        if meta.get("tokenizer") == "maze":  # a maze model samples paths through held-out subgoals, as sample.py
+            goals = sample.maze_prompts(f"data/{config['dataset']}", sample_batch, meta["maze"])
+            prompt_options = dict(prompts=[g + [meta["sep_id"]] for g in goals] if mt == "mdm" else goals,
+                                  banned=[meta["sep_id"]])
     else:
         mt, length, config = model_type, max_len, globals()
         mask_id, pad_id = vocab_size - 1, vocab_size - 2
@@ -320,7 +326,7 @@ def bench_sample():
     for rule in [s for s in samplers.split(",") if s]:
         options = {**({"sampler": "adaptive"} if rule == "adaptive" else {"unmask": rule}), **sample_options}
         run = lambda: sample.generate(model_fn, sample_batch, sample_steps, length, mask_id, pad_id, device=device,
-                                      model_type=mt, alpha=alpha, beta=beta, **options)
+                                      model_type=mt, alpha=alpha, beta=beta, **prompt_options, **options)
         torch.manual_seed(seed)
         with torch.no_grad():
             run()  # untimed: compilation, allocator
