@@ -338,8 +338,9 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
     open_gaps: per sample, the prompt's gaps where insertion may happen (default: all).
     Finished rows leave the batch (README "Samplers"): always where that is exact, and with early_stop > 0
     also a FlexMDM row without masks whose expected future insertions are below early_stop.
-    min_len / target_len (FlexMDM, prompt included): length control, an approximation (steer_lengths);
-    every sample then has length >= min_len, or exactly target_len, wherever an open gap allows it.
+    min_len / target_len (FlexMDM, prompt included): length control (insertion_counts; target_len is exact
+    for an exact model with one place for the masks, min_len an approximation); every sample then has
+    length >= min_len, or exactly target_len, wherever an open gap allows it.
     progress: a bar of the steps and samples/s on a terminal."""
     check_choices(locals(), dict(model_type=("flexmdm", "mdm"), sampler=SAMPLERS, unmask=UNMASK_RULES,
                                  confidence=CONFIDENCES, final=FINALS))
