@@ -8,6 +8,7 @@ bench.py for this repo. Settings are the globals below, overridden by config fil
     python bench.py --device=cpu --dtype=float32 --n_layer=2 --n_head=4 --n_embd=128 \
         --vocab_size=1024 --max_len=256 --batch_size=32 --packing=True   # CPU, seconds
     python bench.py --mode=sample --sample_batch=64 --sample_steps=256
+    python bench.py --mode=sample --ckpt=out/bench_maze/ckpt.pt --device=cpu --dtype=float32 --full_width=True
 
 Config files: bench.py accepts every setting of train.py (it takes them from train.py, so a
 train config file such as config/owt.py loads), but only the ones named below change what it
@@ -49,7 +50,9 @@ Sampling (mode='sample'): sample.generate on a random-init model (or ckpt=<path 
 each unmasking rule in `samplers` at sample_steps steps and sample_batch sequences; reports
 sequences/s, model calls/s (counted by wrapping model_fn) and the mean length of the samples (throughput depends on it: a
 random-init insertion head grows sequences fast, a trained one follows the data).
-sample_options passes more keyword arguments to generate (e.g. the MDM or window options).
+sample_options passes more keyword arguments to generate (e.g. the MDM or window options, early_stop).
+full_width=True runs the network on all max_len positions at every step (x and fixed padded, outputs
+sliced back: pad_to), as the published FlexMDM code does, instead of the batch's current width.
 """
 import json
 import math
@@ -95,6 +98,7 @@ sample_steps = 256
 sample_batch = 64
 sample_rounds = 2  # timed generate calls per sampler (one untimed call first)
 sample_options = {}  # more keyword arguments for sample.generate, e.g. --sample_options="{'temperature': 0.0}"
+full_width = False  # mode=sample: the network sees all max_len positions every step (the published code's way)
 # every other setting of train.py is accepted (and ignored unless named above: the optimizer,
 # schedule and system settings are used as train.py uses them)
 for _k, _v in vars(train).items():
@@ -274,13 +278,29 @@ def bench_train():
     return res
 
 
+def pad_to(model_fn, width, pad_id):
+    """model_fn run on x padded to width with pad_id (fixed with False) and its outputs sliced back: the
+    published FlexMDM code's layout. The network masks padding, so the samples' distribution is ours."""
+    def padded(x, t, fixed):
+        extra = width - x.shape[1]
+        logits, g = model_fn(torch.nn.functional.pad(x, (0, extra), value=pad_id), t,
+                             torch.nn.functional.pad(fixed, (0, extra), value=False))
+        return logits[:, : x.shape[1]], None if g is None else g[:, : x.shape[1] + 1]
+    return padded
+
+
 def bench_sample():
     import sample
     device_type, autocast = setup()
+    prompt_options = {}
     if ckpt:
         raw, state = sample.load_model(ckpt, "cpu")
         meta, mt, config = state["meta"], state["model_args"]["model_type"], state["config"]
         length, mask_id, pad_id = raw.cfg.max_len, meta["mask_id"], meta["pad_id"]
+        if meta.get("tokenizer") == "maze":  # a maze model samples paths through held-out subgoals, as sample.py
+            goals = sample.maze_prompts(f"data/{config['dataset']}", sample_batch, meta["maze"])
+            prompt_options = dict(prompts=[g + [meta["sep_id"]] for g in goals] if mt == "mdm" else goals,
+                                  banned=[meta["sep_id"]])
     else:
         mt, length, config = model_type, max_len, globals()
         mask_id, pad_id = vocab_size - 1, vocab_size - 2
@@ -296,15 +316,17 @@ def bench_sample():
         calls[0] += 1
         with autocast:
             return net(x, t, fixed)
+    if full_width:
+        model_fn = pad_to(model_fn, length, pad_id)
 
     print(f"{mt}: {raw.num_params() / 1e6:.2f}M parameters, max length {length}, batch {sample_batch}, "
-          f"{sample_steps} steps, {device} {dtype}{' compiled' if compile else ''}"
+          f"{sample_steps} steps, {'full width' if full_width else 'our width'}, {device} {dtype}{' compiled' if compile else ''}"
           f"{', ckpt ' + ckpt if ckpt else ', random init'}")
     results = []
     for rule in [s for s in samplers.split(",") if s]:
         options = {**({"sampler": "adaptive"} if rule == "adaptive" else {"unmask": rule}), **sample_options}
         run = lambda: sample.generate(model_fn, sample_batch, sample_steps, length, mask_id, pad_id, device=device,
-                                      model_type=mt, alpha=alpha, beta=beta, **options)
+                                      model_type=mt, alpha=alpha, beta=beta, **prompt_options, **options)
         torch.manual_seed(seed)
         with torch.no_grad():
             run()  # untimed: compilation, allocator
@@ -317,7 +339,7 @@ def bench_sample():
                 total += time.perf_counter() - t0
                 lens.append(np.mean([len(s) for s in out]))
         res = {"mode": "sample", "sampler": rule, "model_type": mt, "steps": sample_steps, "batch": sample_batch,
-               "device": device, "dtype": dtype, "compile": compile,
+               "device": device, "dtype": dtype, "compile": compile, "full_width": full_width,
                "seq_per_s": sample_rounds * sample_batch / total, "calls_per_s": calls[0] / total,
                "calls_per_sample_call": calls[0] / sample_rounds, "mean_len": float(np.mean(lens))}
         print(f"{rule}: {res['seq_per_s']:.2f} sequences/s, {res['calls_per_s']:.1f} model calls/s "

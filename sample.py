@@ -4,6 +4,7 @@ appendix E.1, Algorithms 1-3), and write the samples as JSON lines:
 
     python sample.py --out_dir=out/maze_cpu                        # EMA weights of out_dir/ckpt.pt
     python sample.py --out_dir=out/wikitext --num_samples=256 --steps=256 --sampler=adaptive
+    python sample.py --out_dir=out/wikitext --target_len=100 --early_stop=0.01   # length control, early stop
 
 `generate(model_fn, ...)` is the sampler itself; it only needs a model callable with the contract
 of SPEC section 2, so the tests drive it with an exact oracle and the LLaDA retrofit with its own
@@ -20,16 +21,21 @@ tau = 1/N. Each step runs the model once on x_t and then, from that one call:
 - inserts Poisson(tau * w_alpha(t) * g[j]) masks into every open gap j (FlexMDM).
 The last step (at t = 1 for the FlexMDM) inserts nothing and fills every remaining mask. The MDM
 starts from max_len masks after the prompt and only unmasks; pad is one of its tokens, and a sample
-ends at its first pad.
+ends at its first pad. Length control (FlexMDM): target_len inserts the whole canvas of masks at step 0
+and then only unmasks, with the model at t = 1 (exact for an exact model when the masks have one place
+to go: no prompt, or one open gap); min_len steers the insertion rates (an approximation). Finished
+rows leave the batch (exactly, or by the early_stop estimate). README "Samplers" has the details.
 """
 import json
 import math
 import os
 import sys
+import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from configurator import check_choices, configure
 from interpolant import Schedule
@@ -50,6 +56,10 @@ final = "draw"  # last step: draw the remaining masks from f, or take the argmax
 use_ema = True
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+early_stop = 0.0  # FlexMDM: a row without masks stops once its expected future insertions are below this; 0 = off
+min_len = 0  # FlexMDM length control (prompt included): every sample at least this long; 0 = off
+target_len = 0  # FlexMDM: every sample exactly this long (conditioned on the length, README "Samplers"); 0 = off
+progress = True  # a progress bar (steps, samples/s) on a terminal
 seed = 1337
 # -----------------------------------------------------------------------------
 
@@ -191,43 +201,147 @@ def finish(x, length, prompt_len, model_type, pad_id):
     return seq
 
 
+def insertion_tail(alpha, tau, steps, device):
+    """tail[k] = tau * sum_{k < k' < steps - 1} w_alpha(t_k'): the insertion rate per unit of g that the
+    steps after step k still apply (the last step inserts nothing). [steps]"""
+    rate = tau * alpha.rate(torch.arange(steps, device=device) * tau)
+    rate[-1] = 0
+    return rate.flip(0).cumsum(0).flip(0) - rate
+
+
+def gap_shares(g, gaps):
+    """g [B, L+1] over the open gaps (gaps [B, L+1] bool) normalised per row; uniform where it sums to 0."""
+    g = g * gaps
+    total = g.sum(1, keepdim=True)
+    return torch.where(total > 0, g / total.clamp_min(1e-30), gaps / gaps.sum(1, keepdim=True).clamp_min(1))
+
+
+def top_up(counts, shares, shortfall, generator):
+    """Add shortfall[b] masks to row b of counts [B, L+1], over the gaps drawn from shares (multinomial);
+    rows without an open gap (all shares 0) cannot grow and are left alone."""
+    for b in ((shortfall > 0) & (shares.sum(1) > 0)).nonzero().flatten().tolist():
+        gaps = torch.multinomial(shares[b], int(shortfall[b]), replacement=True, generator=generator)
+        counts[b] += torch.bincount(gaps, minlength=counts.shape[1])
+    return counts
+
+
+def insertion_counts(g, gaps, lengths, rate, max_len, opts, last_insertion, generator):
+    """Masks to insert per gap [B, L+1] and the g they were drawn with.
+    target_len (called at step 0 only): the whole canvas at once, target_len - len(x) masks split over
+    the open gaps in proportion to g. Otherwise Poisson(tau * w_alpha(t) * g_j) in every open gap j, capped
+    at max_len; with min_len, g is first scaled up in rows where its total, the expected number of
+    insertions still to come (sum_j g_j = E[n - len(x_t) | x_t], SPEC section 1), falls short of
+    min_len - len(x_t), and the last inserting step tops every row up to min_len. That is an
+    approximation (README "Samplers"): the model's g and f average over all final lengths."""
+    if opts["target_len"]:
+        counts = torch.zeros_like(gaps, dtype=torch.long)
+        return top_up(counts, gap_shares(g, gaps), opts["target_len"] - lengths, generator), g
+    if opts["min_len"]:
+        g = gap_shares(g, gaps) * torch.maximum((g * gaps).sum(1), opts["min_len"] - lengths)[:, None]
+    counts = torch.poisson(rate[:, None] * g, generator=generator).long() * gaps
+    counts = cap_insertions(counts, max_len - lengths, generator)
+    if opts["min_len"] and last_insertion:
+        counts = top_up(counts, gap_shares(g, gaps), opts["min_len"] - lengths - counts.sum(1), generator)
+    return counts, g
+
+
+def finished(state, mask_id, model_type, opts):
+    """Rows that leave the batch [B]: no masks and no insertion to come, exactly (the MDM never inserts; all
+    gaps closed; at target_len) or by the estimate (early stop: expected future insertions < early_stop)."""
+    done = ~(state["x"] == mask_id).any(1)
+    if model_type == "mdm":
+        return done
+    closed = ~open_gap_mask(state["fixed"], state["open_left"], state["open_end"], state["lengths"]).any(1)
+    at_target = state["lengths"] >= opts["target_len"] if opts["target_len"] else torch.zeros_like(closed)
+    return done & (closed | at_target | (state["expected"] < opts["early_stop"]))
+
+
+def retire(state, done, samples, model_type, pad_id):
+    """Move the finished rows' samples into samples (at their original index) and drop them from state."""
+    for b in done.nonzero().flatten().tolist():
+        samples[int(state["index"][b])] = finish(state["x"][b], int(state["lengths"][b]),
+                                                 int(state["prompt_len"][b]), model_type, pad_id)
+    return {key: value[~done] for key, value in state.items()}
+
+
 @torch.no_grad()
-def generate_batch(model_fn, n, steps, max_len, mask_id, pad_id, opts, prompts, open_gaps, generator, device):
+def generate_batch(model_fn, n, steps, max_len, mask_id, pad_id, opts, prompts, open_gaps, generator, device, bar):
     alpha, beta, model_type = opts["alpha"], opts["beta"], opts["model_type"]
     x, fixed, open_left, open_end, lengths = initial_state(prompts, open_gaps, n, max_len, mask_id, pad_id,
                                                            model_type, device)
+    # the live rows; index: their sample's position; expected: the insertions still to come as estimated
+    # from the last g (early stop: g held at its current value, an approximation), inf before the first
+    state = dict(x=x, fixed=fixed, open_left=open_left, open_end=open_end, lengths=lengths,
+                 prompt_len=torch.tensor([len(p) for p in prompts] if prompts is not None else [0] * n, device=device),
+                 index=torch.arange(n, device=device), expected=torch.full((n,), math.inf, device=device))
     tau = 1.0 / (steps - 1) if model_type == "flexmdm" else 1.0 / steps  # see the module docstring
+    tail = insertion_tail(alpha, tau, steps, device)
+    samples = [None] * n
     for k in range(steps):
-        t = torch.full((n,), k * tau, device=device)
+        done = finished(state, mask_id, model_type, opts)
+        if done.any():
+            state = retire(state, done, samples, model_type, pad_id)
+        if not len(state["index"]):
+            break
+        B, lengths = len(state["index"]), state["lengths"]
+        t = torch.full((B,), k * tau, device=device)
         width = max(1, int(lengths.max()))
-        logits, g = model_fn(x[:, :width], t, fixed[:, :width])
-        masks = x[:, :width] == mask_id
+        x, fixed = state["x"][:, :width], state["fixed"][:, :width]  # views: unmask_step writes into state
+        # target_len: after step 0 every row is at its final length, whose posterior is q_1 (appendix
+        # E.2.1: given n = len(x), (1 - alpha_t)^(n - len(x)) = 1 at every t), so the model is asked at t = 1
+        logits, g = model_fn(x, torch.ones_like(t) if opts["target_len"] and k > 0 else t, fixed)
+        masks = x == mask_id
         logits = logits[masks].float()  # f is only read at the masks
         logits[:, opts["banned"]] = -math.inf
         if opts["temperature"] > 0:
             logits = logits / opts["temperature"]
         probs = torch.softmax(logits, dim=-1)
         last = k == steps - 1
-        unmask_step(x[:, :width], masks, probs, t, tau, beta, opts, last, generator)
-        if model_type == "flexmdm" and not last:
-            rate = (tau * alpha.rate(t))[:, None] * g[:, : width + 1].float().clamp_min(0)
-            counts = torch.poisson(rate, generator=generator).long()
-            counts = counts * open_gap_mask(fixed[:, :width], open_left[:, :width], open_end, lengths)
-            counts = cap_insertions(counts, max_len - lengths, generator)
+        unmask_step(x, masks, probs, t, tau, beta, opts, last, generator)
+        if model_type == "flexmdm" and not last and not (opts["target_len"] and k > 0):
+            gaps = open_gap_mask(fixed, state["open_left"][:, :width], state["open_end"], lengths)
+            counts, g = insertion_counts(g[:, : width + 1].float().clamp_min(0), gaps, lengths,
+                                         tau * alpha.rate(t), max_len, opts, k == steps - 2, generator)
+            below_floor = lengths + counts.sum(1) < opts["min_len"]
+            state["expected"] = torch.where(below_floor, math.inf, (g * gaps).sum(1) * tail[k])
             counts = torch.nn.functional.pad(counts, (0, max_len - width))
-            x, fixed, open_left, lengths = insert_masks((x, fixed, open_left, lengths), counts, mask_id, pad_id)
-    prompt_lens = [len(p) for p in prompts] if prompts is not None else [0] * n
-    return [finish(x[b], int(lengths[b]), prompt_lens[b], model_type, pad_id) for b in range(n)]
+            state["x"], state["fixed"], state["open_left"], state["lengths"] = insert_masks(
+                (state["x"], state["fixed"], state["open_left"], lengths), counts, mask_id, pad_id)
+        bar.update(1)
+    retire(state, torch.ones_like(state["index"], dtype=torch.bool), samples, model_type, pad_id)
+    return samples
+
+
+def check_lengths(model_type, max_len, min_len, target_len, early_stop, prompts):
+    """One-line errors for the early stop and length control options."""
+    if early_stop < 0:
+        sys.exit(f"error: early_stop must be >= 0 (0 = off), got {early_stop}")
+    if (min_len or target_len) and model_type != "flexmdm":
+        sys.exit("error: min_len and target_len are FlexMDM options (the MDM's canvas is max_len)")
+    if min_len < 0 or target_len < 0 or max(min_len, target_len) > max_len:
+        sys.exit(f"error: need 0 <= min_len, target_len <= max_len {max_len} (got {min_len}, {target_len})")
+    if target_len and min_len > target_len:
+        sys.exit(f"error: min_len {min_len} > target_len {target_len}")
+    longest = max((len(p) for p in prompts), default=0) if prompts is not None else 0
+    if target_len and longest > target_len:
+        sys.exit(f"error: a prompt of length {longest} is longer than target_len {target_len}")
 
 
 def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_type="flexmdm", alpha=None, beta=None,
              sampler="vanilla", unmask="poisson", confidence="top_prob", gamma1=0.0, gamma2=64, temperature=1.0,
-             final="draw", prompts=None, open_gaps=None, batch_size=None, generator=None, device="cpu", banned=()):
+             final="draw", prompts=None, open_gaps=None, batch_size=None, generator=None, device="cpu", banned=(),
+             early_stop=0.0, min_len=0, target_len=0, progress=False):
     """Samples as lists of token ids (see the module docstring). model_fn(x [B, L] right-padded with
     pad_id, t [B], fixed [B, L] bool: the prompt's tokens) -> (logits [B, L, V], g [B, L+1] or None):
     SPEC section 2, plus the fixed flags (a model may ignore them). prompts: one list of
     fixed tokens per sample (for the MDM, mask_id inside a prompt marks a position to fill);
-    open_gaps: per sample, the prompt's gaps where insertion may happen (default: all)."""
+    open_gaps: per sample, the prompt's gaps where insertion may happen (default: all).
+    Finished rows leave the batch (README "Samplers"): always where that is exact, and with early_stop > 0
+    also a FlexMDM row without masks whose expected future insertions are below early_stop.
+    min_len / target_len (FlexMDM, prompt included): length control (insertion_counts; target_len is exact
+    for an exact model with one place for the masks, min_len an approximation); every sample then has
+    length >= min_len, or exactly target_len, wherever an open gap allows it.
+    progress: a bar of the steps and samples/s on a terminal."""
     check_choices(locals(), dict(model_type=("flexmdm", "mdm"), sampler=SAMPLERS, unmask=UNMASK_RULES,
                                  confidence=CONFIDENCES, final=FINALS))
     min_steps = 2 if model_type == "flexmdm" else 1
@@ -236,18 +350,24 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
     for name, per_sample in (("prompts", prompts), ("open_gaps", open_gaps)):
         if per_sample is not None and len(per_sample) != num_samples:
             sys.exit(f"error: {len(per_sample)} {name} for {num_samples} samples")
+    check_lengths(model_type, max_len, min_len, target_len, early_stop, prompts)
     banned = {mask_id, *banned} | ({pad_id} if model_type == "flexmdm" else set())
     opts = dict(model_type=model_type, alpha=alpha or Schedule("linear"), beta=beta or Schedule("linear"),
                 sampler=sampler, unmask=unmask, confidence=confidence, gamma1=gamma1, gamma2=gamma2,
-                temperature=temperature, final=final, banned=sorted(banned))
+                temperature=temperature, final=final, banned=sorted(banned), early_stop=early_stop,
+                min_len=min_len, target_len=target_len)
     batch_size = batch_size or num_samples
-    samples = []
-    for start in range(0, num_samples, batch_size):
-        end = min(num_samples, start + batch_size)
-        chunk = slice(start, end)
-        samples += generate_batch(model_fn, end - start, steps, max_len, mask_id, pad_id, opts,
-                                  prompts[chunk] if prompts is not None else None,
-                                  open_gaps[chunk] if open_gaps is not None else None, generator, device)
+    batches = range(0, num_samples, batch_size)
+    samples, t0 = [], time.perf_counter()
+    with tqdm(total=steps * len(batches), unit="step", disable=None if progress else True) as bar:
+        for i, start in enumerate(batches):
+            end = min(num_samples, start + batch_size)
+            chunk = slice(start, end)
+            samples += generate_batch(model_fn, end - start, steps, max_len, mask_id, pad_id, opts,
+                                      prompts[chunk] if prompts is not None else None,
+                                      open_gaps[chunk] if open_gaps is not None else None, generator, device, bar)
+            bar.update(steps * (i + 1) - bar.n)  # a batch whose rows all finished early stopped short
+            bar.set_postfix_str(f"{len(samples) / (time.perf_counter() - t0):.2f} samples/s")
     return samples
 
 
@@ -310,7 +430,8 @@ def sample_records(model, ckpt, generator):
                         model_type=model_type, alpha=alpha, beta=beta, sampler=sampler, unmask=unmask,
                         confidence=confidence, gamma1=gamma1, gamma2=gamma2, temperature=temperature, final=final,
                         prompts=prompts, batch_size=batch_size, generator=generator, device=device,
-                        banned=[meta["sep_id"]] if "sep_id" in meta else [])  # SEP only ever ends a prompt
+                        banned=[meta["sep_id"]] if "sep_id" in meta else [],  # SEP only ever ends a prompt
+                        early_stop=early_stop, min_len=min_len, target_len=target_len, progress=progress)
     records = []
     for b, seq in enumerate(seqs):
         if prompts is not None and model_type == "mdm":
