@@ -1,7 +1,8 @@
 """
 Variable-length text data (paper section 5.1.1, appendix F.1): every document is split into
 paragraphs, each paragraph is encoded with the GPT-2 BPE (tiktoken "gpt2"), and a paragraph
-longer than max_len tokens is cut into consecutive chunks of max_len (the last one shorter).
+longer than max_len tokens is cut into consecutive chunks of max_len (the last one shorter), or
+with --long=drop left out (then no sequence sits at max_len because it was cut there).
 
 Paragraphs. The paper locates the "\\n\\n" delimiter token; but the GPT-2 BPE does not encode a
 blank line one way ("a\\n\\nb" -> 198 198, "a.\\n\\n\\nb" -> 628 198, " \\n\\n" -> 220 628), so we split
@@ -73,14 +74,14 @@ def decode(enc, ids):
     return enc.decode([i for i in ids if i < enc.n_vocab])
 
 
-def encode_document(text, max_len, enc=None):
-    """Token sequences of one document: its paragraphs, encoded, long ones chunked; and how many
-    paragraphs it had and how many of them were chunked."""
+def encode_document(text, max_len, enc=None, long="chunk"):
+    """Token sequences of one document: its paragraphs, encoded, long ones chunked (or dropped, with
+    long="drop"); and how many paragraphs it had and how many of them were chunked (or dropped)."""
     enc = enc or gpt2()
     seqs, n_par, n_chunked = [], 0, 0
     for paragraph in split_paragraphs(text):
         pieces = chunk(enc.encode_ordinary(paragraph), max_len)
-        seqs += pieces
+        seqs += pieces if long == "chunk" or len(pieces) == 1 else []
         n_par += 1
         n_chunked += len(pieces) > 1
     return seqs, n_par, n_chunked
@@ -96,13 +97,13 @@ def is_val(indices, val_frac, seed):
     return (z >> np.uint64(11)).astype(np.float64) / 2.0 ** 53 < val_frac
 
 
-def tokenize_batch(batch, indices, max_len, val_frac, seed):
+def tokenize_batch(batch, indices, max_len, val_frac, seed, long="chunk"):
     """datasets map function, one row per document: flat ids of its sequences, their lengths,
     its paragraph counts and its split."""
     enc = gpt2()
     out = {"ids": [], "lens": [], "n_par": [], "n_chunked": [], "val": is_val(indices, val_frac, seed).tolist()}
     for text in batch["text"]:
-        seqs, n_par, n_chunked = encode_document(text or "", max_len, enc)
+        seqs, n_par, n_chunked = encode_document(text or "", max_len, enc, long)
         out["ids"].append([t for s in seqs for t in s])
         out["lens"].append([len(s) for s in seqs])
         out["n_par"].append(n_par)
@@ -161,14 +162,14 @@ def load_source(source, txt_unit="doc", streaming=False, num_proc=None, cache_di
     return ds
 
 
-def tokenize(ds, max_len, val_frac, seed, num_proc, desc):
+def tokenize(ds, max_len, val_frac, seed, num_proc, desc, long="chunk"):
     """ds.map(tokenize_batch); ids stored as uint16 (the map's cache is 2 bytes per token)."""
     import datasets
     features = datasets.Features({"ids": datasets.Sequence(datasets.Value("uint16")),
                                   "lens": datasets.Sequence(datasets.Value("int32")), "n_par": datasets.Value("int32"),
                                   "n_chunked": datasets.Value("int32"), "val": datasets.Value("bool")})
     kwargs = dict(batched=True, with_indices=True, remove_columns=ds.column_names, features=features,
-                  fn_kwargs=dict(max_len=max_len, val_frac=val_frac, seed=seed))
+                  fn_kwargs=dict(max_len=max_len, val_frac=val_frac, seed=seed, long=long))
     if isinstance(ds, datasets.Dataset):  # streaming maps lazily, in this process
         kwargs.update(num_proc=num_proc if num_proc > 1 else None, desc=desc)
     return ds.map(tokenize_batch, **kwargs)
@@ -271,10 +272,13 @@ def plot_histogram(split_counts, path):
 # ----------------------------------------------------------------------------------------------
 
 def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt_unit="doc", max_len=1024,
-          out_dir="data/owt", streaming=False, num_proc=8, seed=2357, max_docs=0, cache_dir=None, revision=None):
+          out_dir="data/owt", streaming=False, num_proc=8, seed=2357, max_docs=0, cache_dir=None, revision=None,
+          long="chunk"):
     """Prepare the dataset into out_dir; returns the meta dict (also written as meta.json)."""
     if max_len < 1 or max_len > 65535:
         sys.exit(f"error: max_len must be in 1..65535, got {max_len}")
+    if long not in ("chunk", "drop"):
+        sys.exit(f"error: long must be chunk or drop, got {long!r}")
     if txt_unit not in ("doc", "line"):
         sys.exit(f"error: txt_unit must be doc or line, got {txt_unit!r}")
     if not val_source and not 0 < val_frac < 1:
@@ -286,10 +290,10 @@ def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt
     ds = load_source(source, **load)
     if val_source:
         val = load_source(val_source, **load)
-        jobs = [(tokenize(ds, max_len, 0.0, seed, num_proc, "tokenizing train"), "train"),
-                (tokenize(val, max_len, 0.0, seed, num_proc, "tokenizing val"), "val")]
+        jobs = [(tokenize(ds, max_len, 0.0, seed, num_proc, "tokenizing train", long), "train"),
+                (tokenize(val, max_len, 0.0, seed, num_proc, "tokenizing val", long), "val")]
     else:
-        jobs = [(tokenize(ds, max_len, val_frac, seed, num_proc, "tokenizing"), None)]
+        jobs = [(tokenize(ds, max_len, val_frac, seed, num_proc, "tokenizing", long), None)]
     writers = write_splits(jobs, out_dir, max_len)
     for split, w in writers.items():
         if w.offset == 0:
@@ -298,7 +302,7 @@ def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt
     counts = {s: w.counts for s, w in writers.items()}
     meta = {
         "vocab_size": GPT2_VOCAB + 2, "pad_id": PAD_ID, "mask_id": MASK_ID, "eot_id": GPT2_VOCAB - 1,
-        "max_len": max_len, "tokenizer": "gpt2",
+        "max_len": max_len, "tokenizer": "gpt2", "long": long,
         "num_sequences": {s: int(w.counts.sum()) for s, w in writers.items()},
         "num_tokens": {s: int(w.offset) for s, w in writers.items()},
         "num_documents": {s: w.docs for s, w in writers.items()},
@@ -331,6 +335,7 @@ def main(argv=None):
     p.add_argument("--txt_unit", default="doc", choices=["doc", "line"],
                    help="text files: one document per file (doc) or per line (line, WikiText)")
     p.add_argument("--max_len", type=int, default=1024, help="longer paragraphs are chunked to this")
+    p.add_argument("--long", default="chunk", choices=["chunk", "drop"], help="paragraphs over max_len: chunk or drop")
     p.add_argument("--out_dir", default="data/owt")
     p.add_argument("--streaming", action="store_true", help="stream the source instead of downloading it")
     p.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
@@ -340,7 +345,7 @@ def main(argv=None):
     p.add_argument("--revision", default=None, help="hub dataset revision (branch, tag or commit)")
     a = p.parse_args(argv)
     return build(a.source, a.val_source, a.val_frac, a.txt_unit, a.max_len, a.out_dir, a.streaming, a.num_proc,
-                 a.seed, a.max_docs, a.cache_dir, a.revision)
+                 a.seed, a.max_docs, a.cache_dir, a.revision, a.long)
 
 
 if __name__ == "__main__":

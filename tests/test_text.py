@@ -70,6 +70,8 @@ def test_split_paragraphs_and_chunk():
     assert n_par == 2 and n_chunked == 1 and list(map(len, seqs)) == [22, 40, 40]
     assert ENC.decode(seqs[0]) == "<|endoftext|> is plain text here; café, 日本語."  # ordinary text, not EOT
     assert 50256 not in seqs[0]
+    dropped, n_par, n_dropped = prepare_owt.encode_document(DOCS[1], 40, long="drop")
+    assert n_par == 2 and n_dropped == 1 and dropped == seqs[:1]  # the long paragraph is left out whole
 
 
 def test_prepare_local_txt_documents(tmp_path):
