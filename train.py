@@ -205,8 +205,9 @@ def mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, generator=None, weight
 
 
 def get_lr(it, spent):
-    """Linear warmup then cosine decay to min_lr (nanoGPT). With a wall-clock budget the schedule
-    stands where the same fraction of max_iters would be as the fraction of max_seconds spent."""
+    """Linear warmup then cosine decay to min_lr (nanoGPT). With a time budget (max_seconds, on the
+    budget_clock) the schedule stands where the same fraction of max_iters would be as the fraction of
+    max_seconds spent."""
     if max_seconds:
         it = max_iters * spent / max_seconds
     decay_iters = lr_decay_iters or max_iters
