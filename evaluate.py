@@ -235,7 +235,8 @@ def insertion_trace(ckpt_path, data_dir, n, steps, temperature, seed=1337):
     """Sample n held-out prompts from a FlexMDM checkpoint as sample.py does (vanilla sampler) and
     record, at each model call, every row's length and the model's own estimate of the tokens still
     to come, sum_j g_j over its gaps (Prop. 1: g_j is E[gap_j | x_t]). Returns (t [S], lengths
-    [S, n], expected [S, n], final lengths [n], K)."""
+    [S, n], expected [S, n], final lengths [n], K, leap [S]: tau * w_alpha(t) of each step under the
+    checkpoint's schedule, 0 at the last step, which inserts nothing)."""
     import torch
     import sample
     model, ckpt = sample.load_model(ckpt_path, "cpu")
@@ -257,7 +258,10 @@ def insertion_trace(ckpt_path, data_dir, n, steps, temperature, seed=1337):
     seqs = sample.generate(model_fn, n, steps, model.cfg.max_len, meta["mask_id"], meta["pad_id"], alpha=alpha,
                            beta=beta, temperature=temperature, prompts=prompts,
                            generator=torch.Generator().manual_seed(seed))
-    return np.array(times), np.array(lengths), np.array(expected), np.array([len(s) for s in seqs]), len(prompts[0])
+    leap = (times[1] - times[0]) * alpha.rate(torch.tensor(times)).numpy()
+    leap[-1] = 0.0
+    return (np.array(times), np.array(lengths), np.array(expected), np.array([len(s) for s in seqs]), len(prompts[0]),
+            leap)
 
 
 def plot_insertion_trace(times, lengths, expected, final, sample_lengths, data_lengths_, filename):
@@ -301,13 +305,11 @@ def evaluate_maze_lengths(args):
     print(f"impossible parity: {100 * metrics['wrong_parity']:.1f}%; mean length {metrics['mean_sample_len']:.2f} "
           f"(held-out paths through the same subgoals: {data_mean:.2f})")
     if args.ckpt:
-        times, lengths, expected, final, K = insertion_trace(args.ckpt, args.data_dir, args.trace_samples, args.steps,
-                                                             args.temperature)
-        tau = times[1] - times[0]
-        rate = np.array([1 / (1 - t) if t < 1 else 0.0 for t in times])  # w_alpha(t), linear schedule
+        times, lengths, expected, final, K, leap = insertion_trace(args.ckpt, args.data_dir, args.trace_samples,
+                                                                   args.steps, args.temperature)
         metrics["trace"] = {"n": len(final), "expected_at_t0": float(expected[0].mean()),
                             "inserted": float((final - K).mean()),
-                            "compensator": float((tau * rate[:-1, None] * expected[:-1]).sum(0).mean())}
+                            "compensator": float((leap[:, None] * expected).sum(0).mean())}
         print(f"trace of {len(final)} samples: sum of g at t=0 {metrics['trace']['expected_at_t0']:.2f}, "
               f"inserted {metrics['trace']['inserted']:.2f}, sum over steps of tau w(t) sum g "
               f"{metrics['trace']['compensator']:.2f}")

@@ -488,7 +488,9 @@ def test_insertion_trace(tiny_maze, tmp_path):
     run_train(["--dataset=tiny", f"--out_dir={out}", "--max_iters=20", "--eval_interval=20", "--batch_size=16",
                "--learning_rate=3e-3", *TINY_TRAIN_ARGS], tiny_maze)
     data_dir = str(tiny_maze / "data" / "tiny")
-    times, lengths, expected, final, K = evaluate.insertion_trace(str(out / "ckpt.pt"), data_dir, 12, 16, 1.0)
+    times, lengths, expected, final, K, leap = evaluate.insertion_trace(str(out / "ckpt.pt"), data_dir, 12, 16, 1.0)
     assert K == 2 and times[0] == 0.0 and times[-1] == 1.0 and len(times) == 16
+    np.testing.assert_allclose(leap[:-1], (1 / 15) / (1 - times[:-1]), rtol=1e-4)  # linear: tau / (1 - t)
+    assert leap[-1] == 0
     assert (lengths[0] == K).all() and np.array_equal(lengths[-1], final)
     assert (np.diff(lengths, axis=0) >= 0).all() and (expected >= 0).all() and expected[0].mean() > 0
