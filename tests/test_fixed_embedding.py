@@ -96,6 +96,6 @@ def test_sampler_marks_the_prompt_as_fixed():
             assert x[b][fixed[b]].tolist() == p
         calls.append(int((x != PAD).sum()))
         logits = torch.zeros(*x.shape, V)
-        return logits, torch.full((x.shape[0], x.shape[1] + 1), 0.5)
+        return logits, torch.full((x.shape[0], x.shape[1] + 1), 5.0)  # P(a row gets no insertion) < e^-10
     out = generate(model_fn, 3, 16, 24, MASK, PAD, prompts=prompts, generator=torch.Generator().manual_seed(0))
     assert calls[-1] > calls[0] == 6 and all(len(s) > len(p) for s, p in zip(out, prompts))

@@ -220,17 +220,19 @@ def test_zero_initialised_model_is_uniform_and_constant(model_type):
                                        msg=lambda m: f"g of the fresh model is not softplus(0) everywhere: {m}")
 
 
-def test_sampler_fn_conditions_on_alpha():
+def test_sampler_fn_conditions_on_alpha_and_reads_f_at_the_masks():
     model = make_model("flexmdm")
     alpha = Schedule("poly", 2.0)
     x, t = padded_batch(LENGTHS), times(len(LENGTHS))
+    masks = x == MASK
     with torch.no_grad():
-        got = model.sampler_fn(alpha)(x, t, x == -1)  # no fixed tokens
+        got = model.sampler_fn(alpha, MASK)(x, t, x == -1)  # no fixed tokens
         want = model.forward_padded(x, alpha(t))
         other = model.forward_padded(x, t)
-    torch.testing.assert_close(got[0], want[0])
+    assert got[0].shape == (int(masks.sum()), V) and 0 < masks.sum() < (x != PAD).sum()
+    torch.testing.assert_close(got[0], want[0][masks])
     torch.testing.assert_close(got[1], want[1])
-    assert (got[0] - other[0]).abs().max() > 1e-4
+    assert (got[0] - other[0][masks]).abs().max() > 1e-4
 
 
 def test_paper_maze_model_size():

@@ -581,3 +581,32 @@ def test_full_width_layout_gives_the_same_samples():
     ours = sample_flex(oracle, 300, "linear", steps=32)
     full = sample_flex(pad_to(model_fn, MAX_LEN, PAD), 300, "linear", steps=32)
     assert full == ours and set(widths) == {MAX_LEN}
+
+
+@pytest.mark.parametrize("sampler", ["vanilla", "adaptive"])
+def test_logits_at_the_masks_only_give_the_same_samples(sampler):
+    """model_fn may return f only at the masks ([N, V], row-major, as the DiT's sampler_fn does): with the
+    same generator the samples are exactly those of the full [B, L, V] logits, also through bench's
+    full-width wrapper."""
+    from bench import pad_to
+    oracle = flex_oracle(SCHEDULE_PAIRS["linear"][0])
+
+    def at_masks(x, t, fixed):
+        logits, g = oracle(x, t, fixed)
+        return logits[x == MASK], g
+    ours = sample_flex(oracle, 300, "linear", steps=32, sampler=sampler)
+    assert sample_flex(at_masks, 300, "linear", steps=32, sampler=sampler) == ours
+    assert sample_flex(pad_to(at_masks, MAX_LEN, PAD), 300, "linear", steps=32, sampler=sampler) == ours
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_draw_follows_the_tempered_f(temperature):
+    """sample.draw's inverse-CDF draw: the frequencies of 200k draws match softmax(logits / T) within 5
+    standard errors, and a banned token (-inf), first or last, is never drawn."""
+    from sample import draw
+    logits = torch.tensor([-math.inf, 0.0, 1.0, -2.0, 0.5, -math.inf]).repeat(200_000, 1)
+    tokens = draw(logits, temperature, False, gen(3))
+    p = torch.softmax(logits[0] / temperature, -1).double()
+    freq = torch.bincount(tokens, minlength=6).double() / len(tokens)
+    assert freq[0] == 0 and freq[5] == 0
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / len(tokens)).sqrt()).all(), (freq, p)
