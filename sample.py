@@ -79,6 +79,8 @@ def draw(logits, temperature, greedy, generator):
     if greedy or logits.shape[0] == 0:
         return logits.argmax(-1)
     cdf = tempered(logits, temperature).cumsum(-1, dtype=torch.float64)
+    if not torch.isfinite(cdf[:, -1]).all():
+        raise ValueError("f is not a distribution at some mask (NaN or inf logits): a diverged checkpoint?")
     u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device, generator=generator) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(cdf.shape[1] - 1)
 

@@ -610,3 +610,10 @@ def test_draw_follows_the_tempered_f(temperature):
     freq = torch.bincount(tokens, minlength=6).double() / len(tokens)
     assert freq[0] == 0 and freq[5] == 0
     assert ((freq - p).abs() <= 5 * (p * (1 - p) / len(tokens)).sqrt()).all(), (freq, p)
+
+
+def test_draw_refuses_a_nan_f():
+    from sample import draw
+    logits = torch.tensor([[0.0, 1.0], [math.nan, 0.0]])
+    with pytest.raises(ValueError, match="not a distribution"):
+        draw(logits, 1.0, False, gen(0))
