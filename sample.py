@@ -81,8 +81,9 @@ def draw(logits, temperature, greedy, generator):
     cdf = tempered(logits, temperature).cumsum(-1, dtype=torch.float64)
     if not torch.isfinite(cdf[:, -1]).all():
         raise ValueError("f is not a distribution at some mask (NaN or inf logits): a diverged checkpoint?")
-    u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device, generator=generator) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(cdf.shape[1] - 1)
+    # u in (0, total]: the first index with cdf >= u always has f > 0, and one always exists
+    u = (1 - torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device, generator=generator)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1)
 
 
 def confidence_scores(probs, masks, kind):
