@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 import train
-from configurator import check_choices, configure
+from configurator import InputError, check_choices, configure, run
 from interpolant import Schedule, flexmdm_interpolant, mdm_interpolant, sample_times
 from model import DiT, ModelConfig
 
@@ -255,7 +255,7 @@ def bench_train():
         sync(device_type)
         times.append(time.perf_counter() - t0)
     if not math.isfinite(loss.item()):
-        sys.exit(f"error: non-finite loss {loss.item()}")
+        raise InputError(f"non-finite loss {loss.item()}")
     timed = steps[warmup_steps:]
     total = sum(times)
     total_of = lambda key: sum(s[key] for s in timed)
@@ -359,4 +359,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

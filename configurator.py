@@ -6,7 +6,13 @@ nanoGPT's configurator, made strict. A script keeps its settings as module-level
 Each argument is either a config file (plain Python assignments, run in a scratch namespace) or
 --key=value (value parsed as a Python literal, else taken as a string). Every key, from a file or
 from the command line, must already be a global of the script and keep its type (an int may stand
-for a float); anything else stops the run with a one-line error naming the key.
+for a float); anything else stops the run with a one-line error naming the key. --help (or -h)
+prints the first paragraph of the script's docstring and its settings with their defaults.
+
+Bad input (a wrong key, a missing file, a vocabulary mismatch) raises InputError with a one-line
+message, in the scripts and in every function they share; a script's entry point, run(main), prints
+it as `error: ...` and exits with status 1. So a notebook or a fork calling those functions gets an
+exception it can catch, never a SystemExit.
 """
 import sys
 import types
@@ -15,32 +21,57 @@ from ast import literal_eval
 _NOT_SETTINGS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
 
 
+class InputError(Exception):
+    """Bad input from the user; the message is one line naming the problem."""
+
+
+def run(main):
+    """A script's entry point: main(), with an InputError printed as `error: ...` and exit status 1."""
+    try:
+        main()
+    except InputError as e:
+        sys.exit(f"error: {e}")
+
+
 def _coerce(key, value, default, source):
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if default is not None and value is not None and type(value) is not type(default):
-        sys.exit(f"error: config key {key!r} from {source} must be {type(default).__name__}, "
-                 f"got {type(value).__name__} {value!r}")
+        raise InputError(f"config key {key!r} from {source} must be {type(default).__name__}, "
+                         f"got {type(value).__name__} {value!r}")
     return value
 
 
 def _is_setting(config, key):
-    return key in config and not key.startswith("_") and not isinstance(config[key], _NOT_SETTINGS)
+    """A global the user may set: not private, not a module, function or class, and not a constant
+    (ALL_CAPS names of two or more letters, like SAMPLERS; a one-letter name like K is a setting)."""
+    constant = key.isupper() and len(key) > 1
+    return key in config and not key.startswith("_") and not constant and not isinstance(config[key], _NOT_SETTINGS)
 
 
 def _set(config, key, value, source):
     if not _is_setting(config, key):
-        sys.exit(f"error: unknown config key {key!r} from {source}")
+        raise InputError(f"unknown config key {key!r} from {source} (--help lists the keys)")
     config[key] = _coerce(key, value, config[key], source)
+
+
+def usage(config):
+    """The first paragraph of the script's docstring, then every setting with its current value."""
+    about = (config.get("__doc__") or "").strip().split("\n\n")[0]
+    keys = "\n".join(f"  --{key}={config[key]!r}" for key in config if _is_setting(config, key))
+    return f"{about}\n\nSettings: config files (python assignments), then --key=value, in order:\n{keys}"
 
 
 def configure(config, argv):
     for arg in argv:
+        if arg in ("-h", "--help"):
+            print(usage(config))
+            sys.exit(0)
         if not arg.startswith("--"):
             try:
                 code = open(arg).read()
             except OSError:
-                sys.exit(f"error: config file {arg!r} not found")
+                raise InputError(f"config file {arg!r} not found") from None
             scratch = {}
             exec(compile(code, arg, "exec"), scratch)
             for key, value in scratch.items():
@@ -49,7 +80,7 @@ def configure(config, argv):
             continue
         key, sep, raw = arg[2:].partition("=")
         if not sep:
-            sys.exit(f"error: expected --key=value, got {arg!r}")
+            raise InputError(f"expected --key=value, got {arg!r} (--help lists the keys)")
         try:
             value = literal_eval(raw)
         except (SyntaxError, ValueError):
@@ -58,7 +89,23 @@ def configure(config, argv):
 
 
 def check_choices(config, choices):
-    """A one-line error for the first setting whose value is not among its choices {name: allowed}."""
+    """An InputError for the first setting whose value is not among its choices {name: allowed}."""
     for name, allowed in choices.items():
         if config[name] not in allowed:
-            sys.exit(f"error: {name}={config[name]!r} is not one of {', '.join(allowed)}")
+            raise InputError(f"{name}={config[name]!r} is not one of {', '.join(allowed)}")
+
+
+def check_device(device):
+    """An InputError unless this torch build can run on device ('cpu', 'cuda', 'cuda:1', 'mps')."""
+    import torch
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        built = "has no GPU visible" if torch.backends.cuda.is_built() else "was built without CUDA (a CPU build)"
+        raise InputError(f"device {device!r} is not available: this torch {torch.__version__} {built}; use --device=cpu")
+    index = device.partition(":")[2]
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise InputError(f"device {device!r} is not one of cpu, cuda, cuda:N, mps")
+    if index and int(index) >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r} is not available on this machine; use --device=cpu")

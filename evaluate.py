@@ -35,20 +35,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from configurator import InputError, run
+
 
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
 
 def read_jsonl(path):
     if not os.path.exists(path):
-        sys.exit(f"error: samples file {path!r} not found: run sample.py first or fix --samples")
+        raise InputError(f"samples file {path!r} not found: run sample.py first or fix --samples")
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 def load_meta(data_dir):
     if not os.path.exists(os.path.join(data_dir, "meta.json")):
-        sys.exit(f"error: {os.path.join(data_dir, 'meta.json')!r} not found: prepare the data or fix --data_dir")
+        raise InputError(f"{os.path.join(data_dir, 'meta.json')!r} not found: prepare the data or fix --data_dir")
     with open(os.path.join(data_dir, "meta.json")) as f:
         return json.load(f)
 
@@ -174,7 +176,7 @@ def evaluate_maze(args):
     maze = np.asarray(meta["maze"], dtype=np.uint8)
     rows = read_jsonl(args.samples)
     if not all("subgoals" in r for r in rows):
-        sys.exit(f"error: {args.samples!r} has rows without 'subgoals': these are not maze samples")
+        raise InputError(f"{args.samples!r} has rows without 'subgoals': these are not maze samples")
     paths = [r["tokens"] for r in rows]
     subgoals = [r["subgoals"] for r in rows]
     reasons = [maze_path_check(p, s, maze) for p, s in zip(paths, subgoals)]
@@ -212,7 +214,7 @@ def held_out_lengths(data_dir, split="val"):
     """{subgoal tuple: sorted distinct lengths of the split's paths through exactly those subgoals}."""
     path = os.path.join(data_dir, split)
     if not all(os.path.exists(path + ext) for ext in (".bin", ".idx", ".fix")):
-        sys.exit(f"error: {path}.bin/.idx/.fix not found: --data_dir must be a prepared maze dataset")
+        raise InputError(f"{path}.bin/.idx/.fix not found: --data_dir must be a prepared maze dataset")
     tokens, fix = np.fromfile(path + ".bin", dtype=np.uint16), np.fromfile(path + ".fix", dtype=np.uint8)
     idx = np.fromfile(path + ".idx", dtype=np.int64)
     lengths = {}
@@ -241,7 +243,7 @@ def insertion_trace(ckpt_path, data_dir, n, steps, temperature, seed=1337):
     import sample
     model, ckpt = sample.load_model(ckpt_path, "cpu")
     if ckpt["model_args"]["model_type"] != "flexmdm":
-        sys.exit(f"error: {ckpt_path!r} is not a FlexMDM checkpoint: the insertion trace needs g")
+        raise InputError(f"{ckpt_path!r} is not a FlexMDM checkpoint: the insertion trace needs g")
     meta = ckpt["meta"]
     alpha, beta = sample.schedules(ckpt["config"])
     prompts = sample.maze_prompts(data_dir, n, meta["maze"])
@@ -290,7 +292,7 @@ def evaluate_maze_lengths(args):
     rows = read_jsonl(args.samples)
     by_goals = held_out_lengths(args.data_dir)
     if not all(tuple(r.get("subgoals", ())) in by_goals for r in rows):
-        sys.exit(f"error: {args.samples!r} has samples whose subgoals are not a held-out set of {args.data_dir!r}")
+        raise InputError(f"{args.samples!r} has samples whose subgoals are not a held-out set of {args.data_dir!r}")
     maze = np.asarray(meta["maze"])
     cases = [maze_length_case(r["tokens"], r["subgoals"], by_goals[tuple(r["subgoals"])], maze.shape[1]) for r in rows]
     ok = [maze_path_ok(r["tokens"], r["subgoals"], maze) for r in rows]
@@ -335,7 +337,7 @@ def data_lengths(data_dir, split="val"):
     """Sequence lengths of a prepared dataset split, from its {split}.idx offsets."""
     path = os.path.join(data_dir, f"{split}.idx")
     if not os.path.exists(path):
-        raise SystemExit(f"error: {path!r} not found: --data_dir must be a prepared dataset (prepare_owt.py)")
+        raise InputError(f"{path!r} not found: --data_dir must be a prepared dataset (prepare_owt.py)")
     return np.diff(np.fromfile(path, dtype=np.int64))
 
 
@@ -369,7 +371,7 @@ def length_metrics(sample_lengths, reference_lengths):
     """Length fidelity of samples against the data: total variation of the exact-length and of the
     width-32 histograms, Wasserstein-1, and mean / quantiles of both."""
     if len(sample_lengths) == 0 or len(reference_lengths) == 0:
-        raise SystemExit("error: no lengths to compare (empty samples file or data split)")
+        raise InputError("no lengths to compare (empty samples file or data split)")
     return {"tv_exact": total_variation(sample_lengths, reference_lengths),
             f"tv_bin{LENGTH_BIN}": total_variation(sample_lengths, reference_lengths, LENGTH_BIN),
             "wasserstein1": wasserstein1(sample_lengths, reference_lengths),
@@ -418,7 +420,7 @@ def load_reference(name, device):
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: could not load the reference model {name!r}: {str(e).splitlines()[0]}")
+        raise InputError(f"could not load the reference model {name!r}: {str(e).splitlines()[0]}")
     return model.to(device).eval(), tokenizer
 
 
@@ -463,7 +465,7 @@ def generative_perplexity(model, id_lists, batch_size=16, device="cpu"):
             nll += float(token_nll[scored].double().sum())
             count += int(scored.sum())
     if count == 0:
-        raise SystemExit("error: no tokens to score for the perplexity")
+        raise InputError("no tokens to score for the perplexity")
     return {"ppl": math.exp(nll / count), "nll": nll / count, "tokens": count, "sequences": len(id_lists)}
 
 
@@ -474,7 +476,7 @@ def sample_lengths(rows):
 def length_report(args, rows):
     """Length fidelity of the samples against data_dir's split, with the overlay PNG."""
     if not args.data_dir:
-        raise SystemExit(f"error: --task={args.task} needs --data_dir (the prepared dataset to compare lengths with)")
+        raise InputError(f"--task={args.task} needs --data_dir (the prepared dataset to compare lengths with)")
     ref = data_lengths(args.data_dir, args.data_split)
     lengths = sample_lengths(rows)
     metrics = length_metrics(lengths, ref)
@@ -502,7 +504,7 @@ def genppl_report(args, rows):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     kept = [r for r, n in zip(rows, sample_lengths(rows)) if n > PPL_MIN_TOKENS]
     if not kept:
-        raise SystemExit(f"error: no sample has more than {PPL_MIN_TOKENS} tokens: nothing to score")
+        raise InputError(f"no sample has more than {PPL_MIN_TOKENS} tokens: nothing to score")
     if any("text" not in r for r in kept):
         from prepare_owt import decode, gpt2
         enc = gpt2()
@@ -525,7 +527,7 @@ def evaluate_text_task(args):
     """CLI tasks length, genppl and text (both): metrics to stdout and SAMPLES.metrics.json."""
     rows = read_jsonl(args.samples)
     if not rows:
-        raise SystemExit(f"error: no samples in {args.samples!r}")
+        raise InputError(f"no samples in {args.samples!r}")
     metrics = {"task": args.task, "samples": args.samples, "n": len(rows)}
     if args.task in ("length", "text"):
         metrics["length"] = length_report(args, rows)
@@ -576,7 +578,7 @@ def evaluate_gsm8k(args):
     """CLI task: zero-shot GSM8K accuracy of the completions, with its standard error."""
     rows = read_jsonl(args.samples)
     if not rows or any(not {"answer", "completion"} <= set(r) for r in rows):
-        raise SystemExit(f"error: {args.samples} needs lines with 'answer' and 'completion' (retrofit_llada.py --stage=generate)")
+        raise InputError(f"{args.samples} needs lines with 'answer' and 'completion' (retrofit_llada.py --stage=generate)")
     predicted = [gsm8k_extract(r["completion"]) for r in rows]
     acc, se = rate_and_stderr([p == gsm8k_gold(r["answer"]) for p, r in zip(predicted, rows)])
     metrics = {"task": "gsm8k", "samples": args.samples, "n": len(rows), "accuracy": acc, "stderr": se,
@@ -622,7 +624,7 @@ def humaneval_outcomes(problems, samples, timeout=3.0, workers=None):
     """run_program's outcome for every sample {"task_id", "completion"}, in order, run in parallel."""
     unknown = [s["task_id"] for s in samples if s["task_id"] not in problems]
     if unknown:
-        raise SystemExit(f"error: sample task_id {unknown[0]!r} is not in the problems file")
+        raise InputError(f"sample task_id {unknown[0]!r} is not in the problems file")
     programs = [humaneval_program(problems[s["task_id"]], s["completion"]) for s in samples]
     with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
         return list(pool.map(lambda p: run_program(p, timeout), programs))
@@ -641,10 +643,10 @@ def pass_at_1(samples, outcomes):
 def evaluate_humaneval_infill(args):
     """CLI task: HumanEval-infill pass@1 of the completions against --problems."""
     if not args.problems:
-        raise SystemExit("error: --task=humaneval_infill needs --problems=HumanEval-SingleLineInfilling.jsonl.gz")
+        raise InputError("--task=humaneval_infill needs --problems=HumanEval-SingleLineInfilling.jsonl.gz")
     samples = read_jsonl(args.samples)
     if not samples or any(not {"task_id", "completion"} <= set(r) for r in samples):
-        raise SystemExit(f"error: {args.samples} needs lines with 'task_id' and 'completion' (retrofit_llada.py --stage=generate)")
+        raise InputError(f"{args.samples} needs lines with 'task_id' and 'completion' (retrofit_llada.py --stage=generate)")
     outcomes = humaneval_outcomes(read_problems(args.problems), samples, args.timeout, args.workers)
     p1, se = pass_at_1(samples, outcomes)
     metrics = {"task": "humaneval_infill", "samples": args.samples, "problems": args.problems, "n": len(samples),
@@ -686,9 +688,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.task in ("maze", "maze_lengths") and not args.data_dir:
-        raise SystemExit(f"error: --task={args.task} needs --data_dir (for meta.json's maze)")
+        raise InputError(f"--task={args.task} needs --data_dir (for meta.json's maze)")
     return TASKS[args.task](args)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -35,6 +35,8 @@ import random
 from collections import deque
 
 import numpy as np
+
+from configurator import run
 from tqdm import tqdm
 
 DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
@@ -316,4 +318,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

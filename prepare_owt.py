@@ -37,9 +37,10 @@ import glob
 import json
 import os
 import re
-import sys
 
 import numpy as np
+
+from configurator import InputError, run
 
 GPT2_VOCAB = 50257  # ids 0..50256 (50256 = <|endoftext|>)
 PAD_ID, MASK_ID = GPT2_VOCAB, GPT2_VOCAB + 1
@@ -66,7 +67,7 @@ def gpt2():
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # no network and no cache: say so in one line
-        sys.exit(f"error: could not load the GPT-2 BPE (tiktoken 'gpt2'; offline, set TIKTOKEN_CACHE_DIR): {type(e).__name__}")
+        raise InputError(f"could not load the GPT-2 BPE (tiktoken 'gpt2'; offline, set TIKTOKEN_CACHE_DIR): {type(e).__name__}")
 
 
 def decode(enc, ids):
@@ -126,7 +127,7 @@ def resolve_local(source):
     else:
         return None
     if not files:
-        sys.exit(f"error: no files found for source {source!r}")
+        raise InputError(f"no files found for source {source!r}")
     return files
 
 
@@ -141,7 +142,7 @@ def load_source(source, txt_unit="doc", streaming=False, num_proc=None, cache_di
         else:
             json_files = [f.endswith(JSON_SUFFIXES) for f in files]
             if any(json_files) and not all(json_files):
-                sys.exit(f"error: source {source!r} mixes .json(l) and text files; give one kind")
+                raise InputError(f"source {source!r} mixes .json(l) and text files; give one kind")
             if all(json_files):
                 ds = datasets.load_dataset("json", data_files=files, split="train", streaming=streaming,
                                            cache_dir=cache_dir)
@@ -151,12 +152,12 @@ def load_source(source, txt_unit="doc", streaming=False, num_proc=None, cache_di
     except Exception as e:  # a missing hub dataset, no network, a broken file: one line, not a stack
         msg = str(e).splitlines()[0] if str(e) else ""
         hint = " (a dataset script: try --revision=refs/convert/parquet)" if "script" in msg or "custom code" in msg else ""
-        sys.exit(f"error: could not load source {source!r}{hint}: {type(e).__name__}: {msg}")
+        raise InputError(f"could not load source {source!r}{hint}: {type(e).__name__}: {msg}")
     first = next(iter(ds), None)
     if first is None:
-        sys.exit(f"error: source {source!r} has no documents")
+        raise InputError(f"source {source!r} has no documents")
     if "text" not in first:
-        sys.exit(f"error: source {source!r} has no 'text' field (fields: {sorted(first)})")
+        raise InputError(f"source {source!r} has no 'text' field (fields: {sorted(first)})")
     if max_docs:
         ds = ds.take(max_docs) if streaming else ds.select(range(min(max_docs, len(ds))))
     return ds
@@ -276,13 +277,13 @@ def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt
           long="chunk"):
     """Prepare the dataset into out_dir; returns the meta dict (also written as meta.json)."""
     if max_len < 1 or max_len > 65535:
-        sys.exit(f"error: max_len must be in 1..65535, got {max_len}")
+        raise InputError(f"max_len must be in 1..65535, got {max_len}")
     if long not in ("chunk", "drop"):
-        sys.exit(f"error: long must be chunk or drop, got {long!r}")
+        raise InputError(f"long must be chunk or drop, got {long!r}")
     if txt_unit not in ("doc", "line"):
-        sys.exit(f"error: txt_unit must be doc or line, got {txt_unit!r}")
+        raise InputError(f"txt_unit must be doc or line, got {txt_unit!r}")
     if not val_source and not 0 < val_frac < 1:
-        sys.exit(f"error: val_frac must be in (0, 1) when there is no val_source, got {val_frac}")
+        raise InputError(f"val_frac must be in (0, 1) when there is no val_source, got {val_frac}")
     gpt2()
     os.makedirs(out_dir, exist_ok=True)
     load = dict(txt_unit=txt_unit, streaming=streaming, num_proc=num_proc, cache_dir=cache_dir, max_docs=max_docs,
@@ -297,7 +298,7 @@ def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt
     writers = write_splits(jobs, out_dir, max_len)
     for split, w in writers.items():
         if w.offset == 0:
-            sys.exit(f"error: the {split} split is empty (source {val_source if split == 'val' and val_source else source!r}); "
+            raise InputError(f"the {split} split is empty (source {val_source if split == 'val' and val_source else source!r}); "
                      f"give more documents or a larger --val_frac")
     counts = {s: w.counts for s, w in writers.items()}
     meta = {
@@ -349,4 +350,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from configurator import check_choices, configure
+from configurator import InputError, check_choices, configure, run
 from interpolant import (Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, num_targets, sample_times,
                          unmasking_loss)
 from model import TimeEmbedding, modulate, rotary
@@ -205,7 +205,7 @@ def read_arch(model_dir):
     """The architecture from LLaDA's config.json; unsupported variants stop with a clear error."""
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
-        sys.exit(f"error: {path!r} not found: base_model must hold LLaDA's config.json and safetensors")
+        raise InputError(f"{path!r} not found: base_model must hold LLaDA's config.json and safetensors")
     with open(path) as f:
         cfg = json.load(f)
     need = dict(weight_tying=False, include_bias=False, include_qkv_bias=False, alibi=False, rope=True,
@@ -213,12 +213,12 @@ def read_arch(model_dir):
                 activation_type="silu", layer_norm_type="rms", multi_query_attention=False)
     for key, want in need.items():
         if cfg.get(key) is not None and cfg[key] != want:
-            sys.exit(f"error: {path}: {key}={cfg[key]!r} is not supported (only {want!r})")
+            raise InputError(f"{path}: {key}={cfg[key]!r} is not supported (only {want!r})")
     missing = [k for k in ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "vocab_size") if not cfg.get(k)]
     if missing:
-        sys.exit(f"error: {path} lacks {', '.join(missing)}")
+        raise InputError(f"{path} lacks {', '.join(missing)}")
     if (cfg.get("n_kv_heads") or cfg["n_heads"]) != cfg["n_heads"]:
-        sys.exit(f"error: {path}: n_kv_heads != n_heads: grouped-query attention is not supported")
+        raise InputError(f"{path}: n_kv_heads != n_heads: grouped-query attention is not supported")
     eos = cfg.get("eos_token_id", 126081)
     return dict(d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], mlp=cfg["mlp_hidden_size"],
                 vocab=cfg.get("embedding_size") or cfg["vocab_size"], rope_theta=float(cfg.get("rope_theta") or 10000.0),
@@ -234,7 +234,7 @@ def resolve_model_dir(name):
     try:
         return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
     except Exception as e:  # noqa: BLE001 (hub errors come in many types; the user needs one line)
-        sys.exit(f"error: base_model {name!r} is neither a directory nor a downloadable hub id: {str(e).splitlines()[0]}")
+        raise InputError(f"base_model {name!r} is neither a directory nor a downloadable hub id: {str(e).splitlines()[0]}")
 
 
 def load_base_weights(model, model_dir):
@@ -249,19 +249,19 @@ def load_base_weights(model, model_dir):
         with safe_open(single, "pt") as sf:
             where = {k: single for k in sf.keys()}
     else:
-        sys.exit(f"error: no model.safetensors.index.json or model.safetensors in {model_dir!r}")
+        raise InputError(f"no model.safetensors.index.json or model.safetensors in {model_dir!r}")
     params = {"model." + n: p for n, p in model.named_parameters() if not is_new(n)}
     missing, extra = sorted(set(params) - set(where)), sorted(set(where) - set(params))
     if missing:
-        sys.exit(f"error: checkpoint {model_dir!r} lacks tensor {missing[0]} ({len(missing)} missing)")
+        raise InputError(f"checkpoint {model_dir!r} lacks tensor {missing[0]} ({len(missing)} missing)")
     if extra:
-        sys.exit(f"error: unexpected tensor {extra[0]} in {model_dir!r}: not a LLaDA checkpoint of this config")
+        raise InputError(f"unexpected tensor {extra[0]} in {model_dir!r}: not a LLaDA checkpoint of this config")
     for file in sorted(set(where.values())):
         with safe_open(file, "pt") as sf, torch.no_grad():
             for name in [n for n, f in where.items() if f == file]:
                 t = sf.get_tensor(name)
                 if t.shape != params[name].shape:
-                    sys.exit(f"error: tensor {name} in {file} has shape {tuple(t.shape)}, expected {tuple(params[name].shape)}")
+                    raise InputError(f"tensor {name} in {file} has shape {tuple(t.shape)}, expected {tuple(params[name].shape)}")
                 params[name].copy_(t)
 
 
@@ -312,12 +312,12 @@ def load_ckpt(model, path, arch):
     """A stage's checkpoint (its trainable tensors) into the model; returns the checkpoint dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     if not os.path.exists(path):
-        sys.exit(f"error: checkpoint {path!r} not found")
+        raise InputError(f"checkpoint {path!r} not found")
     ck = torch.load(path, map_location="cpu", weights_only=False)
     shapes = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
     bad = sorted(set(shapes) ^ set(ck["trainable"])) or [n for n in shapes if ck["trainable"][n].shape != shapes[n]]
     if ck.get("model_type") != model_type or ck.get("arch") != arch or bad:
-        sys.exit(f"error: {path} ({ck.get('model_type')}) does not match this {model_type} model: base model, "
+        raise InputError(f"{path} ({ck.get('model_type')}) does not match this {model_type} model: base model, "
                  f"cond_dim or lora_r differ{f' (tensor {bad[0]})' if bad else ''}")
     set_model_state_dict(model, ck["trainable"], options=StateDictOptions(full_state_dict=True, strict=False))
     return ck
@@ -336,7 +336,7 @@ def load_rows(source, config="", split="train", streaming=False):
             return load_dataset(kind, data_files=source, split="train", streaming=streaming)
         return load_dataset(source, config or None, split=split, streaming=streaming)
     except Exception as e:  # noqa: BLE001 (datasets raises many types; the user needs one line)
-        sys.exit(f"error: cannot load dataset {source!r}: {(str(e) or type(e).__name__).splitlines()[0]}")
+        raise InputError(f"cannot load dataset {source!r}: {(str(e) or type(e).__name__).splitlines()[0]}")
 
 
 def paragraph_stream(source, fields, tok, rank, world, stream_seed):
@@ -349,14 +349,14 @@ def paragraph_stream(source, fields, tok, rank, world, stream_seed):
         produced = False
         for row in rows:
             if not any(f in row for f in fields.split(",")):
-                sys.exit(f"error: rows of {source!r} have no field {fields!r} (they have {', '.join(row)})")
+                raise InputError(f"rows of {source!r} have no field {fields!r} (they have {', '.join(row)})")
             paragraphs = split_paragraphs("\n\n".join(str(row[f]) for f in fields.split(",") if row.get(f)))
             for ids in (tok(paragraphs, add_special_tokens=False)["input_ids"] if paragraphs else []):
                 for piece in chunk(ids, max_len):
                     produced = True
                     yield piece
         if not produced:
-            sys.exit(f"error: no text in {source!r}")
+            raise InputError(f"no text in {source!r}")
 
 
 def gsm8k_prompt(question):
@@ -370,7 +370,7 @@ def math_pairs(tok):
     answers = tok([" " + re.sub(r"<<[^>]*>>", "", a) for a in rows["answer"]], add_special_tokens=False)["input_ids"]
     pairs = [(p, a) for p, a in zip(prompts, answers) if len(p) + len(a) <= max_len]
     if not pairs:
-        sys.exit(f"error: no GSM8K pair of {gsm8k_source!r} fits max_len={max_len}")
+        raise InputError(f"no GSM8K pair of {gsm8k_source!r} fits max_len={max_len}")
     return pairs
 
 
@@ -397,7 +397,7 @@ def stage_data(tok, rank, world, iter_num):
     if stage == "ift_code":
         rows = load_rows(code_source, code_config)
         if "code" not in rows.column_names:
-            sys.exit(f"error: rows of {code_source!r} have no 'code' field (they have {', '.join(rows.column_names)})")
+            raise InputError(f"rows of {code_source!r} have no 'code' field (they have {', '.join(rows.column_names)})")
         return [c for c in rows["code"] if c and c.strip()]
     return None
 
@@ -417,7 +417,7 @@ def draw_example(data, tok, rng, arch):
         if parts is not None:
             break
     else:
-        sys.exit(f"error: no infilling example from 100 rows of {code_source!r} fits max_len={max_len}")
+        raise InputError(f"no infilling example from 100 rows of {code_source!r} fits max_len={max_len}")
     pre, mid, suf = parts
     if model_type == "mdm":  # a middle of fixed width: the MDM predicts pads where the FlexMDM inserts nothing
         mid = mid + [arch["pad_id"]] * (infill_middle_tokens - len(mid))
@@ -484,7 +484,7 @@ def train_loop(model, arch, tok, rank, world, dev, autocast, ck):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
     from torch.distributed.tensor import DTensor
     if global_batch_size % (micro_batch_size * world):
-        sys.exit(f"error: global_batch_size={global_batch_size} is not a multiple of micro_batch_size={micro_batch_size} x {world} processes")
+        raise InputError(f"global_batch_size={global_batch_size} is not a multiple of micro_batch_size={micro_batch_size} x {world} processes")
     accum = global_batch_size // (micro_batch_size * world)
     optimizer = make_optimizer(model)
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -492,7 +492,7 @@ def train_loop(model, arch, tok, rank, world, dev, autocast, ck):
     cuda = dev.startswith("cuda")
     if init_from == "resume":
         if len(ck["rng"]) != world:
-            sys.exit(f"error: {os.path.join(out_dir, 'ckpt.pt')} was written by {len(ck['rng'])} process(es), this run has {world}")
+            raise InputError(f"{os.path.join(out_dir, 'ckpt.pt')} was written by {len(ck['rng'])} process(es), this run has {world}")
         set_optimizer_state_dict(model, optimizer, ck["optimizer"], options=StateDictOptions(full_state_dict=True))
         iter_num = ck["iter_num"]
         torch.set_rng_state(ck["rng"][rank]["torch"])
@@ -559,7 +559,7 @@ def load_problems(tok, arch):
         prompts = tok([gsm8k_prompt(q) for q in rows["question"]], add_special_tokens=False)["input_ids"]
         return [({"question": q, "answer": a}, p, len(p), 0) for q, a, p in zip(rows["question"], rows["answer"], prompts)]
     if not eval_source:
-        sys.exit("error: task=humaneval_infill needs --eval_source=PATH/HumanEval-SingleLineInfilling.jsonl.gz")
+        raise InputError("task=humaneval_infill needs --eval_source=PATH/HumanEval-SingleLineInfilling.jsonl.gz")
     problems = []
     for row in load_rows(eval_source):
         pre, suf = tok([row["prompt"], row["suffix"]], add_special_tokens=False)["input_ids"]
@@ -621,9 +621,9 @@ def load_tokenizer(name, arch):
     try:  # trust_remote_code=False said explicitly: never run hub code, and never ask on stdin
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        sys.exit(f"error: cannot load the tokenizer {name!r}: {str(e).splitlines()[0]}")
+        raise InputError(f"cannot load the tokenizer {name!r}: {str(e).splitlines()[0]}")
     if len(tok) > arch["vocab"]:
-        sys.exit(f"error: the tokenizer {name!r} has {len(tok)} tokens, more than the model's {arch['vocab']}")
+        raise InputError(f"the tokenizer {name!r} has {len(tok)} tokens, more than the model's {arch['vocab']}")
     return tok
 
 
@@ -631,7 +631,7 @@ def main():
     configure(globals(), sys.argv[1:])
     check_choices(globals(), CHOICES)
     if model_type == "mdm" and stage in ("pretrain", "bench"):
-        sys.exit(f"error: stage={stage} is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base itself (ift stages, generate)")
+        raise InputError(f"stage={stage} is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base itself (ift stages, generate)")
     ddp, rank, _, world, dev = init_distributed(device)
     torch.manual_seed(seed)  # the same LoRA and new-module initialisation on every process
     ptdtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
@@ -666,4 +666,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from configurator import check_choices, configure
+from configurator import InputError, check_choices, configure, run
 from interpolant import Schedule
 
 # -----------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def initial_state(prompts, open_gaps, n, max_len, mask_id, pad_id, model_type, d
     for b in range(n):
         p = list(prompts[b]) if prompts is not None else []
         if len(p) > max_len or (model_type == "flexmdm" and mask_id in p):
-            sys.exit(f"error: prompt {b} has length {len(p)} > max_len {max_len}" if len(p) > max_len
+            raise InputError(f"prompt {b} has length {len(p)} > max_len {max_len}" if len(p) > max_len
                      else f"error: prompt {b} contains mask_id {mask_id}: FlexMDM prompts are clean tokens")
         x[b, :len(p)] = torch.tensor(p, dtype=torch.long)
         fixed[b, :len(p)] = torch.tensor([v != mask_id for v in p], dtype=torch.bool)
@@ -325,16 +325,16 @@ def generate_batch(model_fn, n, steps, max_len, mask_id, pad_id, opts, prompts, 
 def check_lengths(model_type, max_len, min_len, target_len, early_stop, prompts):
     """One-line errors for the early stop and length control options."""
     if early_stop < 0:
-        sys.exit(f"error: early_stop must be >= 0 (0 = off), got {early_stop}")
+        raise InputError(f"early_stop must be >= 0 (0 = off), got {early_stop}")
     if (min_len or target_len) and model_type != "flexmdm":
-        sys.exit("error: min_len and target_len are FlexMDM options (the MDM's canvas is max_len)")
+        raise InputError("min_len and target_len are FlexMDM options (the MDM's canvas is max_len)")
     if min_len < 0 or target_len < 0 or max(min_len, target_len) > max_len:
-        sys.exit(f"error: need 0 <= min_len, target_len <= max_len {max_len} (got {min_len}, {target_len})")
+        raise InputError(f"need 0 <= min_len, target_len <= max_len {max_len} (got {min_len}, {target_len})")
     if target_len and min_len > target_len:
-        sys.exit(f"error: min_len {min_len} > target_len {target_len}")
+        raise InputError(f"min_len {min_len} > target_len {target_len}")
     longest = max((len(p) for p in prompts), default=0) if prompts is not None else 0
     if target_len and longest > target_len:
-        sys.exit(f"error: a prompt of length {longest} is longer than target_len {target_len}")
+        raise InputError(f"a prompt of length {longest} is longer than target_len {target_len}")
 
 
 def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_type="flexmdm", alpha=None, beta=None,
@@ -357,10 +357,10 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
                                  confidence=CONFIDENCES, final=FINALS))
     min_steps = 2 if model_type == "flexmdm" else 1
     if steps < min_steps or temperature < 0:
-        sys.exit(f"error: need steps >= {min_steps} and temperature >= 0 (got steps={steps}, temperature={temperature})")
+        raise InputError(f"need steps >= {min_steps} and temperature >= 0 (got steps={steps}, temperature={temperature})")
     for name, per_sample in (("prompts", prompts), ("open_gaps", open_gaps)):
         if per_sample is not None and len(per_sample) != num_samples:
-            sys.exit(f"error: {len(per_sample)} {name} for {num_samples} samples")
+            raise InputError(f"{len(per_sample)} {name} for {num_samples} samples")
     check_lengths(model_type, max_len, min_len, target_len, early_stop, prompts)
     banned = {mask_id, *banned} | ({pad_id} if model_type == "flexmdm" else set())
     opts = dict(model_type=model_type, alpha=alpha or Schedule("linear"), beta=beta or Schedule("linear"),
@@ -389,7 +389,7 @@ def load_model(ckpt_path, device, use_ema=True):
     """The DiT of a train.py checkpoint, with its EMA weights by default; returns (model, ckpt)."""
     from model import DiT, ModelConfig
     if not os.path.exists(ckpt_path):
-        sys.exit(f"error: checkpoint {ckpt_path!r} not found: train first (train.py) or fix --out_dir")
+        raise InputError(f"checkpoint {ckpt_path!r} not found: train first (train.py) or fix --out_dir")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     # x changes shape at every step and FlexAttention compiles per shape: sample with the equivalent
     # dense-mask attention (tests/test_model.py checks that the two agree)
@@ -406,9 +406,9 @@ def maze_prompts(data_dir, n, maze):
     meta, splits = load_data(data_dir)
     tokens, idx, fix = splits["val"]
     if fix is None:
-        sys.exit(f"error: {os.path.join(data_dir, 'val.fix')!r} not found: the maze data for the held-out subgoals is missing")
+        raise InputError(f"{os.path.join(data_dir, 'val.fix')!r} not found: the maze data for the held-out subgoals is missing")
     if meta.get("maze") != maze:
-        sys.exit(f"error: {data_dir!r} holds another maze than the one this checkpoint was trained on")
+        raise InputError(f"{data_dir!r} holds another maze than the one this checkpoint was trained on")
     goals = list(dict.fromkeys(tuple(tokens[a:b][fix[a:b] == 1].tolist()) for a, b in zip(idx[:-1], idx[1:])))
     return [list(goals[i % len(goals)]) for i in range(n)]
 
@@ -462,7 +462,7 @@ def sample_records(model, ckpt, generator):
 def main():
     configure(globals(), sys.argv[1:])
     if num_samples < 1:
-        sys.exit(f"error: num_samples must be at least 1, got {num_samples}")
+        raise InputError(f"num_samples must be at least 1, got {num_samples}")
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     model, ckpt = load_model(os.path.join(out_dir, "ckpt.pt"), device, use_ema)
@@ -474,4 +474,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import check_choices, configure
+from configurator import InputError, check_choices, configure, run
 from interpolant import (SCHEDULES, TIME_WEIGHTINGS, Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant,
                          num_targets, sample_times, time_weight, unmasking_loss)
 from model import DiT, ModelConfig
@@ -75,10 +75,10 @@ seed = 1337
 def load_data(data_dir):
     """meta.json and, per split, the token stream, the start offsets and the fixed flags (maze)."""
     if not os.path.isdir(data_dir):
-        sys.exit(f"error: dataset directory {data_dir!r} not found: prepare it first (prepare_maze.py or prepare_owt.py)")
+        raise InputError(f"dataset directory {data_dir!r} not found: prepare it first (prepare_maze.py or prepare_owt.py)")
     for name in ("meta.json", "train.bin", "train.idx", "val.bin", "val.idx"):
         if not os.path.exists(os.path.join(data_dir, name)):
-            sys.exit(f"error: missing data file {os.path.join(data_dir, name)!r}: prepare the dataset again")
+            raise InputError(f"missing data file {os.path.join(data_dir, name)!r}: prepare the dataset again")
     with open(os.path.join(data_dir, "meta.json")) as f:
         meta = json.load(f)
     splits = {}
@@ -88,7 +88,7 @@ def load_data(data_dir):
         fix = np.memmap(path + ".fix", dtype=np.uint8, mode="r") if os.path.exists(path + ".fix") else None
         splits[split] = (np.memmap(path + ".bin", dtype=dtype_, mode="r"), np.fromfile(path + ".idx", dtype=np.int64), fix)
         if len(splits[split][1]) < 2:
-            sys.exit(f"error: {path}.idx holds no sequence: the {split} split is empty")
+            raise InputError(f"{path}.idx holds no sequence: the {split} split is empty")
     return meta, splits
 
 
@@ -229,7 +229,7 @@ def save_checkpoint(path, state):
 def check_meta(meta, ckpt_meta, path):
     for key in ("vocab_size", "pad_id", "mask_id", "tokenizer"):
         if meta.get(key) != ckpt_meta.get(key):
-            sys.exit(f"error: {key} of the data ({meta.get(key)!r}) does not match the checkpoint {path} ({ckpt_meta.get(key)!r})")
+            raise InputError(f"{key} of the data ({meta.get(key)!r}) does not match the checkpoint {path} ({ckpt_meta.get(key)!r})")
 
 
 def init_distributed(device):
@@ -252,7 +252,7 @@ def main():
 
     ddp, rank, local_rank, world, dev = init_distributed(device)
     if gradient_accumulation_steps % world:
-        sys.exit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by {world} processes")
+        raise InputError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by {world} processes")
     accum = gradient_accumulation_steps // world
     master = rank == 0
     torch.manual_seed(seed)  # the same initial model on every rank; per-rank streams after it
@@ -262,7 +262,7 @@ def main():
                                   beta_schedule=SCHEDULES, time_weighting=TIME_WEIGHTINGS, budget_clock=("wall", "cpu")))
     clock = time.process_time if budget_clock == "cpu" else time.time
     if packing and model_type == "mdm":
-        sys.exit("error: packing=True applies to FlexMDM only: the MDM baseline pads by design")
+        raise InputError("packing=True applies to FlexMDM only: the MDM baseline pads by design")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
 
     data_dir = os.path.join("data", dataset)
@@ -278,14 +278,14 @@ def main():
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if init_from == "resume":
         if not os.path.exists(ckpt_path):
-            sys.exit(f"error: --init_from=resume but {ckpt_path!r} does not exist")
+            raise InputError(f"--init_from=resume but {ckpt_path!r} does not exist")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         check_meta(meta, ckpt["meta"], ckpt_path)
         if len(ckpt["rng"]) != world:
-            sys.exit(f"error: {ckpt_path} was written by {len(ckpt['rng'])} process(es), this run has {world}")
+            raise InputError(f"{ckpt_path} was written by {len(ckpt['rng'])} process(es), this run has {world}")
         model_args = ckpt["model_args"]
     elif init_from != "scratch":
-        sys.exit(f"error: init_from must be scratch or resume, got {init_from!r}")
+        raise InputError(f"init_from must be scratch or resume, got {init_from!r}")
     raw_model = DiT(ModelConfig(**model_args)).to(dev)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=learning_rate, betas=(beta1, beta2),
                                   weight_decay=weight_decay, fused=True)
@@ -407,11 +407,11 @@ def main():
         sums = [torch.zeros_like(checksum) for _ in range(world)]
         dist.all_gather(sums, checksum)
         if any(not torch.equal(sums[0], s) for s in sums):
-            sys.exit("error: the DDP processes ended with different parameters")
+            raise InputError("the DDP processes ended with different parameters")
         dist.barrier()
         del model
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

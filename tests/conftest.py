@@ -85,7 +85,7 @@ def tiny_maze(tmp_path_factory):
 def run_train(args, cwd):
     """train.main() in this process, as `python train.py *args` run in cwd would: the module is
     reloaded first so that every run starts from train.py's defaults. Returns the captured stdout.
-    A bad input surfaces as SystemExit (pytest.raises it)."""
+    A bad input surfaces as configurator.InputError (pytest.raises it)."""
     import train
     train = importlib.reload(train)
     out = io.StringIO()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from configurator import configure
+from configurator import InputError, configure
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
 GSM8K = os.path.join(DATA, "gsm8k")
@@ -190,14 +190,14 @@ def test_loader_maps_every_tensor_and_rejects_bad_checkpoints(llada_dir, tmp_pat
     missing = dict(tensors)
     del missing["model.transformer.blocks.1.k_proj.weight"]
     write_checkpoint(str(tmp_path / "missing"), missing)
-    with pytest.raises(SystemExit, match=r"lacks tensor model\.transformer\.blocks\.1\.k_proj\.weight"):
+    with pytest.raises(InputError, match=r"lacks tensor model\.transformer\.blocks\.1\.k_proj\.weight"):
         tiny_model(R, str(tmp_path / "missing"))
     misshaped = dict(tensors, **{"model.transformer.blocks.0.up_proj.weight": tensors["model.transformer.blocks.0.up_proj.weight"].T.contiguous()})
     write_checkpoint(str(tmp_path / "misshaped"), misshaped)
-    with pytest.raises(SystemExit, match=r"blocks\.0\.up_proj\.weight .*shape \(32, 64\), expected \(64, 32\)"):
+    with pytest.raises(InputError, match=r"blocks\.0\.up_proj\.weight .*shape \(32, 64\), expected \(64, 32\)"):
         tiny_model(R, str(tmp_path / "misshaped"))
     write_checkpoint(str(tmp_path / "gqa"), tensors, cfg=dict(CONFIG, n_kv_heads=1))
-    with pytest.raises(SystemExit, match="grouped-query"):
+    with pytest.raises(InputError, match="grouped-query"):
         R.read_arch(str(tmp_path / "gqa"))
 
 
@@ -281,11 +281,11 @@ def test_stages_end_to_end_then_evaluate(llada_dir, tmp_path):
     ckpt = torch.load(os.path.join(pre, "ckpt.pt"), weights_only=False)
     os.makedirs(tmp_path / "two")
     torch.save(dict(ckpt, rng=ckpt["rng"] * 2), tmp_path / "two" / "ckpt.pt")  # as if from 2 processes
-    with pytest.raises(SystemExit, match="written by 2 process"):
+    with pytest.raises(InputError, match="written by 2 process"):
         run_main(llada_dir, "--stage=pretrain", "--max_iters=4", "--init_from=resume", f"--out_dir={tmp_path / 'two'}")
     out = run_main(llada_dir, "--stage=ift_math", "--max_iters=2", f"--init_from={pre}/ckpt.pt", f"--out_dir={ift}")
     assert "iter 2: loss" in out
-    with pytest.raises(SystemExit, match="does not match"):
+    with pytest.raises(InputError, match="does not match"):
         run_main(llada_dir, "--stage=ift_math", "--model_type=mdm", f"--init_from={pre}/ckpt.pt", f"--out_dir={ift}")
 
     run_main(llada_dir, "--stage=generate", f"--init_from={ift}/ckpt.pt", f"--out_dir={ift}", "--num_problems=3", "--steps=4")

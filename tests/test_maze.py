@@ -11,6 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import evaluate  # noqa: E402
+from configurator import InputError  # noqa: E402
 import prepare_maze as pm  # noqa: E402
 
 
@@ -405,7 +406,7 @@ def test_maze_lengths_cli(tmp_path, capsys):
     rows[0]["subgoals"] = rows[0]["subgoals"][::-1]
     with open(samples, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(SystemExit, match="not a held-out set"):
+    with pytest.raises(InputError, match="not a held-out set"):
         evaluate.main(["--task=maze_lengths", f"--samples={samples}", f"--data_dir={out}"])
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from configurator import InputError
 from interpolant import Schedule, flexmdm_interpolant
 from sample import generate
 
@@ -484,7 +485,7 @@ def test_batch_size_splits():
 @pytest.mark.parametrize("options", [dict(sampler="greedy"), dict(confidence="luck"), dict(unmask="always"),
                                      dict(final="best"), dict(model_type="ar")], ids=lambda o: next(iter(o)))
 def test_bad_option_is_a_one_line_error(options):
-    with pytest.raises(SystemExit, match=f"error: {next(iter(options))}="):
+    with pytest.raises(InputError, match=f"^{next(iter(options))}="):
         generate(greedy_inserter, 2, 4, MAX_LEN, MASK, PAD, **options)
 
 
@@ -564,7 +565,7 @@ def test_min_len_floors_the_length(min_len):
                                      dict(model_type="mdm", target_len=3), dict(target_len=1, prompts=[[0, 1]] * 2)],
                          ids=["early_stop", "target_len", "min_len", "mdm", "prompt"])
 def test_bad_length_option_is_a_one_line_error(options):
-    with pytest.raises(SystemExit, match="^error: "):
+    with pytest.raises(InputError):
         generate(greedy_inserter, 2, 4, MAX_LEN, MASK, PAD, **options)
 
 

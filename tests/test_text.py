@@ -12,6 +12,7 @@ import tiktoken
 import torch
 
 import evaluate
+from configurator import InputError
 import prepare_owt
 from conftest import ROOT, run_python, run_train
 
@@ -132,9 +133,9 @@ def test_prepare_val_frac_split_same_when_streaming(tmp_path):
 
 def test_prepare_bad_sources(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"body": "no text field"}\n')
-    with pytest.raises(SystemExit, match="'text'"):
+    with pytest.raises(InputError, match="'text'"):
         prepare(tmp_path, "bad", source=str(tmp_path / "bad.jsonl"))
-    with pytest.raises(SystemExit, match="no files"):
+    with pytest.raises(InputError, match="no files"):
         prepare(tmp_path, "none", source=str(tmp_path / "missing*.txt"))
 
 
