@@ -285,7 +285,11 @@ def pad_to(model_fn, width, pad_id):
         extra = width - x.shape[1]
         logits, g = model_fn(torch.nn.functional.pad(x, (0, extra), value=pad_id), t,
                              torch.nn.functional.pad(fixed, (0, extra), value=False))
-        logits = logits[:, : x.shape[1]] if logits.dim() == 3 else logits  # [N, V] at the masks: pads add none
+        if callable(logits):  # f_at(where): read where the sampler reads, in the padded layout
+            f_at = logits
+            logits = lambda where: f_at(torch.nn.functional.pad(where, (0, extra), value=False))
+        else:
+            logits = logits[:, : x.shape[1]]
         return logits, None if g is None else g[:, : x.shape[1] + 1]
     return padded
 
@@ -311,7 +315,7 @@ def bench_sample():
     alpha, beta = sample.schedules(config)  # a checkpoint's own, as sample.py uses them
     if compile:  # sequence lengths change at every step: compile for dynamic shapes
         raw.forward_padded = torch.compile(raw.forward_padded, dynamic=True)
-    net, calls = raw.sampler_fn(alpha if mt == "flexmdm" else beta, mask_id), [0]  # conditioned as in training
+    net, calls = raw.sampler_fn(alpha if mt == "flexmdm" else beta), [0]  # conditioned as in training
 
     def model_fn(x, t, fixed):
         calls[0] += 1

@@ -247,7 +247,7 @@ def insertion_trace(ckpt_path, data_dir, n, steps, temperature, seed=1337):
     meta = ckpt["meta"]
     alpha, beta = sample.schedules(ckpt["config"])
     prompts = sample.maze_prompts(data_dir, n, meta["maze"])
-    net, times, lengths, expected = model.sampler_fn(alpha, meta["mask_id"]), [], [], []
+    net, times, lengths, expected = model.sampler_fn(alpha), [], [], []
 
     def model_fn(x, t, fixed):
         logits, g = net(x, t, fixed)

@@ -196,19 +196,25 @@ class DiT(nn.Module):
         tokens = torch.where(pos == lengths, self.slot_id, tokens)
         return tokens, torch.where(pos <= lengths, rows, -1), pos
 
-    def forward_padded(self, x, cond_time, fixed=None, at=None):
-        """The sampler's contract (SPEC section 2): x [B, L] right-padded with pad_id, cond_time [B],
-        fixed [B, L] bool or None -> (logits [B, L, V], g [B, L+1]) for FlexMDM, (logits [B, L, V],
-        None) for the MDM. With at [B, L] bool, the logits only there: [at.sum(), V] (row-major)."""
+    def padded_states(self, x, cond_time, fixed=None):
+        """x [B, L] right-padded with pad_id, cond_time [B], fixed [B, L] bool or None -> (the final
+        hidden states at the tokens [B, L, n_embd], g [B, L+1] for FlexMDM or None for the MDM)."""
         if fixed is not None and self.slot_id is not None:
             fixed = torch.cat([fixed, torch.zeros_like(fixed[:, :1])], dim=1)  # the gap slot is not fixed
         h = self(*self.padded_layout(x), cond_time, fixed=fixed)
-        tokens = h[:, : x.shape[1]]
-        logits = self.unmask_head(tokens if at is None else tokens[at]).float()
-        return logits, (self.insertion_rates(h) if self.insert_head is not None else None)
+        return h[:, : x.shape[1]], (self.insertion_rates(h) if self.insert_head is not None else None)
 
-    def sampler_fn(self, alpha, mask_id):
-        """model_fn(x, t, fixed) for sample.generate: conditions the network on alpha(t), and applies
-        the V-way head only at the masks (the sampler reads f nowhere else; at V = 50k the head
-        costs more than the whole network)."""
-        return lambda x, t, fixed: self.forward_padded(x, alpha(t), fixed, at=x == mask_id)
+    def forward_padded(self, x, cond_time, fixed=None):
+        """The sampler's contract (SPEC section 2): (logits [B, L, V], g [B, L+1] or None)."""
+        h, g = self.padded_states(x, cond_time, fixed)
+        return self.unmask_head(h).float(), g
+
+    def sampler_fn(self, alpha):
+        """model_fn(x, t, fixed) for sample.generate: conditions the network on alpha(t) and returns f as
+        a function of where it is read, f_at(where [B, L] bool) -> logits [where.sum(), V]. The sampler
+        reads f only at the masks it unmasks (vanilla decides which before reading f), and at V = 50k
+        the head costs more than the whole network."""
+        def model_fn(x, t, fixed):
+            h, g = self.padded_states(x, alpha(t), fixed)
+            return (lambda where: self.unmask_head(h[where]).float()), g
+        return model_fn

@@ -120,24 +120,40 @@ def adaptive_choice(probs, masks, rate, conf_kind, gamma1, gamma2, generator):
     return chosen & masks
 
 
-def unmask_step(x, masks, logits, t, tau, beta, opts, last, generator):
-    """Unmask in place; logits [M, V] is f at the masks of x [B, L] (masks [B, L]). Vanilla chooses
-    the masks without reading f, so f is only normalised at the chosen ones."""
-    if last:
-        chosen = masks
-    elif opts["sampler"] == "adaptive":
-        chosen = adaptive_choice(tempered(logits, opts["temperature"]), masks, tau * beta.rate(t),
+def f_reader(logits, banned):
+    """f as a function of where it is read, f_at(where [B, L] bool) -> logits [where.sum(), V] in
+    float with the banned tokens at -inf, from a model's dense logits [B, L, V] or its own f_at."""
+    def f_at(where):
+        at = logits(where) if callable(logits) else logits[where]
+        return at.float().index_fill(1, banned, -math.inf)
+    return f_at
+
+
+def vanilla_choice(masks, t, tau, beta, unmask, generator):
+    """The masks that tau-leaping unmasks this step [B, L], chosen without reading f."""
+    if unmask == "exact":
+        p = (beta(t + tau) - beta(t)) / (1 - beta(t))
+    else:  # exactly one Poisson event among the V entries: total rate lam, P = lam * exp(-lam)
+        lam = tau * beta.rate(t)
+        p = lam * torch.exp(-lam)
+    u = torch.rand(masks.shape, device=masks.device, generator=generator)
+    return masks & (u < p[:, None])
+
+
+def unmask_step(x, masks, f_at, t, tau, beta, opts, last, generator):
+    """Unmask in place the masks of x [B, L] (masks [B, L]); f_at(where) is f where it is read
+    (f_reader). Vanilla chooses the masks without reading f, so f is read at the chosen ones only;
+    adaptive reads it at every mask for the confidence."""
+    if opts["sampler"] == "adaptive" and not last:
+        at_masks = f_at(masks)
+        chosen = adaptive_choice(tempered(at_masks, opts["temperature"]), masks, tau * beta.rate(t),
                                  opts["confidence"], opts["gamma1"], opts["gamma2"], generator)
+        logits = at_masks[chosen[masks]]
     else:
-        if opts["unmask"] == "exact":
-            p = (beta(t + tau) - beta(t)) / (1 - beta(t))
-        else:  # exactly one Poisson event among the V entries: total rate lam, P = lam * exp(-lam)
-            lam = tau * beta.rate(t)
-            p = lam * torch.exp(-lam)
-        u = torch.rand(masks.shape, device=x.device, generator=generator)
-        chosen = masks & (u < p[:, None])
+        chosen = masks if last else vanilla_choice(masks, t, tau, beta, opts["unmask"], generator)
+        logits = f_at(chosen)
     greedy = opts["temperature"] == 0 or (last and opts["final"] == "argmax")
-    x[chosen] = draw(logits[chosen[masks]], opts["temperature"], greedy, generator)
+    x[chosen] = draw(logits, opts["temperature"], greedy, generator)
 
 
 def open_gap_mask(fixed, open_left, open_end, lengths):
@@ -303,11 +319,8 @@ def generate_batch(model_fn, n, steps, max_len, mask_id, pad_id, opts, prompts, 
         # target_len: after step 0 every row is at its final length, whose posterior is q_1 (appendix
         # E.2.1: given n = len(x), (1 - alpha_t)^(n - len(x)) = 1 at every t), so the model is asked at t = 1
         logits, g = model_fn(x, torch.ones_like(t) if opts["target_len"] and k > 0 else t, fixed)
-        masks = x == mask_id
-        logits = (logits[masks] if logits.dim() == 3 else logits).float()  # f is only read at the masks
-        logits[:, opts["banned"]] = -math.inf
         last = k == steps - 1
-        unmask_step(x, masks, logits, t, tau, beta, opts, last, generator)
+        unmask_step(x, x == mask_id, f_reader(logits, opts["banned"]), t, tau, beta, opts, last, generator)
         if model_type == "flexmdm" and not last and not (opts["target_len"] and k > 0):
             gaps = open_gap_mask(fixed, state["open_left"][:, :width], state["open_end"], lengths)
             counts, g = insertion_counts(g[:, : width + 1].float().clamp_min(0), gaps, lengths,
@@ -343,8 +356,9 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
              early_stop=0.0, min_len=0, target_len=0, progress=False):
     """Samples as lists of token ids (see the module docstring). model_fn(x [B, L] right-padded with
     pad_id, t [B], fixed [B, L] bool: the prompt's tokens) -> (logits [B, L, V], g [B, L+1] or None):
-    SPEC section 2, plus the fixed flags (a model may ignore them); the logits may also come only at
-    the masks, [(x == mask_id).sum(), V] in row-major order, the only places they are read. prompts: one list of
+    SPEC section 2, plus the fixed flags (a model may ignore them); instead of the logits a model may
+    return f_at(where [B, L] bool) -> logits [where.sum(), V], and the sampler then asks for f only where
+    it reads it (the masks it unmasks: DiT.sampler_fn). prompts: one list of
     fixed tokens per sample (for the MDM, mask_id inside a prompt marks a position to fill);
     open_gaps: per sample, the prompt's gaps where insertion may happen (default: all).
     Finished rows leave the batch (README "Samplers"): always where that is exact, and with early_stop > 0
@@ -365,7 +379,7 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
     banned = {mask_id, *banned} | ({pad_id} if model_type == "flexmdm" else set())
     opts = dict(model_type=model_type, alpha=alpha or Schedule("linear"), beta=beta or Schedule("linear"),
                 sampler=sampler, unmask=unmask, confidence=confidence, gamma1=gamma1, gamma2=gamma2,
-                temperature=temperature, final=final, banned=sorted(banned), early_stop=early_stop,
+                temperature=temperature, final=final, banned=torch.tensor(sorted(banned), device=device), early_stop=early_stop,
                 min_len=min_len, target_len=target_len)
     batch_size = batch_size or num_samples
     batches = range(0, num_samples, batch_size)
@@ -435,7 +449,7 @@ def sample_records(model, ckpt, generator):
     subgoals = maze_prompts(os.path.join("data", ckpt["config"]["dataset"]), num_samples, meta["maze"]) if is_maze else None
     prompts = [s + [meta["sep_id"]] for s in subgoals] if is_maze and model_type == "mdm" else subgoals
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bfloat16" and "cuda" in device else nullcontext()
-    model_fn = model.sampler_fn(alpha if model_type == "flexmdm" else beta, meta["mask_id"])  # as in training
+    model_fn = model.sampler_fn(alpha if model_type == "flexmdm" else beta)  # as in training
     with autocast:
         seqs = generate(model_fn, num_samples, steps, model.cfg.max_len, meta["mask_id"], meta["pad_id"],
                         model_type=model_type, alpha=alpha, beta=beta, sampler=sampler, unmask=unmask,

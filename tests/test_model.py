@@ -226,7 +226,8 @@ def test_sampler_fn_conditions_on_alpha_and_reads_f_at_the_masks():
     x, t = padded_batch(LENGTHS), times(len(LENGTHS))
     masks = x == MASK
     with torch.no_grad():
-        got = model.sampler_fn(alpha, MASK)(x, t, x == -1)  # no fixed tokens
+        f_at, g = model.sampler_fn(alpha)(x, t, x == -1)  # no fixed tokens
+        got = (f_at(masks), g)
         want = model.forward_padded(x, alpha(t))
         other = model.forward_padded(x, t)
     assert got[0].shape == (int(masks.sum()), V) and 0 < masks.sum() < (x != PAD).sum()
