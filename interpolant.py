@@ -107,6 +107,21 @@ def mdm_interpolant(x1, t, beta, mask_id, fixed=None, generator=None):
     return torch.where(masked, torch.full_like(x1, mask_id), x1), masked
 
 
+def length_posterior_insertions(length_probs, m, a):
+    """E[n - m | len(x_t) = m], the tokens still to insert, when x1's tokens are i.i.d. and independent of
+    its length n ~ length_probs [N + 1] (p(n), n = 0..N); m [B] lengths of x_t, a [B] = alpha(t).
+    len(x_t) ~ Binomial(n, a) (eq. 6), so P(n | m) is proportional to p(n) C(n, m) (1 - a)^(n - m). The
+    present tokens then say nothing about where the absent ones are (every m-subset of the n positions is
+    as likely), so the n - m absent tokens spread evenly: E[gap_j | x_t] = E[n - m | m] / (m + 1) for
+    every gap j, the exact g of such data (Prop. 1)."""
+    n = torch.arange(len(length_probs), dtype=torch.float64, device=m.device)
+    m, a = m.double()[:, None], a.double()[:, None]
+    log_w = (torch.log(length_probs.double())[None] + torch.lgamma(n + 1) - torch.lgamma((n - m).clamp_min(0) + 1)
+             + torch.xlogy(n - m, 1 - a))  # C(n, m) up to its 1 / m! factor, which is the same for every n
+    log_w = torch.where(n >= m, log_w, -math.inf)
+    return (torch.softmax(log_w, dim=1) * (n - m)).sum(1)
+
+
 TIME_WEIGHTINGS = ("elbo", "flat")
 
 

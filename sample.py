@@ -230,10 +230,21 @@ def finish(x, length, prompt_len, model_type, pad_id):
     return seq
 
 
-def insertion_tail(alpha, tau, steps, device):
-    """tail[k] = tau * sum_{k < k' < steps - 1} w_alpha(t_k'): the insertion rate per unit of g that the
+def time_grid(steps, model_type, power=1.0):
+    """The times of the model calls t_k and the step lengths tau_k = t_{k+1} - t_k, k = 0..steps-1 (lists).
+    FlexMDM: t_k = (k / (N - 1))^power, so the last call is at t = 1 (it only fills the masks left: tau 0);
+    MDM: t_k = (k / N)^power, the last step running to 1. power 1 is the paper's uniform grid; power > 1
+    puts more of the calls early, where the length is decided (README "Samplers")."""
+    n = steps - 1 if model_type == "flexmdm" else steps
+    edges = [(k / n) ** power for k in range(n + 1)]
+    taus = [b - a for a, b in zip(edges, edges[1:])]
+    return edges[:steps], taus + [0.0] * (steps - len(taus))
+
+
+def insertion_tail(alpha, times, taus):
+    """tail[k] = sum_{k < k' < steps - 1} tau_k' w_alpha(t_k'): the insertion rate per unit of g that the
     steps after step k still apply (the last step inserts nothing). [steps]"""
-    rate = tau * alpha.rate(torch.arange(steps, device=device) * tau)
+    rate = torch.tensor(taus) * alpha.rate(torch.tensor(times))
     rate[-1] = 0
     return rate.flip(0).cumsum(0).flip(0) - rate
 
@@ -303,8 +314,8 @@ def generate_batch(model_fn, n, steps, max_len, mask_id, pad_id, opts, prompts, 
     state = dict(x=x, fixed=fixed, open_left=open_left, open_end=open_end, lengths=lengths,
                  prompt_len=torch.tensor([len(p) for p in prompts] if prompts is not None else [0] * n, device=device),
                  index=torch.arange(n, device=device), expected=torch.full((n,), math.inf, device=device))
-    tau = 1.0 / (steps - 1) if model_type == "flexmdm" else 1.0 / steps  # see the module docstring
-    tail = insertion_tail(alpha, tau, steps, device)
+    times, taus = time_grid(steps, model_type, opts["grid_power"])  # see the module docstring
+    tail = insertion_tail(alpha, times, taus).to(device)
     samples = [None] * n
     for k in range(steps):
         done = finished(state, mask_id, model_type, opts)
@@ -313,7 +324,7 @@ def generate_batch(model_fn, n, steps, max_len, mask_id, pad_id, opts, prompts, 
         if not len(state["index"]):
             break
         B, lengths = len(state["index"]), state["lengths"]
-        t = torch.full((B,), k * tau, device=device)
+        t, tau = torch.full((B,), times[k], device=device), taus[k]
         width = max(1, int(lengths.max()))
         x, fixed = state["x"][:, :width], state["fixed"][:, :width]  # views: unmask_step writes into state
         # target_len: after step 0 every row is at its final length, whose posterior is q_1 (appendix
@@ -353,7 +364,7 @@ def check_lengths(model_type, max_len, min_len, target_len, early_stop, prompts)
 def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_type="flexmdm", alpha=None, beta=None,
              sampler="vanilla", unmask="poisson", confidence="top_prob", gamma1=0.0, gamma2=64, temperature=1.0,
              final="draw", prompts=None, open_gaps=None, batch_size=None, generator=None, device="cpu", banned=(),
-             early_stop=0.0, min_len=0, target_len=0, progress=False):
+             early_stop=0.0, min_len=0, target_len=0, grid_power=1.0, progress=False):
     """Samples as lists of token ids (see the module docstring). model_fn(x [B, L] right-padded with
     pad_id, t [B], fixed [B, L] bool: the prompt's tokens) -> (logits [B, L, V], g [B, L+1] or None):
     SPEC section 2, plus the fixed flags (a model may ignore them); instead of the logits a model may
@@ -370,8 +381,9 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
     check_choices(locals(), dict(model_type=("flexmdm", "mdm"), sampler=SAMPLERS, unmask=UNMASK_RULES,
                                  confidence=CONFIDENCES, final=FINALS))
     min_steps = 2 if model_type == "flexmdm" else 1
-    if steps < min_steps or temperature < 0:
-        raise InputError(f"need steps >= {min_steps} and temperature >= 0 (got steps={steps}, temperature={temperature})")
+    if steps < min_steps or temperature < 0 or grid_power <= 0:
+        raise InputError(f"need steps >= {min_steps}, temperature >= 0 and grid_power > 0 (got steps={steps}, "
+                         f"temperature={temperature}, grid_power={grid_power})")
     for name, per_sample in (("prompts", prompts), ("open_gaps", open_gaps)):
         if per_sample is not None and len(per_sample) != num_samples:
             raise InputError(f"{len(per_sample)} {name} for {num_samples} samples")
@@ -380,7 +392,7 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
     opts = dict(model_type=model_type, alpha=alpha or Schedule("linear"), beta=beta or Schedule("linear"),
                 sampler=sampler, unmask=unmask, confidence=confidence, gamma1=gamma1, gamma2=gamma2,
                 temperature=temperature, final=final, banned=torch.tensor(sorted(banned), device=device), early_stop=early_stop,
-                min_len=min_len, target_len=target_len)
+                min_len=min_len, target_len=target_len, grid_power=grid_power)
     batch_size = batch_size or num_samples
     batches = range(0, num_samples, batch_size)
     samples, t0 = [], time.perf_counter()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from interpolant import (FlexBatch, Schedule, bregman, flexmdm_interpolant, insertion_loss, mdm_interpolant,
-                         sample_times, unmasking_loss)
+from interpolant import (FlexBatch, Schedule, bregman, flexmdm_interpolant, insertion_loss,
+                         length_posterior_insertions, mdm_interpolant, sample_times, unmasking_loss)
 
 PAD, MASK, VOCAB = 100, 101, 102  # ordinary tokens are 0..99
 ROWS = 20000  # draws for the statistical checks
@@ -317,3 +317,36 @@ def test_mdm_interpolant(kind):
     assert torch.equal(masked, ~fixed)
     xt, masked = mdm_interpolant(x1, torch.ones(rows), beta, MASK, fixed=fixed, generator=gen(2))
     assert not masked.any() and torch.equal(xt, x1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The exact g when tokens are independent of the length (the length oracle)
+
+@pytest.mark.parametrize("t_value", [0.0, 0.3, 0.8])
+def test_length_posterior_insertions_is_the_mean_gap_of_the_interpolant(t_value):
+    """Draw n from a bimodal law, x1 i.i.d. tokens, x_t from the interpolant; per length m of x_t the mean
+    of every gap target must be E[n - m | m] / (m + 1) within Z standard errors (closed form), and the
+    same check against a wrong law (p shifted by one token) must fail somewhere."""
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.2, 0.0, 0.0, 0.3, 0.0, 0.1, 0.3])  # n in 0..9
+    g = gen(5)
+    n = torch.multinomial(probs, ROWS, replacement=True, generator=g)
+    x1 = torch.where(torch.arange(9)[None] < n[:, None], torch.randint(0, PAD, (ROWS, 9), generator=g), PAD)
+    alpha, beta = SCHEDULE_PAIRS["poly2-cosine"]
+    t = torch.full((ROWS,), t_value)
+    fb = flexmdm_interpolant(x1, n, t, alpha, beta, MASK, PAD, generator=g)
+    want = length_posterior_insertions(probs, fb.lengths, alpha(t))
+    wrong = length_posterior_insertions(torch.roll(probs, 1), fb.lengths, alpha(t))
+    checked, misfit = 0, 0.0
+    for m in fb.lengths.unique().tolist():
+        rows = fb.lengths == m
+        if rows.sum() < 200:
+            continue
+        gaps = fb.gaps[rows][:, : m + 1].double()
+        se = gaps.std(0) / math.sqrt(rows.sum()) + 1e-12
+        assert ((gaps.mean(0) - want[rows][0] / (m + 1)).abs() <= Z * se + 1e-9).all(), (m, gaps.mean(0), want[rows][0])
+        misfit = max(misfit, float(((gaps.mean(0) - wrong[rows][0] / (m + 1)).abs() / se).max()))
+        checked += 1
+    assert checked >= (1 if t_value == 0.0 else 4)
+    assert misfit > Z
+    if t_value == 0.0:  # x_0 is empty: g is the mean length
+        torch.testing.assert_close(want, torch.full_like(want, float((probs * torch.arange(10)).sum())), check_dtype=False)

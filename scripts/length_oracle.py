@@ -1,0 +1,140 @@
+"""
+The sampler's own length error: sample.generate driven by the EXACT f and g of a length law p(n) whose
+tokens are i.i.d. and independent of the length (interpolant.length_posterior_insertions), so every
+difference between the samples' lengths and p(n) is the sampler's (tau-leaping discretisation and the
+max_len cap), none the model's. Prints a table of length TV (exact and bins of 32) and W1 against p(n)
+per law and step count, writes it as JSON and draws W1 against steps as a PNG:
+
+    python scripts/length_oracle.py                         # the laws below, steps 16,64,256,1024
+    python scripts/length_oracle.py --laws=wikitext128 --steps=64, --grid_power=2.0
+
+Laws (--laws, comma-separated): a prepared dataset name under data/ (its validation lengths, max_len
+from its meta.json, e.g. wikitext128), or lognormal: an OpenWebText-like law, log-normal with median
+lognormal_median and log-sd lognormal_sigma, discretised to 1..1024 (max_len 1024).
+The floor columns are what the same number of exact draws from p(n) would score (mean of 20 draws).
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configurator import InputError, configure, run  # noqa: E402
+from interpolant import Schedule, length_posterior_insertions  # noqa: E402
+from sample import generate  # noqa: E402
+
+laws = "wikitext128,wikitext128drop,lognormal"
+steps = (16, 64, 256, 1024)  # --steps=64,256 (--steps=64, for one)
+num_samples = 2000
+batch_size = 500
+grid_power = 1.0  # sample.generate's time grid t_k = (k / (N - 1)) ** grid_power
+lognormal_median = 64.0
+lognormal_sigma = 1.0
+out = "results/length_oracle"  # .json and .png
+seed = 1337
+
+VOCAB, PAD, MASK = 2, 2, 3  # two i.i.d. uniform data tokens; the tokens play no part in the length
+BIN = 32
+
+
+def data_law(name):
+    """p(n) of a prepared dataset's validation lengths, n = 0..max_len."""
+    path = os.path.join("data", name)
+    if not os.path.exists(os.path.join(path, "val.idx")):
+        raise InputError(f"{path}/val.idx not found: prepare the dataset first (README, text section)")
+    with open(os.path.join(path, "meta.json")) as f:
+        max_len = json.load(f)["max_len"]
+    lengths = np.diff(np.fromfile(os.path.join(path, "val.idx"), dtype=np.int64))
+    return torch.tensor(np.bincount(lengths, minlength=max_len + 1) / len(lengths))
+
+
+def lognormal_law(max_len=1024):
+    """p(n) proportional to the log-normal probability of [n - 1/2, n + 1/2), n = 1..max_len."""
+    edges = torch.arange(max_len + 1, dtype=torch.float64) + 0.5
+    cdf = 0.5 * (1 + torch.erf((edges.log() - math.log(lognormal_median)) / (lognormal_sigma * math.sqrt(2))))
+    probs = torch.cat([torch.zeros(1, dtype=torch.float64), cdf[1:] - cdf[:-1]])
+    return probs / probs.sum()
+
+
+def oracle(probs, alpha):
+    """model_fn with the exact f (uniform over the VOCAB tokens) and g (every gap E[n - m | m] / (m + 1))."""
+    def model_fn(x, t, fixed):
+        m = (x != PAD).sum(1)
+        g = (length_posterior_insertions(probs, m, alpha(t)) / (m + 1)).float()
+        return (lambda where: torch.zeros(int(where.sum()), VOCAB + 2)), g[:, None].expand(-1, x.shape[1] + 1)
+    return model_fn
+
+
+def distances(lengths, probs):
+    """Length TV (exact, and bins of BIN) and W1 of the samples' lengths against the law p(n)."""
+    hist = np.bincount(lengths, minlength=len(probs))[: len(probs)] / len(lengths)
+    p = probs.numpy()
+    binned = lambda h: np.add.reduceat(h, np.arange(0, len(h), BIN))
+    return {"tv_exact": 0.5 * float(np.abs(hist - p).sum()), "tv_bin32": 0.5 * float(np.abs(binned(hist) - binned(p)).sum()),
+            "w1": float(np.abs(np.cumsum(hist) - np.cumsum(p)).sum()), "mean": float(np.mean(lengths))}
+
+
+def floor(probs, n, rng, draws=20):
+    """The distances of n exact draws from p(n), averaged over draws."""
+    rows = [distances(rng.choice(len(probs), size=n, p=probs.numpy()), probs) for _ in range(draws)]
+    return {k: float(np.mean([r[k] for r in rows])) for k in ("tv_exact", "tv_bin32", "w1")}
+
+
+def plot(results, filename):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for law, rows in results.items():
+        n_steps = [r["steps"] for r in rows["runs"]]
+        for ax, key in zip(axes, ("w1", "tv_bin32")):
+            line, = ax.plot(n_steps, [r[key] for r in rows["runs"]], "o-", label=law)
+            ax.axhline(rows["floor"][key], color=line.get_color(), ls=":", lw=1)
+    for ax, name in zip(axes, ("length W1 (tokens)", f"length TV, bins of {BIN}")):
+        ax.set_xscale("log", base=2), ax.set_yscale("log"), ax.set_xlabel("sampling steps (model calls)")
+        ax.set_ylabel(name)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"exact f and g, vanilla sampler, grid power {grid_power}; dotted: {num_samples} exact draws", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    configure(globals(), sys.argv[1:])
+    torch.set_num_threads(1)
+    alpha = Schedule("linear")
+    rng = np.random.default_rng(seed)
+    results = {}
+    for law in laws.split(","):
+        probs = lognormal_law() if law == "lognormal" else data_law(law)
+        max_len = len(probs) - 1
+        results[law] = {"max_len": max_len, "mean": float((probs * torch.arange(len(probs))).sum()),
+                        "floor": floor(probs, num_samples, rng), "runs": []}
+        for n_steps in steps:
+            start = time.time()
+            samples = generate(oracle(probs, alpha), num_samples, n_steps, max_len, MASK, PAD, alpha=alpha,
+                               batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+                               grid_power=grid_power)
+            row = {"steps": n_steps, **distances(np.array([len(s) for s in samples]), probs),
+                   "seconds": time.time() - start}
+            results[law]["runs"].append(row)
+            print(f"{law:>16} (mean {results[law]['mean']:.1f}) steps {n_steps:5d}: TV {row['tv_exact']:.3f} exact, "
+                  f"{row['tv_bin32']:.3f} bins of {BIN}, W1 {row['w1']:.2f}, mean {row['mean']:.1f} "
+                  f"({row['seconds']:.0f} s)", flush=True)
+        fl = results[law]["floor"]
+        print(f"{'':>16} floor ({num_samples} exact draws): TV {fl['tv_exact']:.3f}, {fl['tv_bin32']:.3f}, W1 {fl['w1']:.2f}")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump({"settings": {"num_samples": num_samples, "grid_power": grid_power, "seed": seed,
+                                "lognormal": [lognormal_median, lognormal_sigma]}, "laws": results}, f, indent=1)
+    plot(results, out + ".png")
+    print(f"wrote {out}.json and {out}.png")
+
+
+if __name__ == "__main__":
+    run(main)
