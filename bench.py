@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 import train
-from configurator import InputError, check_choices, configure, run
+from configurator import InputError, check_choices, check_device, configure, run
 from interpolant import Schedule, flexmdm_interpolant, mdm_interpolant, sample_times
 from model import DiT, ModelConfig
 
@@ -356,6 +356,7 @@ def bench_sample():
 def main():
     configure(globals(), sys.argv[1:])
     check_choices(globals(), dict(mode=("train", "sample"), dtype=("float32", "bfloat16")))
+    check_device(device)
     res = bench_train() if mode == "train" else bench_sample()
     if out_json:
         with open(out_json, "w") as f:

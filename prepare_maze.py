@@ -22,22 +22,40 @@ vocab_size = H*W+3. Files in out_dir (default data/maze_k{K}), for split in trai
                always including the first and the last position of the path
   meta.json    vocab and special ids, max_len (longest path), tokenizer "maze", grid [H, W],
                the maze itself, and the build arguments.
+The files are written into a temporary directory beside out_dir, renamed to out_dir at the end (a
+failed or interrupted run leaves nothing); an existing out_dir is refused unless --overwrite=True.
 FlexMDM trains on a path with its fixed tokens exempt from the interpolant. The MDM baseline's
 sequence `g1..gK [SEP] path [PAD]...` is NOT stored: the training loader derives it from the same
 files (the fixed tokens, in order, are the prompt; its length is K + 1 + max_len).
 
     python prepare_maze.py --K=12            # 41x41, 15000 pairs -> data/maze_k12
 """
-import argparse
+import contextlib
 import json
 import os
 import random
+import shutil
+import sys
+import tempfile
 from collections import deque
 
 import numpy as np
-
-from configurator import run
 from tqdm import tqdm
+
+from configurator import InputError, configure, run
+
+# -----------------------------------------------------------------------------
+m = 20  # maze rows in cells (bitmap 2m+1)
+n = 20  # maze columns in cells (bitmap 2n+1)
+K = 2  # subgoals per path, the start and the goal included
+num_pairs = 15000  # start-goal pairs (all of them when the maze has fewer)
+paths_per_pair = 10
+seed = 2025
+extra_door_frac = 0.5
+detour_slack = 10  # detour bound: d(s,w) + d(w,g) <= 2 d(s,g) + detour_slack (moves)
+out_dir = ""  # default data/maze_k{K}
+overwrite = False  # replace an existing out_dir (only once the new one is complete)
+# -----------------------------------------------------------------------------
 
 DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
 
@@ -244,8 +262,6 @@ def write_split(out_dir, split, tokens, fixes):
     idx = np.zeros(len(tokens) + 1, dtype=np.int64)
     np.cumsum(lengths, out=idx[1:])
     flat = np.concatenate(tokens) if tokens else np.zeros(0, dtype=np.int64)
-    if flat.size and flat.max() >= 2 ** 16:
-        raise ValueError("maze too large for uint16 tokens")
     flat.astype(np.uint16).tofile(os.path.join(out_dir, f"{split}.bin"))
     idx.tofile(os.path.join(out_dir, f"{split}.idx"))
     (np.concatenate(fixes) if fixes else np.zeros(0, np.uint8)).astype(np.uint8).tofile(
@@ -253,68 +269,92 @@ def write_split(out_dir, split, tokens, fixes):
     return lengths
 
 
+@contextlib.contextmanager
+def atomic_dir(out_dir, overwrite=False):
+    """A new temporary directory beside out_dir to write into. When the block completes it is renamed
+    to out_dir; when it raises (or is interrupted) it is removed, and out_dir is left as it was. An
+    existing out_dir is refused, or with overwrite replaced, only once the new one is complete."""
+    out_dir = os.path.normpath(out_dir)
+    if os.path.exists(out_dir) and not overwrite:
+        raise InputError(f"{out_dir} already exists: give --overwrite=True to replace it, or another --out_dir")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"{out_dir} is a file, not a dataset directory: give another --out_dir")
+    parent = os.path.dirname(out_dir) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp", dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(out_dir):  # overwrite: the old one goes only now
+        os.rename(out_dir, tmp + ".old")
+        os.rename(tmp, out_dir)
+        shutil.rmtree(tmp + ".old")
+    else:
+        os.rename(tmp, out_dir)
+
+
 def build(m=20, n=20, K=2, num_pairs=15000, paths_per_pair=10, seed=2025, extra_door_frac=0.5,
-          out_dir=None, detour_slack=10, val_frac=0.05, verbose=True):
-    """Build the dataset into out_dir; returns the meta dict (also written as meta.json)."""
+          out_dir=None, detour_slack=10, val_frac=0.05, verbose=True, overwrite=False):
+    """Build the dataset into out_dir, atomically (atomic_dir); returns the meta dict (also written
+    as meta.json)."""
+    if m < 1 or n < 1:
+        raise InputError(f"the maze needs m, n >= 1 cells, got m={m}, n={n}")
+    if (2 * m + 1) * (2 * n + 1) + 3 > 2 ** 16:  # train.load_data reads a vocabulary up to 2^16 as uint16
+        raise InputError(f"maze too large for uint16 tokens: m={m}, n={n} gives a vocabulary over 65536")
+    if K < 2:
+        raise InputError(f"K must be at least 2 (the start and the goal are subgoals), got {K}")
     out_dir = out_dir or os.path.join("data", f"maze_k{K}")
-    os.makedirs(out_dir, exist_ok=True)
-    maze = division_maze(m, n, seed=seed, extra_door_frac=extra_door_frac)
-    H, W = maze.shape
-    cells, nbr = maze_graph(maze)
-    dist, parent = bfs_all_pairs(nbr)
-    if (dist < 0).any():
-        raise ValueError("maze has unreachable free cells")  # Listing 1's mazes are connected
-    parent_rows = parent.tolist()
-    rng_paths = np.random.default_rng([seed, 0])
-    rng_sub = np.random.default_rng([seed, 1])
-    available = len(cells) * (len(cells) - 1) // 2
-    if num_pairs > available:  # a tiny maze: take every pair
-        print(f"note: {num_pairs} pairs asked, the maze has {available}; using all of them")
-        num_pairs = available
-    pairs = sample_pairs(len(cells), num_pairs, rng_paths)  # already in random order
-    n_val = max(1, int(round(val_frac * num_pairs))) if num_pairs >= 2 else 0
-    split_pairs = {"train": pairs[n_val:], "val": pairs[:n_val]}
-    lengths = {}
-    for split, sp in split_pairs.items():
-        tokens, fixes = build_split(sp, cells, parent_rows, dist, K, paths_per_pair, rng_paths,
-                                    rng_sub, detour_slack, progress=f"paths ({split})" if verbose else None)
-        lengths[split] = write_split(out_dir, split, tokens, fixes)
-    meta = {
-        "vocab_size": H * W + 3, "pad_id": H * W, "mask_id": H * W + 1, "sep_id": H * W + 2,
-        "max_len": int(max((l.max() for l in lengths.values() if len(l)), default=0)),
-        "tokenizer": "maze", "grid": [H, W], "maze": maze.tolist(), "K": K,
-        "num_pairs": num_pairs, "paths_per_pair": paths_per_pair, "seed": seed,
-        "extra_door_frac": extra_door_frac, "m": m, "n": n, "detour_slack": detour_slack,
-        "num_sequences": {s: int(len(l)) for s, l in lengths.items()},
-        "num_split_pairs": {s: int(len(p)) for s, p in split_pairs.items()},
-    }
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump(meta, f)
+    with atomic_dir(out_dir, overwrite) as tmp:
+        maze = division_maze(m, n, seed=seed, extra_door_frac=extra_door_frac)
+        H, W = maze.shape
+        cells, nbr = maze_graph(maze)
+        dist, parent = bfs_all_pairs(nbr)
+        if (dist < 0).any():
+            raise ValueError("maze has unreachable free cells")  # Listing 1's mazes are connected
+        parent_rows = parent.tolist()
+        rng_paths = np.random.default_rng([seed, 0])
+        rng_sub = np.random.default_rng([seed, 1])
+        available = len(cells) * (len(cells) - 1) // 2
+        if num_pairs > available:  # a tiny maze: take every pair
+            print(f"note: {num_pairs} pairs asked, the maze has {available}; using all of them")
+            num_pairs = available
+        pairs = sample_pairs(len(cells), num_pairs, rng_paths)  # already in random order
+        n_val = max(1, int(round(val_frac * num_pairs))) if num_pairs >= 2 else 0
+        split_pairs = {"train": pairs[n_val:], "val": pairs[:n_val]}
+        lengths = {}
+        for split, sp in split_pairs.items():
+            tokens, fixes = build_split(sp, cells, parent_rows, dist, K, paths_per_pair, rng_paths,
+                                        rng_sub, detour_slack, progress=f"paths ({split})" if verbose else None)
+            if not tokens:
+                raise InputError(f"the {split} split has no path (of at least K={K} cells, from {len(sp)} pairs); "
+                                 f"give more --num_pairs, a larger maze or a smaller K")
+            lengths[split] = write_split(tmp, split, tokens, fixes)
+        meta = {
+            "vocab_size": H * W + 3, "pad_id": H * W, "mask_id": H * W + 1, "sep_id": H * W + 2,
+            "max_len": int(max(l.max() for l in lengths.values())),
+            "tokenizer": "maze", "grid": [H, W], "maze": maze.tolist(), "K": K,
+            "num_pairs": num_pairs, "paths_per_pair": paths_per_pair, "seed": seed,
+            "extra_door_frac": extra_door_frac, "m": m, "n": n, "detour_slack": detour_slack,
+            "num_sequences": {s: int(len(l)) for s, l in lengths.items()},
+            "num_split_pairs": {s: int(len(p)) for s, p in split_pairs.items()},
+        }
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f)
     if verbose:
         print(f"maze {H}x{W}, {len(cells)} free cells, K={K} -> {out_dir}")
         for split, l in lengths.items():
-            stats = f"length min/mean/max {l.min()}/{l.mean():.1f}/{l.max()}" if len(l) else "empty"
-            print(f"  {split}: {len(split_pairs[split])} pairs, {len(l)} sequences, {stats}")
+            print(f"  {split}: {len(split_pairs[split])} pairs, {len(l)} sequences, "
+                  f"length min/mean/max {l.min()}/{l.mean():.1f}/{l.max()}")
     return meta
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--m", type=int, default=20, help="maze rows in cells (bitmap 2m+1)")
-    p.add_argument("--n", type=int, default=20, help="maze columns in cells (bitmap 2n+1)")
-    p.add_argument("--K", type=int, default=2, help="subgoals per path incl. start and goal")
-    p.add_argument("--num_pairs", type=int, default=15000)
-    p.add_argument("--paths_per_pair", type=int, default=10)
-    p.add_argument("--seed", type=int, default=2025)
-    p.add_argument("--extra_door_frac", type=float, default=0.5)
-    p.add_argument("--detour_slack", type=int, default=10,
-                   help="detour bound: d(s,w)+d(w,g) <= 2 d(s,g) + slack (moves)")
-    p.add_argument("--out_dir", default=None, help="default data/maze_k{K}")
-    a = p.parse_args(argv)
-    if a.K < 2:
-        p.error("--K must be at least 2 (the start and the goal are subgoals)")
-    return build(a.m, a.n, a.K, a.num_pairs, a.paths_per_pair, a.seed, a.extra_door_frac,
-                 a.out_dir, a.detour_slack)
+    c = dict(globals())  # this run's settings; the module's defaults stay as they are
+    configure(c, sys.argv[1:] if argv is None else argv)
+    return build(c["m"], c["n"], c["K"], c["num_pairs"], c["paths_per_pair"], c["seed"], c["extra_door_frac"],
+                 c["out_dir"], c["detour_slack"], overwrite=c["overwrite"])
 
 
 if __name__ == "__main__":

@@ -27,20 +27,42 @@ Files in out_dir (default data/owt), for split in train, val:
   meta.json    vocab_size 50259 (GPT-2's 50257 ids, pad 50257, mask 50258), max_len, tokenizer
                "gpt2", counts, and the build arguments
   lengths.png  the histogram of sequence lengths (also printed)
+The files are written into a temporary directory beside out_dir, renamed to out_dir at the end (a
+failed or interrupted run leaves nothing); an existing out_dir is refused unless --overwrite=True.
+The GPT-2 BPE comes from tiktoken's cache: offline, TIKTOKEN_CACHE_DIR must name a cache that holds
+it (../shared/tiktoken_cache, or one that a first online run filled).
 
     python prepare_owt.py                                           # OpenWebText -> data/owt
     python prepare_owt.py --source=../shared/data/wikitext2_raw/wiki.test.raw --txt_unit=line \\
         --val_source=../shared/data/wikitext2_raw/wiki.valid.raw --max_len=256 --out_dir=data/wikitext
 """
-import argparse
 import glob
 import json
 import os
 import re
+import sys
 
 import numpy as np
 
-from configurator import InputError, run
+from configurator import InputError, configure, run
+from prepare_maze import atomic_dir
+
+# -----------------------------------------------------------------------------
+source = "Skylion007/openwebtext"  # hub dataset name, or a local .txt/.jsonl file, folder or glob
+val_source = ""  # validation documents (empty: a val_frac of the source's documents)
+val_frac = 0.0005  # fraction of the documents for validation
+txt_unit = "doc"  # text files: one document per file (doc) or per line (line, WikiText)
+max_len = 1024  # longer paragraphs are chunked to this (or dropped)
+long = "chunk"  # paragraphs over max_len: chunk | drop
+out_dir = "data/owt"
+overwrite = False  # replace an existing out_dir (only once the new one is complete)
+streaming = False  # stream the source instead of downloading it
+num_proc = min(8, os.cpu_count() or 1)  # tokenizing processes
+seed = 2357  # seed of the val_frac document split
+max_docs = 0  # only the first N documents of each source (0 = all)
+cache_dir = ""  # datasets cache (empty: datasets' own)
+revision = ""  # hub dataset revision (branch, tag or commit)
+# -----------------------------------------------------------------------------
 
 GPT2_VOCAB = 50257  # ids 0..50256 (50256 = <|endoftext|>)
 PAD_ID, MASK_ID = GPT2_VOCAB, GPT2_VOCAB + 1
@@ -62,12 +84,15 @@ def chunk(ids, max_len):
 
 
 def gpt2():
-    """tiktoken's GPT-2 BPE (fetched once, then cached; offline: set TIKTOKEN_CACHE_DIR)."""
+    """tiktoken's GPT-2 BPE: read from tiktoken's cache (TIKTOKEN_CACHE_DIR), downloaded into it when
+    it is not there yet."""
     import tiktoken
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # no network and no cache: say so in one line
-        raise InputError(f"could not load the GPT-2 BPE (tiktoken 'gpt2'; offline, set TIKTOKEN_CACHE_DIR): {type(e).__name__}")
+        cache = os.environ.get("TIKTOKEN_CACHE_DIR", "unset")
+        raise InputError(f"could not load the GPT-2 BPE ({type(e).__name__}; TIKTOKEN_CACHE_DIR={cache}): offline, set "
+                         f"TIKTOKEN_CACHE_DIR to a tiktoken cache that holds it, e.g. ../shared/tiktoken_cache")
 
 
 def decode(enc, ids):
@@ -236,14 +261,21 @@ def length_stats(counts):
             "max": int(np.nonzero(counts)[0][-1]), **q, "frac_at_max_len": float(counts[-1] / n)}
 
 
-def print_histogram(counts, bins=16, width=50):
-    """Text histogram of a length histogram in `bins` equal bins over 1..max_len."""
+def histogram_bins(counts, bins=16):
+    """A length histogram (counts[n] = sequences of length n) in min(bins, max_len) bins that split
+    1..max_len into ranges of near-equal width: a list of (first length, last length, count)."""
     max_len = len(counts) - 1
-    edges = np.linspace(0, max_len, bins + 1).round().astype(int)
-    binned = np.array([counts[a + 1:b + 1].sum() for a, b in zip(edges[:-1], edges[1:])])
-    top = max(1, binned.max())
-    for (a, b), c in zip(zip(edges[:-1], edges[1:]), binned):
-        print(f"  {a + 1:>5}-{b:<5} {c:>10} {100 * c / max(1, counts.sum()):5.1f}% {'#' * int(round(width * c / top))}")
+    bins = min(bins, max_len)
+    edges = [i * max_len // bins for i in range(bins + 1)]  # steps of at least 1, so no range is empty
+    return [(a + 1, b, int(counts[a + 1:b + 1].sum())) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def print_histogram(counts, bins=16, width=50):
+    """Text histogram of a length histogram (histogram_bins)."""
+    binned = histogram_bins(counts, bins)
+    top = max(1, max(c for _, _, c in binned))
+    for first, last, c in binned:
+        print(f"  {first:>5}-{last:<5} {c:>10} {100 * c / max(1, counts.sum()):5.1f}% {'#' * int(round(width * c / top))}")
 
 
 def plot_histogram(split_counts, path):
@@ -274,8 +306,10 @@ def plot_histogram(split_counts, path):
 
 def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt_unit="doc", max_len=1024,
           out_dir="data/owt", streaming=False, num_proc=8, seed=2357, max_docs=0, cache_dir=None, revision=None,
-          long="chunk"):
-    """Prepare the dataset into out_dir; returns the meta dict (also written as meta.json)."""
+          long="chunk", overwrite=False):
+    """Prepare the dataset into out_dir, atomically (prepare_maze.atomic_dir); returns the meta dict
+    (also written as meta.json)."""
+    val_source, cache_dir, revision = val_source or None, cache_dir or None, revision or None
     if max_len < 1 or max_len > 65535:
         raise InputError(f"max_len must be in 1..65535, got {max_len}")
     if long not in ("chunk", "drop"):
@@ -284,37 +318,38 @@ def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt
         raise InputError(f"txt_unit must be doc or line, got {txt_unit!r}")
     if not val_source and not 0 < val_frac < 1:
         raise InputError(f"val_frac must be in (0, 1) when there is no val_source, got {val_frac}")
-    gpt2()
-    os.makedirs(out_dir, exist_ok=True)
-    load = dict(txt_unit=txt_unit, streaming=streaming, num_proc=num_proc, cache_dir=cache_dir, max_docs=max_docs,
-                revision=revision)
-    ds = load_source(source, **load)
-    if val_source:
-        val = load_source(val_source, **load)
-        jobs = [(tokenize(ds, max_len, 0.0, seed, num_proc, "tokenizing train", long), "train"),
-                (tokenize(val, max_len, 0.0, seed, num_proc, "tokenizing val", long), "val")]
-    else:
-        jobs = [(tokenize(ds, max_len, val_frac, seed, num_proc, "tokenizing", long), None)]
-    writers = write_splits(jobs, out_dir, max_len)
-    for split, w in writers.items():
-        if w.offset == 0:
-            raise InputError(f"the {split} split is empty (source {val_source if split == 'val' and val_source else source!r}); "
-                     f"give more documents or a larger --val_frac")
-    counts = {s: w.counts for s, w in writers.items()}
-    meta = {
-        "vocab_size": GPT2_VOCAB + 2, "pad_id": PAD_ID, "mask_id": MASK_ID, "eot_id": GPT2_VOCAB - 1,
-        "max_len": max_len, "tokenizer": "gpt2", "long": long,
-        "num_sequences": {s: int(w.counts.sum()) for s, w in writers.items()},
-        "num_tokens": {s: int(w.offset) for s, w in writers.items()},
-        "num_documents": {s: w.docs for s, w in writers.items()},
-        "num_paragraphs": {s: w.paragraphs for s, w in writers.items()},
-        "num_chunked_paragraphs": {s: w.chunked for s, w in writers.items()},
-        "lengths": {s: length_stats(c) for s, c in counts.items()},
-        "source": source, "val_source": val_source, "val_frac": None if val_source else val_frac,
-        "txt_unit": txt_unit, "seed": seed, "max_docs": max_docs, "revision": revision,
-    }
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    with atomic_dir(out_dir, overwrite) as tmp:
+        gpt2()
+        load = dict(txt_unit=txt_unit, streaming=streaming, num_proc=num_proc, cache_dir=cache_dir, max_docs=max_docs,
+                    revision=revision)
+        ds = load_source(source, **load)
+        if val_source:
+            val = load_source(val_source, **load)
+            jobs = [(tokenize(ds, max_len, 0.0, seed, num_proc, "tokenizing train", long), "train"),
+                    (tokenize(val, max_len, 0.0, seed, num_proc, "tokenizing val", long), "val")]
+        else:
+            jobs = [(tokenize(ds, max_len, val_frac, seed, num_proc, "tokenizing", long), None)]
+        writers = write_splits(jobs, tmp, max_len)
+        for split, w in writers.items():
+            if w.offset == 0:
+                raise InputError(f"the {split} split is empty (source {val_source if split == 'val' and val_source else source!r}); "
+                                 f"give more documents or a larger --val_frac")
+        counts = {s: w.counts for s, w in writers.items()}
+        meta = {
+            "vocab_size": GPT2_VOCAB + 2, "pad_id": PAD_ID, "mask_id": MASK_ID, "eot_id": GPT2_VOCAB - 1,
+            "max_len": max_len, "tokenizer": "gpt2", "long": long,
+            "num_sequences": {s: int(w.counts.sum()) for s, w in writers.items()},
+            "num_tokens": {s: int(w.offset) for s, w in writers.items()},
+            "num_documents": {s: w.docs for s, w in writers.items()},
+            "num_paragraphs": {s: w.paragraphs for s, w in writers.items()},
+            "num_chunked_paragraphs": {s: w.chunked for s, w in writers.items()},
+            "lengths": {s: length_stats(c) for s, c in counts.items()},
+            "source": source, "val_source": val_source, "val_frac": None if val_source else val_frac,
+            "txt_unit": txt_unit, "seed": seed, "max_docs": max_docs, "revision": revision,
+        }
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+        plot_histogram(counts, os.path.join(tmp, "lengths.png"))
     print(f"{source} -> {out_dir} (max_len {max_len})")
     for split, w in writers.items():
         st = meta["lengths"][split]
@@ -323,30 +358,15 @@ def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt
               f"p90 {st['p90']}, p99 {st['p99']}, max {st['max']}, {100 * st['frac_at_max_len']:.2f}% at max_len")
     print("train length histogram:")
     print_histogram(counts["train"])
-    print(f"wrote {plot_histogram(counts, os.path.join(out_dir, 'lengths.png'))}")
+    print(f"wrote {os.path.join(out_dir, 'lengths.png')}")
     return meta
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--source", default="Skylion007/openwebtext",
-                   help="hub dataset name, or a local .txt/.jsonl file, folder or glob")
-    p.add_argument("--val_source", default=None, help="validation documents (else --val_frac of --source)")
-    p.add_argument("--val_frac", type=float, default=0.0005, help="fraction of documents for validation")
-    p.add_argument("--txt_unit", default="doc", choices=["doc", "line"],
-                   help="text files: one document per file (doc) or per line (line, WikiText)")
-    p.add_argument("--max_len", type=int, default=1024, help="longer paragraphs are chunked to this")
-    p.add_argument("--long", default="chunk", choices=["chunk", "drop"], help="paragraphs over max_len: chunk or drop")
-    p.add_argument("--out_dir", default="data/owt")
-    p.add_argument("--streaming", action="store_true", help="stream the source instead of downloading it")
-    p.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
-    p.add_argument("--seed", type=int, default=2357, help="seed of the val_frac document split")
-    p.add_argument("--max_docs", type=int, default=0, help="only the first N documents of each source (0 = all)")
-    p.add_argument("--cache_dir", default=None, help="datasets cache (default: datasets' own)")
-    p.add_argument("--revision", default=None, help="hub dataset revision (branch, tag or commit)")
-    a = p.parse_args(argv)
-    return build(a.source, a.val_source, a.val_frac, a.txt_unit, a.max_len, a.out_dir, a.streaming, a.num_proc,
-                 a.seed, a.max_docs, a.cache_dir, a.revision, a.long)
+    c = dict(globals())  # this run's settings; the module's defaults stay as they are
+    configure(c, sys.argv[1:] if argv is None else argv)
+    return build(c["source"], c["val_source"], c["val_frac"], c["txt_unit"], c["max_len"], c["out_dir"], c["streaming"],
+                 c["num_proc"], c["seed"], c["max_docs"], c["cache_dir"], c["revision"], c["long"], c["overwrite"])
 
 
 if __name__ == "__main__":
