@@ -52,6 +52,8 @@ class ModelConfig:
     pad_id: int = 0
     attention: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | flex | sdpa
     fixed_embedding: bool = False  # add a learned vector to fixed tokens (subgoals, prompts)
+    insert_head: str = "linear"  # g's head on the final hidden state: linear | mlp (Linear, GELU, Linear)
+    insert_scale: float = 1.0  # g = insert_scale * softplus(head); the published code uses max_len
 
 
 def rotary(x, cos, sin):
@@ -114,6 +116,8 @@ class DiT(nn.Module):
         super().__init__()
         if cfg.model_type not in ("flexmdm", "mdm"):
             raise ValueError(f"unknown model_type {cfg.model_type!r}: expected flexmdm or mdm")
+        if cfg.insert_head not in ("linear", "mlp"):
+            raise ValueError(f"unknown insert_head {cfg.insert_head!r}: expected linear or mlp")
         self.cfg = cfg
         self.slot_id = cfg.vocab_size if cfg.model_type == "flexmdm" else None
         self.tok_emb = nn.Embedding(cfg.vocab_size + (cfg.model_type == "flexmdm"), cfg.n_embd)
@@ -122,9 +126,13 @@ class DiT(nn.Module):
         self.norm_out = nn.LayerNorm(cfg.n_embd, elementwise_affine=False)
         self.ada_out = nn.Linear(cfg.cond_dim, 2 * cfg.n_embd)
         self.unmask_head = nn.Linear(cfg.n_embd, cfg.vocab_size)
-        self.insert_head = nn.Linear(cfg.n_embd, 1) if cfg.model_type == "flexmdm" else None
+        self.insert_head = None
+        if cfg.model_type == "flexmdm":  # the mlp is the published FlexMDM code's length head (on our adaLN output)
+            self.insert_head = nn.Linear(cfg.n_embd, 1) if cfg.insert_head == "linear" else nn.Sequential(
+                nn.Linear(cfg.n_embd, cfg.n_embd), nn.GELU(approximate="tanh"), nn.Linear(cfg.n_embd, 1))
         self.apply(self._init_weights)
-        for zero in [b.ada for b in self.blocks] + [self.ada_out, self.unmask_head] + ([self.insert_head] if self.insert_head else []):
+        g_out = [self.insert_head if cfg.insert_head == "linear" else self.insert_head[-1]] if self.insert_head else []
+        for zero in [b.ada for b in self.blocks] + [self.ada_out, self.unmask_head] + g_out:
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
         # Fixed tokens (maze subgoals) carry the same ids as generated ones: without this vector the
@@ -181,7 +189,7 @@ class DiT(nn.Module):
         return modulate(self.norm_out(x), shift, scale)
 
     def insertion_rates(self, h):
-        return F.softplus(self.insert_head(h).squeeze(-1).float())
+        return self.cfg.insert_scale * F.softplus(self.insert_head(h).squeeze(-1).float())
 
     def padded_layout(self, x):
         """The layout of a right-padded batch x [B, L]: FlexMDM appends the slot after each

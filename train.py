@@ -49,6 +49,9 @@ alpha_schedule = "linear"  # insertion schedule: linear | poly | cosine
 beta_schedule = "linear"  # unmasking schedule
 schedule_exponent = 2.0  # for poly schedules
 time_weighting = "elbo"  # elbo: eq. 7 | flat: same minimisers, less gradient noise (interpolant.time_weight)
+insert_head = "linear"  # FlexMDM's g head: linear | mlp (model.py)
+insert_scale = 1.0  # g = insert_scale * softplus(head) (the published code: max_len)
+prior_weight = 0.0  # > 0: also train g at every sequence's x_0, the length prior (flexmdm_loss); 0: the paper's loss
 fixed_embedding = False  # add a learned vector to fixed tokens, so subgoals differ from unmasked cells (model.py)
 # optimiser
 learning_rate = 1e-4
@@ -163,12 +166,22 @@ def pack(xt, lengths, slot_id, pad_id, row_tokens):
 
 
 def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row_tokens=0, generator=None,
-                 weighting="elbo"):
+                 weighting="elbo", prior_weight=0.0):
     """Eq. 7 for one batch, summed over sequences and divided by the number of x1 tokens that the
     interpolant acts on (non-fixed). row_tokens > 0 runs the network on the packed layout; the
     loss is the same function of the parameters either way. weighting: see interpolant.time_weight.
-    Returns the (loss, unmask, insert) terms."""
+    prior_weight > 0 adds, with that weight, the insertion term of every sequence's x_0 (empty, or its
+    fixed tokens) at t = 0: the length prior g(x_0, 0) = E[gaps | x_0], where sampling starts, which
+    the interpolant reaches only with probability (1 - alpha(t))^n. Each (x_t, t) is its own regression
+    problem, so the minimisers stay those of eq. 7; in a packed batch it costs one position per sequence
+    (README "The length prior"). Returns the (loss, unmask, insert) terms."""
     raw = model.module if hasattr(model, "module") else model
+    n = num_targets(lengths, fixed)
+    weight_alpha = time_weight(alpha, t, weighting)
+    if prior_weight:  # the same sequences again at t = 0: x_t = x_0, no masks, only the insertion term
+        x1, lengths, fixed = (torch.cat([z, z]) for z in (x1, lengths, fixed))
+        t = torch.cat([t, torch.zeros_like(t)])
+        weight_alpha = torch.cat([weight_alpha, torch.full_like(weight_alpha, prior_weight)])
     fb = flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
     if row_tokens:
         tokens, seq_ids, positions, where = pack(fb.xt, fb.lengths, raw.slot_id, pad_id, row_tokens)
@@ -186,8 +199,7 @@ def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row
     # g at every position of the rows (a cheap head), read at each gap slot; where = -1 weighs 0
     gap = where >= 0
     g = torch.where(gap, raw.insertion_rates(h)[where.clamp_min(0)], 0.0)
-    insert = insertion_loss(g, fb.gaps, torch.where(gap, time_weight(alpha, t, weighting)[:, None], 0.0))
-    n = num_targets(lengths, fixed)
+    insert = insertion_loss(g, fb.gaps, torch.where(gap, weight_alpha[:, None], 0.0))
     return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
 
 
@@ -259,10 +271,13 @@ def main():
     data_rng = np.random.default_rng(seed + rank)
     device_type = "cuda" if dev.startswith("cuda") else "cpu"
     check_choices(globals(), dict(dtype=("float32", "bfloat16"), model_type=("flexmdm", "mdm"), alpha_schedule=SCHEDULES,
-                                  beta_schedule=SCHEDULES, time_weighting=TIME_WEIGHTINGS, budget_clock=("wall", "cpu")))
+                                  beta_schedule=SCHEDULES, time_weighting=TIME_WEIGHTINGS, budget_clock=("wall", "cpu"),
+                                  insert_head=("linear", "mlp")))
     clock = time.process_time if budget_clock == "cpu" else time.time
     if packing and model_type == "mdm":
         raise InputError("packing=True applies to FlexMDM only: the MDM baseline pads by design")
+    if prior_weight < 0 or (prior_weight and model_type == "mdm"):
+        raise InputError(f"prior_weight={prior_weight} must be >= 0, and 0 for the MDM (it has no insertion head)")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
 
     data_dir = os.path.join("data", dataset)
@@ -273,7 +288,7 @@ def main():
     beta = Schedule(beta_schedule, schedule_exponent)
     model_args = dict(vocab_size=meta["vocab_size"], max_len=seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                       cond_dim=cond_dim, dropout=dropout, model_type=model_type, pad_id=meta["pad_id"],
-                      fixed_embedding=fixed_embedding)
+                      fixed_embedding=fixed_embedding, insert_head=insert_head, insert_scale=insert_scale)
 
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if init_from == "resume":
@@ -310,7 +325,7 @@ def main():
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
-    def batch_loss(split, rng, generator=None, weighting=time_weighting):
+    def batch_loss(split, rng, generator=None, weighting=time_weighting, prior=prior_weight):
         indices = rng.integers(0, len(splits[split][1]) - 1, size=batch_size)
         batch = get_batch(splits[split], indices, meta, model_type, seq_len)
         n_tokens = int(batch[1].sum())  # counted on the host: no device sync
@@ -322,11 +337,11 @@ def main():
                                 weighting) + (n_tokens,)
             row_tokens = max(pack_tokens, seq_len + 1) if packing else 0
             return flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
-                                row_tokens, generator, weighting) + (n_tokens,)
+                                row_tokens, generator, weighting, prior) + (n_tokens,)
 
     @torch.no_grad()
     def evaluate():
-        """Validation loss (eq. 7, whatever the training weighting) on a fixed set of batches and draws,
+        """Validation loss (eq. 7, whatever the training weighting and prior_weight) on a fixed set of batches and draws,
         with EMA weights; touches no training RNG."""
         model.eval()
         live = [p.detach().clone() for p in raw_model.parameters()]
@@ -334,7 +349,7 @@ def main():
             torch._foreach_copy_(list(raw_model.parameters()), ema)
         generator = torch.Generator(device=dev).manual_seed(seed)
         rng = np.random.default_rng(seed)
-        terms = torch.stack([torch.stack(batch_loss("val", rng, generator, "elbo")[:3]) for _ in range(eval_iters)]).mean(0)
+        terms = torch.stack([torch.stack(batch_loss("val", rng, generator, "elbo", 0.0)[:3]) for _ in range(eval_iters)]).mean(0)
         torch._foreach_copy_(list(raw_model.parameters()), live)
         model.train()
         if ddp:
