@@ -538,6 +538,136 @@ def evaluate_text_task(args):
 
 
 # ----------------------------------------------------------------------------------------------
+# Calibration of g: where a FlexMDM's length error comes from
+#
+# g_j(x_t, t) is the model's E[gap_j | x_t] (Prop. 1), so its total sum_j g_j estimates the tokens of x1
+# still to be inserted, n - len(x_t). Three checks, each exact for an exact g:
+# - x_t drawn from the interpolant of held-out x1 at t: the mean of sum_j g_j - (tokens to insert) is 0 at
+#   every t (the bias and its standard error, the ratio of the means, the per-gap Bregman divergence of
+#   eq. 7). t = 0 is the length prior: g at x_0 (empty, or the fixed tokens) against the data's mean length.
+# - states with fewer tokens than t implies (drawn at lag * t, asked at t), weighted back to time t: given
+#   x1, the odds of a state x at t against lag * t are ((1 - alpha(t)) / (1 - alpha(lag t)))^(tokens to
+#   insert) times a factor common to every x1 behind x (a present token's mask/clean odds depend on t
+#   only), so the weighted bias is 0 for the posterior at t: does g recover from an early shortfall as the
+#   posterior would?
+# - along the sampler's own trajectories: the forecast sum_j g_j at each model call against the tokens the
+#   chain then inserts (the tau-leaping discretisation adds its own error here: scripts/length_oracle.py).
+
+CALIBRATION_TIMES = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+
+def heldout_batch(data_dir, n, seed=0):
+    """Up to n sequences of a prepared dataset's validation split, in random order: (x1 [n, L] right-padded,
+    lengths [n], fixed [n, L]) as FlexMDM trains on them, and the meta dict."""
+    from train import get_batch, load_data
+    meta, splits = load_data(data_dir)
+    order = np.random.default_rng(seed).permutation(len(splits["val"][1]) - 1)[:n]
+    return get_batch(splits["val"], order, meta, "flexmdm", meta["max_len"]), meta
+
+
+def g_on_interpolant(model_fn, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, lag=1.0, generator=None):
+    """x_t of every row of x1 drawn from the interpolant at time lag * t, the model asked at t [B]. Returns
+    sum_j g_j over each row's gaps [B], the tokens still to insert [B] and the mean per-gap Bregman
+    divergence phi(gap_j, g_j) [B] (float64)."""
+    import torch
+    from interpolant import bregman, flexmdm_interpolant
+    fb = flexmdm_interpolant(x1, lengths, lag * t, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
+    width = max(1, int(fb.lengths.max()))
+    with torch.no_grad():
+        g = model_fn(fb.xt[:, :width], t, fb.fixed[:, :width])[1][:, : width + 1].double()
+    gaps = torch.arange(width + 1)[None] <= fb.lengths[:, None]
+    target = fb.gaps[:, : width + 1].double()
+    phi = (bregman(target, g) * gaps).sum(1) / gaps.sum(1)
+    return (g * gaps).sum(1), target.sum(1), phi
+
+
+def weighted_mean_and_se(values, weights):
+    """sum w v / sum w and its delta-method standard error, with the effective sample size (sum w)^2 / sum w^2."""
+    w = weights / weights.sum()
+    mean = float((w * values).sum())
+    return mean, float(((w ** 2) * (values - mean) ** 2).sum() ** 0.5), float(1 / (w ** 2).sum())
+
+
+def calibration_table(model_fn, x1, lengths, fixed, alpha, beta, mask_id, pad_id, times=CALIBRATION_TIMES, lag=0.5,
+                      generator=None):
+    """One row per t: the mean tokens to insert and sum_j g_j, the bias (mean difference) with its standard
+    error, their ratio, the per-gap Bregman divergence, and the same bias on states drawn at lag * t and
+    weighted back to t (section comment above) with its standard error and effective sample size."""
+    import torch
+    rows = []
+    for t_value in times:
+        t = torch.full((len(x1),), float(t_value))
+        pred, true, phi = g_on_interpolant(model_fn, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id,
+                                           generator=generator)
+        diff = pred - true
+        row = {"t": t_value, "remaining": float(true.mean()), "sum_g": float(pred.mean()), "bias": float(diff.mean()),
+               "bias_se": float(diff.std() / len(diff) ** 0.5), "ratio": float(pred.mean() / true.mean().clamp_min(1e-12)),
+               "bregman_per_gap": float(phi.mean())}
+        if 0 < t_value and lag < 1:
+            pred, true, _ = g_on_interpolant(model_fn, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, lag,
+                                             generator)
+            log_odds = torch.log((1 - alpha(t.double())) / (1 - alpha(lag * t.double())))
+            log_w = true * log_odds
+            w = torch.exp(log_w - log_w.max())
+            bias, se, ess = weighted_mean_and_se(pred - true, w)
+            ratio = float((w * pred).sum() / (w * true).sum().clamp_min(1e-12))
+            row.update(lag_bias=bias, lag_bias_se=se, lag_ess=ess, lag_ratio=ratio)
+        rows.append(row)
+    return rows
+
+
+def sampling_forecast(model_fn, n, steps, max_len, mask_id, pad_id, alpha, beta, prompts=None, temperature=1.0,
+                      grid_power=1.0, generator=None):
+    """Sample n sequences with the vanilla sampler, recording at each model call every row's length and its
+    forecast sum_j g_j. Returns (t [S], lengths [S, n], forecast [S, n], final lengths [n]). Rows must not
+    leave the batch early (no early stop; every sample has an open gap), so that row b stays row b."""
+    import torch
+    import sample
+    times, lengths, forecast = [], [], []
+
+    def recording(x, t, fixed):
+        f_at, g = model_fn(x, t, fixed)
+        m = (x != pad_id).sum(1)
+        times.append(float(t[0]))
+        lengths.append(m.numpy())
+        forecast.append((g[:, : x.shape[1] + 1] * (torch.arange(x.shape[1] + 1)[None] <= m[:, None])).sum(1).double().numpy())
+        return f_at, g
+    seqs = sample.generate(recording, n, steps, max_len, mask_id, pad_id, alpha=alpha, beta=beta, temperature=temperature,
+                           prompts=prompts, generator=generator, grid_power=grid_power)
+    return np.array(times), np.stack(lengths), np.stack(forecast), np.array([len(s) for s in seqs])
+
+
+def plot_calibration(rows, trace, data_mean, filename):
+    """Three panels: tokens to insert and sum_j g_j against t; their ratio (on interpolant states and on
+    states drawn at lag * t); the forecast along the sampler's trajectories against what it then inserted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    t = np.array([r["t"] for r in rows])
+    axes[0].plot(t, [r["remaining"] for r in rows], "o-", label="tokens to insert (data)")
+    axes[0].errorbar(t, [r["sum_g"] for r in rows], yerr=[2 * r["bias_se"] for r in rows], fmt="s--",
+                     label="model: sum of g")
+    axes[0].set_title(f"g at x_0 {rows[0]['sum_g']:.1f}, data mean {data_mean:.1f}", fontsize=9)
+    axes[1].plot(t, [r["ratio"] for r in rows], "o-", label="x_t drawn at t")
+    lagged = [r for r in rows if "lag_ratio" in r]
+    axes[1].plot([r["t"] for r in lagged], [r["lag_ratio"] for r in lagged], "s--", label="x_t drawn earlier, weighted")
+    axes[1].axhline(1.0, color="k", lw=0.8)
+    axes[1].set_ylabel("sum of g / tokens to insert")
+    times, lengths, forecast, final = trace
+    axes[2].plot(times, forecast.mean(1), label="model: sum of g (forecast)")
+    axes[2].plot(times, (final[None] - lengths).mean(1), label="inserted after t (sampler)")
+    for ax in axes:
+        ax.set_xlabel("t"), ax.legend(fontsize=8)
+    for ax in axes[:2]:
+        ax.set_xscale("symlog", linthresh=0.01)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)
+    return filename
+
+
+# ----------------------------------------------------------------------------------------------
 # GSM8K and HumanEval-infill (paper section 5.2, appendix F.3)
 #
 # Samples are JSON lines written by `retrofit_llada.py --stage=generate`: GSM8K {"question",

@@ -1,0 +1,199 @@
+"""Length fidelity (issue #18): the length prior term of the loss, the g head options, the sampler's time
+grid, the exact length oracle (i.i.d. tokens, g in closed form) and the calibration diagnostics of
+evaluate.py, each against the math."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import train
+from conftest import random_dit
+from interpolant import Schedule
+from model import DiT, ModelConfig
+from sample import generate, time_grid
+from scripts.length_oracle import MASK, PAD, distances, oracle
+from test_sampler import DISCRETISATION, P1, flex_oracle, sample_flex, tv_check
+
+LINEAR = Schedule("linear")
+# a bimodal law over 1..12 with holes: any smoothing of the length shows
+LAW = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.0, 0.0, 0.1, 0.0, 0.15, 0.0, 0.0, 0.1, 0.3], dtype=torch.float64)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def law_batch(n, seed=0):
+    """x1 [n, 12] of i.i.d. tokens in {0, 1} with lengths from LAW, right-padded with PAD."""
+    g = gen(seed)
+    lengths = torch.multinomial(LAW.float(), n, replacement=True, generator=g)
+    x1 = torch.where(torch.arange(12)[None] < lengths[:, None], torch.randint(0, 2, (n, 12), generator=g), PAD)
+    return x1, lengths, torch.zeros_like(x1, dtype=torch.bool)
+
+
+def scaled(model_fn, factor):
+    def wrong(x, t, fixed):
+        f_at, g = model_fn(x, t, fixed)
+        return f_at, factor * g
+    return wrong
+
+
+# ---------------------------------------------------------------------------------------------
+# The length prior: flexmdm_loss(prior_weight=w) adds w * phi(gaps of x_0, g(x_0, 0)) per sequence
+
+@pytest.mark.parametrize("row_tokens", [0, 64], ids=["padded", "packed"])
+def test_prior_term_is_the_insertion_loss_at_x0(row_tokens):
+    """At t = 1 every token is present and clean, so eq. 7 (flat weighting) is sum_j g(x1, 1)_j (all gap
+    targets 0); with prior_weight w the loss gains w * sum_j phi(gap_j, g(x_0, 0)_j), x_0 the fixed tokens
+    and gap_j the tokens between them, counted here by hand from the fixed positions."""
+    from interpolant import bregman
+    V, MASK_ID, PAD_ID = 12, 11, 10
+    x1 = torch.tensor([[3, 1, 4, 1, 5, 9, 2, PAD_ID], [2, 7, 1, 8, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])
+    lengths = torch.tensor([7, 4])
+    fixed = torch.zeros_like(x1, dtype=torch.bool)
+    fixed[0, [1, 2, 5]] = True  # x_0 of row 0 is [1, 4, 9] with gaps 1, 0, 2, 1; row 1 has no fixed token
+    x0 = torch.tensor([[1, 4, 9], [PAD_ID, PAD_ID, PAD_ID]])
+    gaps0 = torch.tensor([[1.0, 0.0, 2.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    model = random_dit(V, PAD_ID, seed=3)
+    t = torch.ones(2)
+    losses = [train.flexmdm_loss(model, x1, lengths, fixed, t, LINEAR, LINEAR, MASK_ID, PAD_ID, row_tokens,
+                                 gen(0), "flat", w)[0] for w in (0.0, 0.5)]
+    with torch.no_grad():
+        g1 = model.forward_padded(x1, t, fixed)[1]
+        g0 = model.forward_padded(x0, torch.zeros(2), x0 != PAD_ID)[1]
+    real1 = torch.arange(9)[None] <= lengths[:, None]
+    real0 = torch.arange(4)[None] <= torch.tensor([[3], [0]])
+    n = (torch.arange(8)[None] < lengths[:, None]).logical_and(~fixed).sum()
+    eq7 = (g1 * real1).sum() / n
+    prior = (bregman(gaps0, g0) * real0).sum() / n
+    torch.testing.assert_close(losses[0], eq7)
+    torch.testing.assert_close(losses[1], eq7 + 0.5 * prior)
+    assert prior > 0.1  # the check has something to see
+
+
+def test_prior_weight_is_refused_for_the_mdm(tiny_maze):
+    from configurator import InputError
+    from conftest import TINY_TRAIN_ARGS, run_train
+    with pytest.raises(InputError, match="prior_weight"):
+        run_train(["--dataset=tiny", *TINY_TRAIN_ARGS, "--model_type=mdm", "--prior_weight=1.0"], tiny_maze)
+
+
+# ---------------------------------------------------------------------------------------------
+# The g head: linear or mlp, times insert_scale
+
+@pytest.mark.parametrize("head,scale", [("linear", 1.0), ("mlp", 1.0), ("mlp", 128.0)])
+def test_insert_head_starts_at_scale_times_softplus0_and_trains(head, scale):
+    model = DiT(ModelConfig(vocab_size=10, n_layer=1, n_head=2, n_embd=16, cond_dim=8, pad_id=8, insert_head=head,
+                            insert_scale=scale))
+    x = torch.tensor([[1, 2, 3], [4, 8, 8]])
+    g = model.forward_padded(x, torch.tensor([0.2, 0.7]))[1]
+    torch.testing.assert_close(g[0], torch.full((4,), scale * math.log(2.0)))
+    g.sum().backward()
+    last = model.insert_head if head == "linear" else model.insert_head[-1]
+    assert last.weight.grad.abs().sum() > 0  # the zero-initialised output layer is trained
+    assert (head == "mlp") == isinstance(model.insert_head, torch.nn.Sequential)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler's time grid
+
+def test_time_grid():
+    times, taus = time_grid(5, "flexmdm")
+    assert times == [0.0, 0.25, 0.5, 0.75, 1.0] and taus == [0.25] * 4 + [0.0]
+    times, taus = time_grid(4, "mdm", 2.0)
+    assert times == [0.0, 1 / 16, 1 / 4, 9 / 16] and sum(taus) == pytest.approx(1.0)
+    times, taus = time_grid(64, "flexmdm", 3.0)
+    assert times[-1] == 1.0 and all(b > a for a, b in zip(times, times[1:]))
+    assert all(tau == pytest.approx(b - a) for a, b, tau in zip(times, times[1:], taus))
+
+
+def test_exact_oracle_reproduces_p1_on_a_power_grid():
+    """The enumerated exact oracle of test_sampler on the grid t_k = (k / (N - 1))^2: the same TV bound."""
+    samples = sample_flex(flex_oracle(LINEAR), 4000, "linear", grid_power=2.0)
+    tv, bound, tv_in, bound_in = tv_check(samples, P1, DISCRETISATION["linear"])
+    assert tv <= bound and tv_in <= bound_in, (tv, bound, tv_in, bound_in)
+
+
+# ---------------------------------------------------------------------------------------------
+# The length oracle: i.i.d. tokens, g = E[n - m | m] / (m + 1) in closed form
+
+def test_length_oracle_reproduces_the_length_law():
+    """Driven by the exact g of LAW, the sampler's lengths follow LAW: TV within the noise of 3000 draws
+    plus the discretisation allowance of 256 steps, and the law's holes stay nearly empty; the same with
+    g scaled by 1.3 is far off."""
+    lengths = {}
+    for factor in (1.0, 1.3):
+        samples = generate(scaled(oracle(LAW, LINEAR), factor), 3000, 256, 12, MASK, PAD, generator=gen(1))
+        lengths[factor] = np.array([len(s) for s in samples])
+    rng = np.random.default_rng(0)
+    noise = np.quantile([distances(rng.choice(13, 3000, p=LAW.numpy()), LAW)["tv_exact"] for _ in range(200)], 0.999)
+    good, bad = distances(lengths[1.0], LAW), distances(lengths[1.3], LAW)
+    assert good["tv_exact"] <= noise + 0.045, (good, noise)
+    assert np.isin(lengths[1.0], np.flatnonzero(LAW.numpy() == 0)).mean() < 0.03
+    assert bad["tv_exact"] > noise + 0.1 and bad["mean"] > good["mean"] + 1, (bad, good)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration diagnostics (evaluate.py) on the exact oracle: no bias within the standard error
+
+def test_calibration_of_the_exact_oracle_has_no_bias():
+    """On interpolant states at every t (and at x_0: g = the mean length), and on states drawn at t / 2 and
+    weighted back to t, the exact g has no bias beyond 4 standard errors; g scaled by 1.1 does."""
+    x1, lengths, fixed = law_batch(4000)
+    rows = evaluate.calibration_table(oracle(LAW, LINEAR), x1, lengths, fixed, LINEAR, LINEAR, MASK, PAD,
+                                      generator=gen(2))
+    mean_length = float((LAW * torch.arange(13)).sum())
+    assert rows[0]["t"] == 0.0 and rows[0]["sum_g"] == pytest.approx(mean_length, rel=1e-5)
+    for r in rows:
+        assert abs(r["bias"]) <= 4 * r["bias_se"], r
+        if "lag_bias" in r:
+            assert abs(r["lag_bias"]) <= 4 * r["lag_bias_se"] and r["lag_ess"] > 300, r
+    wrong = evaluate.calibration_table(scaled(oracle(LAW, LINEAR), 1.1), x1, lengths, fixed, LINEAR, LINEAR, MASK,
+                                       PAD, generator=gen(2))
+    assert max(abs(r["bias"]) / r["bias_se"] for r in wrong) > 6
+    assert max(abs(r["lag_bias"]) / r["lag_bias_se"] for r in wrong if "lag_bias" in r) > 6
+
+
+def test_lagged_check_sees_a_g_that_ignores_the_shortfall():
+    """A g that reads the length prior off t alone (E[n] (1 - alpha(t)) spread over the gaps, blind to how
+    many tokens x_t holds) is unbiased on average over interpolant states at t, but not on states with
+    fewer tokens than t implies: the lagged check must flag it where the plain one cannot."""
+    mean_length = float((LAW * torch.arange(13)).sum())
+
+    def blind(x, t, fixed):
+        m = (x != PAD).sum(1)
+        g = mean_length * (1 - LINEAR(t)) / (m + 1)
+        return None, g[:, None].expand(-1, x.shape[1] + 1)
+    x1, lengths, fixed = law_batch(4000, seed=1)
+    rows = evaluate.calibration_table(blind, x1, lengths, fixed, LINEAR, LINEAR, MASK, PAD, generator=gen(3))
+    assert all(abs(r["bias"]) <= 4 * r["bias_se"] for r in rows), rows
+    assert max(abs(r["lag_bias"]) / r["lag_bias_se"] for r in rows if "lag_bias" in r) > 6, rows
+
+
+def test_sampling_forecast_of_the_exact_oracle():
+    """Along the sampler's trajectories (512 steps, little discretisation), the forecast sum of g at each
+    call matches the tokens the chain then inserts, on average over 1000 samples, within 4 standard errors
+    plus 0.1 token; it starts at the mean length. A g read off a clock running at half speed (the exact g
+    of time t / 2: it expects too many tokens to come, and then the chain inserts even more) fails."""
+    times, lengths, forecast, final = evaluate.sampling_forecast(oracle(LAW, LINEAR), 1000, 512, 12, MASK, PAD,
+                                                                 LINEAR, LINEAR, generator=gen(4))
+    assert times[0] == 0.0 and times[-1] == 1.0 and forecast.shape == lengths.shape == (512, 1000)
+    assert forecast[0].mean() == pytest.approx(float((LAW * torch.arange(13)).sum()), rel=1e-5)
+    gap = forecast - (final[None] - lengths)
+    for k in (0, 64, 256):
+        assert abs(gap[k].mean()) <= 4 * gap[k].std() / math.sqrt(1000) + 0.1, (k, gap[k].mean())
+    exact = oracle(LAW, LINEAR)
+    slow = lambda x, t, fixed: exact(x, t / 2, fixed)
+    times, lengths, forecast, final = evaluate.sampling_forecast(slow, 1000, 512, 12, MASK, PAD, LINEAR, LINEAR,
+                                                                 generator=gen(4))
+    gap = forecast - (final[None] - lengths)
+    assert abs(gap[0].mean()) > 4 * gap[0].std() / math.sqrt(1000) + 0.1, gap[0].mean()
+
+
+def test_heldout_batch_reads_the_validation_split(tiny_maze):
+    (x1, lengths, fixed), meta = evaluate.heldout_batch(os.path.join(str(tiny_maze), "data", "tiny"), 50)
+    assert x1.shape == (50, meta["max_len"]) and fixed.sum(1).eq(2).all()  # K = 2: start and goal fixed
+    assert ((x1 != meta["pad_id"]).sum(1) == lengths).all()
