@@ -1,18 +1,22 @@
 """
-Metrics for generated samples, one section of plain functions per task, and a small CLI:
-
-    python evaluate.py --task=maze --samples=FILE --data_dir=data/maze_k2 [--png=FILE]
-
-FILE is JSON lines written by sample.py. The metrics are printed and written beside the samples
-as FILE.metrics.json.
+Metrics for generated samples, one section of plain functions per task, and a small CLI, e.g.
+`python evaluate.py --task=maze --samples=FILE --data_dir=data/maze_k2 --png=FILE`. FILE is JSON
+lines written by sample.py or retrofit_llada.py. The tasks: maze, maze_lengths, length, genppl,
+text, gsm8k, humaneval_infill. The metrics are printed and written beside the samples as
+FILE.<task>.json (FILE.<task>.<split>.json for length or text with a --data_split other than val),
+so no task replaces another's. An output (metrics file or PNG) that already exists is never
+replaced: evaluate.py refuses, naming it, unless --overwrite=True.
 
 Tasks:
   maze  success rate of subgoal-conditioned paths (paper section 5.1.2, appendix F.2). Each line
         holds at least {"tokens": [...], "subgoals": [...]}: `tokens` the generated path as token
-        ids (for MDM the part after SEP, pads stripped), `subgoals` the fixed tokens g1..gK.
+        ids (for MDM the part after SEP, pads stripped), `subgoals` the fixed tokens g1..gK. --png
+        draws three solved and three failed samples, each failure named and marked.
+  maze_lengths  where the samples' lengths fall among the held-out lengths of their subgoals, and
+        with --ckpt a re-sampled trace of the model's expected insertions (--png draws it).
   length  length fidelity of text samples against the data (--data_dir, --data_split=val): total
         variation of the length histograms (exact lengths, and bins of 32), Wasserstein-1, mean
-        and quantiles, and a PNG overlaying the histograms (--png, default FILE.lengths.png).
+        and quantiles, and a PNG overlaying the histograms (--png, default FILE.<task>.png).
   genppl  generative perplexity under a reference causal LM (--ref_model=gpt2-large, hub name or
         local path) of the samples longer than 10 tokens, and the mean unigram entropy.
   text    length and genppl together.
@@ -21,8 +25,8 @@ Tasks:
   humaneval_infill  pass@1 of retrofit_llada.py's infilled middles: prefix + middle + suffix +
         tests run in a subprocess with a timeout (--timeout) and resource limits (--problems FILE).
 """
-import argparse
 import gzip
+import inspect
 import json
 import math
 import os
@@ -35,7 +39,26 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from configurator import InputError, run
+from configurator import InputError, check_choices, configure, run
+
+# -----------------------------------------------------------------------------
+task = ""  # one of TASKS (the CLI section at the end)
+samples = ""  # the samples file, JSON lines
+data_dir = ""  # maze, maze_lengths: the maze dataset (meta.json); length, text: the prepared text dataset
+png = ""  # a figure to write; maze, maze_lengths: none by default; length, text: FILE.<task>.png by default
+data_split = "val"  # length, text: the data split to compare with
+compare = ""  # length, text: more samples files (comma-separated) drawn in the PNG too
+ref_model = "gpt2-large"  # genppl, text: the reference causal LM, hub name or local path
+ref_batch_size = 16  # genppl, text: sequences per reference LM call
+ckpt = ""  # maze_lengths: a FlexMDM ckpt.pt to trace the expected insertions of
+steps = 256  # maze_lengths: sampler steps of the trace
+temperature = 1.0  # maze_lengths: temperature of the trace
+trace_samples = 200  # maze_lengths: samples in the trace
+problems = ""  # humaneval_infill: the benchmark's .jsonl(.gz) problems
+timeout = 3.0  # humaneval_infill: seconds per program
+workers = 0  # humaneval_infill: programs run at once; 0 = the CPU count
+overwrite = False  # replace an existing metrics file or PNG
+# -----------------------------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------------------------
@@ -44,8 +67,25 @@ from configurator import InputError, run
 def read_jsonl(path):
     if not os.path.exists(path):
         raise InputError(f"samples file {path!r} not found: run sample.py first or fix --samples")
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path!r} line {number} is not JSON ({e.msg})") from None
+    return rows
+
+
+def require_fields(rows, fields, path, writer):
+    """An InputError unless there are rows and each has every field; writer names what writes them."""
+    if not rows:
+        raise InputError(f"no samples in {path!r}")
+    for number, row in enumerate(rows, 1):
+        missing = [field for field in fields if field not in row]
+        if missing:
+            raise InputError(f"{path!r} line {number} has no {missing[0]!r}: expected lines of {writer}")
 
 
 def load_meta(data_dir):
@@ -55,12 +95,39 @@ def load_meta(data_dir):
         return json.load(f)
 
 
-def write_metrics(samples_path, metrics):
-    """Write metrics as JSON beside the samples (SAMPLES.metrics.json); returns that path."""
-    out = samples_path + ".metrics.json"
-    with open(out, "w") as f:
+def output_stem(samples_path, task, data_split="val"):
+    """SAMPLES.<task>, and SAMPLES.<task>.<split> for lengths compared with a split other than val:
+    the task's metrics file is this + .json, its default PNG this + .png, so no task (or split)
+    replaces another's."""
+    split = f".{data_split}" if task in ("length", "text") and data_split != "val" else ""
+    return f"{samples_path}.{task}{split}"
+
+
+def refuse_existing(overwrite, **outputs):
+    """An InputError naming the first output {setting: path} that exists, unless overwrite; called
+    before any work, so a refused run costs nothing."""
+    for setting, path in outputs.items():
+        if path and os.path.exists(path) and not overwrite:
+            other = f" or another --{setting}" if setting != "metrics" else ""
+            raise InputError(f"{path!r} already exists: pass --overwrite=True to replace it{other}")
+
+
+def write_metrics(path, metrics):
+    """Write metrics as JSON to path, atomically (a temporary file, then renamed); returns path."""
+    with open(path + ".tmp", "w") as f:
         json.dump(metrics, f, indent=2)
-    return out
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def save_png(fig, filename):
+    """Save a matplotlib figure as PNG atomically (a temporary file, then renamed) and close it."""
+    import matplotlib.pyplot as plt
+    os.makedirs(os.path.dirname(filename) or ".", exist_ok=True)
+    fig.savefig(filename + ".tmp", dpi=120, format="png")
+    plt.close(fig)
+    os.replace(filename + ".tmp", filename)
+    return filename
 
 
 def rate_and_stderr(successes):
@@ -84,12 +151,17 @@ def collapse_repeats(path):
     return [t for i, t in enumerate(path) if i == 0 or t != path[i - 1]]
 
 
-def maze_path_check(path, subgoals, maze, collapse=False):
-    """Why a path fails, or "ok". Success (the paper's two criteria): the path is non-empty,
-    every token is a cell of the grid and free (0), consecutive cells are 4-adjacent, it starts
-    at g1 = subgoals[0], ends at gK = subgoals[-1], and contains the subgoals in order (as a
-    subsequence). collapse=True first merges consecutive repeated cells (a step of length 0, which
-    the strict metric counts as a jump): not the paper's metric, a diagnosis of where paths fail."""
+def maze_path_failure(path, subgoals, maze, collapse=False):
+    """(reason, at): why a path fails, or "ok", and where. Success (the paper's two criteria): the
+    path is non-empty, every token is a cell of the grid and free (0), consecutive cells are
+    4-adjacent, it starts at g1 = subgoals[0], ends at gK = subgoals[-1], and contains the subgoals
+    in order (as a subsequence). The checks run in that order and the first failing one is the
+    reason. `at` is the first offending position in the path: the first non-cell token, the first
+    wall cell, the second cell of the first jump (the step path[at-1] -> path[at]), 0 for a wrong
+    start, the last position for a wrong end; for missed_subgoal it is the index in subgoals of the
+    first subgoal not visited in order; None for ok, empty and bad_subgoals. collapse=True first
+    merges consecutive repeated cells (a step of length 0, which the strict metric counts as a
+    jump), and `at` indexes the merged path: not the paper's metric, a diagnosis of where paths fail."""
     maze = np.asarray(maze)
     H, W = maze.shape
     path = [int(t) for t in path]
@@ -97,25 +169,33 @@ def maze_path_check(path, subgoals, maze, collapse=False):
         path = collapse_repeats(path)
     subgoals = [int(t) for t in subgoals]
     if not path:
-        return "empty"
+        return "empty", None
     if len(subgoals) < 2 or any(not 0 <= t < H * W for t in subgoals):
-        return "bad_subgoals"
-    if any(not 0 <= t < H * W for t in path):
-        return "non_cell_token"
+        return "bad_subgoals", None
+    outside = [i for i, t in enumerate(path) if not 0 <= t < H * W]
+    if outside:
+        return "non_cell_token", outside[0]
     rc = np.array([divmod(t, W) for t in path], dtype=np.int64)
-    if maze[rc[:, 0], rc[:, 1]].any():
-        return "wall"
-    if len(path) > 1 and (np.abs(np.diff(rc, axis=0)).sum(axis=1) != 1).any():
-        return "jump"
+    walls = np.flatnonzero(maze[rc[:, 0], rc[:, 1]])
+    if len(walls):
+        return "wall", int(walls[0])
+    jumps = np.flatnonzero(np.abs(np.diff(rc, axis=0)).sum(axis=1) != 1)
+    if len(jumps):
+        return "jump", int(jumps[0]) + 1
     if path[0] != subgoals[0]:
-        return "wrong_start"
+        return "wrong_start", 0
     if path[-1] != subgoals[-1]:
-        return "wrong_end"
+        return "wrong_end", len(path) - 1
     k = 0
     for t in path:
         if k < len(subgoals) and t == subgoals[k]:
             k += 1
-    return "ok" if k == len(subgoals) else "missed_subgoal"
+    return ("ok", None) if k == len(subgoals) else ("missed_subgoal", k)
+
+
+def maze_path_check(path, subgoals, maze, collapse=False):
+    """Why a path fails, or "ok" (maze_path_failure's reason)."""
+    return maze_path_failure(path, subgoals, maze, collapse)[0]
 
 
 def maze_path_ok(path, subgoals, maze, collapse=False):
@@ -130,25 +210,62 @@ def maze_success_rate(samples, subgoal_lists, maze):
     return rate_and_stderr([maze_path_ok(p, s, maze) for p, s in zip(samples, subgoal_lists)])
 
 
+FAILURE_COLOR = "magenta"  # the failure marks (red is the goal's)
+
+
+def maze_failure_marks(reason, at, path, subgoals):
+    """(title, marks) of a panel: the title names the outcome; marks are (token, kind) pairs, kind
+    "cross" (the failing cells), "square" (a repeated cell) or "ring" (a missed subgoal)."""
+    path, n, K = [int(t) for t in path], len(path), len(subgoals)
+    if reason == "ok":
+        return f"ok: {n} cells, K={K}", []
+    if reason == "jump" and path[at - 1] == path[at]:
+        return f"jump (repeat): cells {at} and {at + 1} of {n} equal", [(path[at], "square")]
+    if reason == "jump":
+        return f"jump: cell {at} -> {at + 1} of {n}", [(path[at - 1], "cross"), (path[at], "cross")]
+    if reason == "wall":
+        return f"wall: cell {at + 1} of {n}", [(path[at], "cross")]
+    if reason == "wrong_start":
+        return f"wrong start: cell 1 of {n} is not g1", [(path[0], "cross")]
+    if reason == "wrong_end":
+        return f"wrong end: cell {n} of {n} is not g{K}", [(path[-1], "cross")]
+    if reason == "missed_subgoal":
+        return f"missed subgoal g{at + 1} ({n} cells)", [(int(subgoals[at]), "ring")]
+    if reason == "non_cell_token":  # no cell to mark: the cell before it, if any
+        return f"non-cell token {path[at]} at {at + 1} of {n}", [(path[at - 1], "cross")] if at else []
+    return {"empty": "empty path", "bad_subgoals": "bad subgoals"}[reason], []
+
+
 def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=6, cols=3):
-    """PNG of the maze with up to max_panels paths, one panel each, `cols` panels a row: walls
-    black, the path as a line, subgoals numbered in order (g1 green, gK red). Non-cell tokens are
-    left out of the drawing. Returns filename."""
+    """PNG of the maze with up to max_panels paths, one panel each, `cols` panels a row, and a
+    legend: walls black, the path as a blue line (non-cell tokens left out), subgoals numbered in
+    order (start g1 green, goal gK red, the others orange). A failed panel's title names its failure
+    (maze_path_failure) and a magenta mark shows where it happens: a cross on both cells of the
+    first jump, a square around a repeated cell (a jump of length 0), a cross on the first wall
+    cell, on the first cell of a wrong start, on the last cell of a wrong end, on the cell before a
+    non-cell token; a ring around the first missed subgoal. Returns filename."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     maze = np.asarray(maze)
     H, W = maze.shape
     paths, subgoal_lists = list(paths)[:max_panels], list(subgoal_lists)[:max_panels]
     n = max(1, len(paths))
     rows, cols = -(-n // cols), min(n, cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, rows * (4 * H / W + 0.4)), squeeze=False)
+    legend_cols = {1: 1, 2: 3}.get(cols, 4)
+    legend_height = 0.15 * -(-7 // legend_cols) + 0.15  # inches below the panels, for the 7 entries
+    fig_height = rows * (4 * H / W + 0.4) + legend_height
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, fig_height), squeeze=False)
 
     def cells(tokens):
         rc = [divmod(int(t), W) for t in tokens if 0 <= int(t) < H * W]
         return np.array(rc, dtype=float).reshape(-1, 2)
 
+    mark_styles = {"cross": dict(marker="X", ms=11, mfc=FAILURE_COLOR, mec="white", mew=1),
+                   "square": dict(marker="s", ms=15, mfc="none", mec=FAILURE_COLOR, mew=2.5),
+                   "ring": dict(marker="o", ms=15, mfc="none", mec=FAILURE_COLOR, mew=2.5)}
     for i, ax in enumerate(axes.flat):
         ax.imshow(maze, cmap="gray_r", vmin=0, vmax=1.5, interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
@@ -162,21 +279,36 @@ def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=6, cols=3):
             color = "tab:green" if j == 0 else "tab:red" if j == len(sg) - 1 else "tab:orange"
             ax.plot(c, r, "o", color=color, ms=6)
             ax.annotate(str(j + 1), (c, r), color="k", fontsize=6, ha="center", va="center")
-        ok = maze_path_ok(paths[i], subgoal_lists[i], maze)
-        ax.set_title(f"{'ok' if ok else 'fail'}: {len(paths[i])} cells, K={len(sg)}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(filename, dpi=120)
-    plt.close(fig)
-    return filename
+        reason, at = maze_path_failure(paths[i], subgoal_lists[i], maze)
+        title, marks = maze_failure_marks(reason, at, paths[i], subgoal_lists[i])
+        for token, kind in marks:
+            r, c = divmod(token, W)
+            ax.plot(c, r, ls="", zorder=3, **mark_styles[kind])
+        ax.set_title(title if reason == "ok" else "fail, " + title, fontsize=9)
+    legend = [Line2D([], [], color="tab:blue", lw=1.5, label="path"),
+              Line2D([], [], marker="o", ls="", color="tab:green", label="start g1"),
+              Line2D([], [], marker="o", ls="", color="tab:orange", label="subgoals g2..g(K-1), in order"),
+              Line2D([], [], marker="o", ls="", color="tab:red", label="goal gK"),
+              Line2D([], [], ls="", label="failure: jump's two cells, wall cell, wrong start/end cell",
+                     **mark_styles["cross"]),
+              Line2D([], [], ls="", label="repeated cell (a jump of length 0)", **mark_styles["square"]),
+              Line2D([], [], ls="", label="missed subgoal", **mark_styles["ring"])]
+    fig.legend(handles=legend, loc="lower center", ncol=legend_cols, fontsize=7, markerscale=0.7, frameon=False)
+    fig.tight_layout(rect=(0, legend_height / fig_height, 1, 1))
+    return save_png(fig, filename)
 
 
-def evaluate_maze(args):
-    """CLI task: success rate of the samples file against the maze in data_dir/meta.json."""
-    meta = load_meta(args.data_dir)
+def evaluate_maze(samples, data_dir, png="", overwrite=False):
+    """Task maze: the success rate of the samples file against the maze in data_dir/meta.json, the
+    outcomes by reason, and with png a figure of three solved and three failed samples."""
+    if not data_dir:
+        raise InputError("--task=maze needs --data_dir (for meta.json's maze)")
+    metrics_path = output_stem(samples, "maze") + ".json"
+    refuse_existing(overwrite, metrics=metrics_path, png=png)
+    meta = load_meta(data_dir)
     maze = np.asarray(meta["maze"], dtype=np.uint8)
-    rows = read_jsonl(args.samples)
-    if not all("subgoals" in r for r in rows):
-        raise InputError(f"{args.samples!r} has rows without 'subgoals': these are not maze samples")
+    rows = read_jsonl(samples)
+    require_fields(rows, ("tokens", "subgoals"), samples, "maze samples (sample.py on a maze checkpoint)")
     paths = [r["tokens"] for r in rows]
     subgoals = [r["subgoals"] for r in rows]
     reasons = [maze_path_check(p, s, maze) for p, s in zip(paths, subgoals)]
@@ -184,7 +316,7 @@ def evaluate_maze(args):
     rate, se = rate_and_stderr(ok)
     collapsed, collapsed_se = rate_and_stderr([maze_path_ok(p, s, maze, collapse=True) for p, s in zip(paths, subgoals)])
     metrics = {
-        "task": "maze", "samples": args.samples, "data_dir": args.data_dir, "n": len(rows),
+        "task": "maze", "samples": samples, "data_dir": data_dir, "n": len(rows),
         "K": meta.get("K"), "success_rate": rate, "stderr": se,
         "success_rate_collapsed": collapsed, "stderr_collapsed": collapsed_se,
         "outcomes": {r: reasons.count(r) for r in sorted(set(reasons))},
@@ -194,12 +326,12 @@ def evaluate_maze(args):
           f"outcomes {metrics['outcomes']}")
     print(f"with consecutive repeated cells collapsed (not the paper's metric): {100 * collapsed:.1f}% +- "
           f"{100 * collapsed_se:.1f}%")
-    if args.png:  # the first three solved and the first three failed samples
+    if png:  # the first three solved and the first three failed samples
         shown = [i for i in range(len(ok)) if ok[i]][:3] + [i for i in range(len(ok)) if not ok[i]][:3]
-        render_maze_png(maze, [paths[i] for i in shown], [subgoals[i] for i in shown], args.png)
-        metrics["png"] = args.png
-        print(f"wrote {args.png} (up to 3 solved and 3 failed samples)")
-    print(f"wrote {write_metrics(args.samples, metrics)}")
+        render_maze_png(maze, [paths[i] for i in shown], [subgoals[i] for i in shown], png)
+        metrics["png"] = png
+        print(f"wrote {png} (up to 3 solved and 3 failed samples)")
+    print(f"wrote {write_metrics(metrics_path, metrics)}")
     return metrics
 
 
@@ -281,45 +413,52 @@ def plot_insertion_trace(times, lengths, expected, final, sample_lengths, data_l
     right.plot(times, (final[None] - lengths).mean(1), label="actually inserted after t")
     right.set_xlabel("sampling time t"), right.set_ylabel("tokens"), right.legend()
     fig.tight_layout()
-    fig.savefig(filename, dpi=120)
-    plt.close(fig)
+    return save_png(fig, filename)
 
 
-def evaluate_maze_lengths(args):
-    """CLI task: where the samples' lengths fall among the lengths of the held-out paths through the
-    same subgoals, and with --ckpt a re-sampled trace of the model's expected insertions."""
-    meta = load_meta(args.data_dir)
-    rows = read_jsonl(args.samples)
-    by_goals = held_out_lengths(args.data_dir)
-    if not all(tuple(r.get("subgoals", ())) in by_goals for r in rows):
-        raise InputError(f"{args.samples!r} has samples whose subgoals are not a held-out set of {args.data_dir!r}")
+def evaluate_maze_lengths(samples, data_dir, png="", ckpt="", steps=256, temperature=1.0, trace_samples=200,
+                          overwrite=False):
+    """Task maze_lengths: where the samples' lengths fall among the lengths of the held-out paths
+    through the same subgoals, and with ckpt a re-sampled trace of the model's expected insertions
+    (drawn to png if given)."""
+    if not data_dir:
+        raise InputError("--task=maze_lengths needs --data_dir (for meta.json's maze)")
+    if png and not ckpt:
+        raise InputError("--task=maze_lengths draws --png from the insertion trace: it needs --ckpt too")
+    metrics_path = output_stem(samples, "maze_lengths") + ".json"
+    refuse_existing(overwrite, metrics=metrics_path, png=png)
+    meta = load_meta(data_dir)
+    rows = read_jsonl(samples)
+    require_fields(rows, ("tokens", "subgoals"), samples, "maze samples (sample.py on a maze checkpoint)")
+    by_goals = held_out_lengths(data_dir)
+    if not all(tuple(r["subgoals"]) in by_goals for r in rows):
+        raise InputError(f"{samples!r} has samples whose subgoals are not a held-out set of {data_dir!r}")
     maze = np.asarray(meta["maze"])
     cases = [maze_length_case(r["tokens"], r["subgoals"], by_goals[tuple(r["subgoals"])], maze.shape[1]) for r in rows]
     ok = [maze_path_ok(r["tokens"], r["subgoals"], maze) for r in rows]
     table = {c: {"n": sum(case == c for case, _ in cases),
                  "solved": sum(o for (case, _), o in zip(cases, ok) if case == c)} for c in LENGTH_CASES}
     data_mean = float(np.mean([np.mean(by_goals[tuple(r["subgoals"])]) for r in rows]))
-    metrics = {"task": "maze_lengths", "samples": args.samples, "n": len(rows), "cases": table,
+    metrics = {"task": "maze_lengths", "samples": samples, "n": len(rows), "cases": table,
                "wrong_parity": sum(p for _, p in cases) / len(rows),
                "mean_sample_len": float(np.mean([len(r["tokens"]) for r in rows])), "mean_data_len": data_mean}
     for c in LENGTH_CASES:
         print(f"{c:>22}: {table[c]['n']:5d} samples, {table[c]['solved']:5d} solved")
     print(f"impossible parity: {100 * metrics['wrong_parity']:.1f}%; mean length {metrics['mean_sample_len']:.2f} "
           f"(held-out paths through the same subgoals: {data_mean:.2f})")
-    if args.ckpt:
-        times, lengths, expected, final, K, leap = insertion_trace(args.ckpt, args.data_dir, args.trace_samples,
-                                                                   args.steps, args.temperature)
+    if ckpt:
+        times, lengths, expected, final, K, leap = insertion_trace(ckpt, data_dir, trace_samples, steps, temperature)
         metrics["trace"] = {"n": len(final), "expected_at_t0": float(expected[0].mean()),
                             "inserted": float((final - K).mean()),
                             "compensator": float((leap[:, None] * expected).sum(0).mean())}
         print(f"trace of {len(final)} samples: sum of g at t=0 {metrics['trace']['expected_at_t0']:.2f}, "
               f"inserted {metrics['trace']['inserted']:.2f}, sum over steps of tau w(t) sum g "
               f"{metrics['trace']['compensator']:.2f}")
-        if args.png:
+        if png:
             data = [n for r in rows for n in by_goals[tuple(r["subgoals"])]]
-            plot_insertion_trace(times, lengths, expected, final, [len(r["tokens"]) for r in rows], data, args.png)
-            metrics["png"] = args.png
-    print(f"wrote {write_metrics(args.samples + '.lengths', metrics)}")
+            metrics["png"] = plot_insertion_trace(times, lengths, expected, final, [len(r["tokens"]) for r in rows],
+                                                  data, png)
+    print(f"wrote {write_metrics(metrics_path, metrics)}")
     return metrics
 
 
@@ -396,9 +535,7 @@ def plot_lengths(sample_lengths, reference_lengths, filename, labels=("samples",
     ax.set_ylabel(f"fraction per bin of {width}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(filename, dpi=120)
-    plt.close(fig)
-    return filename
+    return save_png(fig, filename)
 
 
 def unigram_entropy(token_lists):
@@ -465,7 +602,7 @@ def generative_perplexity(model, id_lists, batch_size=16, device="cpu"):
             nll += float(token_nll[scored].double().sum())
             count += int(scored.sum())
     if count == 0:
-        raise InputError("no tokens to score for the perplexity")
+        raise ValueError("no id list of 2 or more tokens: nothing to score for the perplexity")
     return {"ppl": math.exp(nll / count), "nll": nll / count, "tokens": count, "sequences": len(id_lists)}
 
 
@@ -473,22 +610,19 @@ def sample_lengths(rows):
     return np.array([r.get("length", len(r["tokens"])) for r in rows], dtype=np.int64)
 
 
-def length_report(args, rows):
+def length_report(rows, samples_path, data_dir, data_split, compare, png):
     """Length fidelity of the samples against data_dir's split, with the overlay PNG."""
-    if not args.data_dir:
-        raise InputError(f"--task={args.task} needs --data_dir (the prepared dataset to compare lengths with)")
-    ref = data_lengths(args.data_dir, args.data_split)
+    ref = data_lengths(data_dir, data_split)
     lengths = sample_lengths(rows)
     metrics = length_metrics(lengths, ref)
     others = [(sample_lengths(read_jsonl(path)), os.path.basename(os.path.dirname(path)) or path)
-              for path in args.compare.split(",") if path]
-    metrics["png"] = plot_lengths(lengths, ref, args.png or args.samples + ".lengths.png",
-                                  labels=(os.path.basename(os.path.dirname(args.samples)) or "samples",
-                                          f"data {args.data_split}"), others=others)
+              for path in compare.split(",") if path]
+    metrics["png"] = plot_lengths(lengths, ref, png, labels=(os.path.basename(os.path.dirname(samples_path)) or "samples",
+                                                             f"data {data_split}"), others=others)
     s, d = metrics["samples"], metrics["data"]
     print(f"length: TV {metrics['tv_exact']:.4f} (exact lengths), {metrics[f'tv_bin{LENGTH_BIN}']:.4f} "
           f"(bins of {LENGTH_BIN}), W1 {metrics['wasserstein1']:.2f} tokens")
-    for name, st in (("samples", s), (f"data {args.data_split}", d)):
+    for name, st in (("samples", s), (f"data {data_split}", d)):
         print(f"  {name:>10}: n {st['n']}, mean {st['mean']:.1f}, " +
               ", ".join(f"p{int(q * 100)} {st[f'p{int(q * 100)}']:.0f}" for q in LENGTH_QUANTILES) +
               f", min {st['min']}, max {st['max']}")
@@ -496,8 +630,8 @@ def length_report(args, rows):
     return metrics
 
 
-def genppl_report(args, rows):
-    """Generative perplexity of the samples longer than PPL_MIN_TOKENS under --ref_model, and the
+def genppl_report(rows, ref_model, ref_batch_size):
+    """Generative perplexity of the samples longer than PPL_MIN_TOKENS under ref_model, and the
     unigram entropy of all samples. The decoded text is re-tokenized with the reference tokenizer
     (the GPT-2 family shares our BPE, so there the ids barely change; any other LM works too)."""
     import torch
@@ -509,31 +643,39 @@ def genppl_report(args, rows):
         from prepare_owt import decode, gpt2
         enc = gpt2()
     texts = [r["text"] if "text" in r else decode(enc, r["tokens"]) for r in kept]
-    model, tokenizer = load_reference(args.ref_model, device)
+    model, tokenizer = load_reference(ref_model, device)
     bos = tokenizer.bos_token_id
     ids, cut = reference_ids(texts, lambda s: tokenizer(s)["input_ids"], bos,
                              getattr(model.config, "max_position_embeddings", None))
-    ppl = generative_perplexity(model, ids, args.ref_batch_size, device)
-    metrics = {"genppl": ppl["ppl"], "nll": ppl["nll"], "ref_model": args.ref_model, "scored_tokens": ppl["tokens"],
+    ppl = generative_perplexity(model, ids, ref_batch_size, device)
+    metrics = {"genppl": ppl["ppl"], "nll": ppl["nll"], "ref_model": ref_model, "scored_tokens": ppl["tokens"],
                "scored_samples": ppl["sequences"], "filtered_short": len(rows) - len(kept), "cut_to_context": cut,
                "unigram_entropy": unigram_entropy([r["tokens"] for r in rows])}
-    print(f"genppl {metrics['genppl']:.2f} under {args.ref_model} ({ppl['sequences']} samples, {ppl['tokens']} tokens; "
+    print(f"genppl {metrics['genppl']:.2f} under {ref_model} ({ppl['sequences']} samples, {ppl['tokens']} tokens; "
           f"{metrics['filtered_short']} samples of <= {PPL_MIN_TOKENS} tokens left out, {cut} cut to the context)")
     print(f"unigram entropy {metrics['unigram_entropy']:.3f} nats (mean over samples)")
     return metrics
 
 
-def evaluate_text_task(args):
-    """CLI tasks length, genppl and text (both): metrics to stdout and SAMPLES.metrics.json."""
-    rows = read_jsonl(args.samples)
-    if not rows:
-        raise InputError(f"no samples in {args.samples!r}")
-    metrics = {"task": args.task, "samples": args.samples, "n": len(rows)}
-    if args.task in ("length", "text"):
-        metrics["length"] = length_report(args, rows)
-    if args.task in ("genppl", "text"):
-        metrics.update(genppl_report(args, rows))
-    print(f"wrote {write_metrics(args.samples, metrics)}")
+def evaluate_text(task, samples, data_dir="", png="", data_split="val", compare="", ref_model="gpt2-large",
+                  ref_batch_size=16, overwrite=False):
+    """Tasks length, genppl and text (both): metrics to stdout and SAMPLES.<task>[.<split>].json."""
+    if task not in ("length", "genppl", "text"):
+        raise ValueError(f"evaluate_text does the tasks length, genppl and text, not {task!r}")
+    lengths = task in ("length", "text")
+    if lengths and not data_dir:
+        raise InputError(f"--task={task} needs --data_dir (the prepared dataset to compare lengths with)")
+    stem = output_stem(samples, task, data_split)
+    png = (png or stem + ".png") if lengths else ""
+    refuse_existing(overwrite, metrics=stem + ".json", png=png)
+    rows = read_jsonl(samples)
+    require_fields(rows, ("tokens",), samples, "text samples (sample.py on a text checkpoint)")
+    metrics = {"task": task, "samples": samples, "n": len(rows)}
+    if lengths:
+        metrics["length"] = length_report(rows, samples, data_dir, data_split, compare, png)
+    if task in ("genppl", "text"):
+        metrics.update(genppl_report(rows, ref_model, ref_batch_size))
+    print(f"wrote {write_metrics(stem + '.json', metrics)}")
     return metrics
 
 
@@ -704,22 +846,25 @@ def gsm8k_extract(completion):
     return normalize_number(numbers[-1]) if numbers else None
 
 
-def evaluate_gsm8k(args):
-    """CLI task: zero-shot GSM8K accuracy of the completions, with its standard error."""
-    rows = read_jsonl(args.samples)
-    if not rows or any(not {"answer", "completion"} <= set(r) for r in rows):
-        raise InputError(f"{args.samples} needs lines with 'answer' and 'completion' (retrofit_llada.py --stage=generate)")
+def evaluate_gsm8k(samples, overwrite=False):
+    """Task gsm8k: zero-shot GSM8K accuracy of the completions, with its standard error."""
+    metrics_path = output_stem(samples, "gsm8k") + ".json"
+    refuse_existing(overwrite, metrics=metrics_path)
+    rows = read_jsonl(samples)
+    require_fields(rows, ("answer", "completion"), samples, "retrofit_llada.py --stage=generate")
     predicted = [gsm8k_extract(r["completion"]) for r in rows]
     acc, se = rate_and_stderr([p == gsm8k_gold(r["answer"]) for p, r in zip(predicted, rows)])
-    metrics = {"task": "gsm8k", "samples": args.samples, "n": len(rows), "accuracy": acc, "stderr": se,
+    metrics = {"task": "gsm8k", "samples": samples, "n": len(rows), "accuracy": acc, "stderr": se,
                "no_answer": sum(p is None for p in predicted)}
     print(f"gsm8k accuracy: {100 * acc:.1f}% +- {100 * se:.1f}% (n={len(rows)}, no answer {metrics['no_answer']})")
-    print(f"wrote {write_metrics(args.samples, metrics)}")
+    print(f"wrote {write_metrics(metrics_path, metrics)}")
     return metrics
 
 
 def read_problems(path):
     """HumanEval(-infilling) problems by task_id, from .jsonl or .jsonl.gz."""
+    if not os.path.exists(path):
+        raise InputError(f"problems file {path!r} not found: fix --problems")
     with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
         return {p["task_id"]: p for p in (json.loads(line) for line in f if line.strip())}
 
@@ -751,7 +896,8 @@ def run_program(program, timeout=3.0, memory_gb=4.0):
 
 
 def humaneval_outcomes(problems, samples, timeout=3.0, workers=None):
-    """run_program's outcome for every sample {"task_id", "completion"}, in order, run in parallel."""
+    """run_program's outcome for every sample {"task_id", "completion"}, in order, run in parallel
+    by `workers` threads (0 or None: the CPU count)."""
     unknown = [s["task_id"] for s in samples if s["task_id"] not in problems]
     if unknown:
         raise InputError(f"sample task_id {unknown[0]!r} is not in the problems file")
@@ -763,6 +909,8 @@ def humaneval_outcomes(problems, samples, timeout=3.0, workers=None):
 def pass_at_1(samples, outcomes):
     """pass@1 = the mean over tasks of each task's fraction of passing samples, and its standard
     error over tasks (with one sample per task: the binomial one)."""
+    if not samples or len(samples) != len(outcomes):
+        raise ValueError(f"pass@1 needs one outcome per sample, got {len(samples)} samples and {len(outcomes)} outcomes")
     per_task = {}
     for s, outcome in zip(samples, outcomes):
         per_task.setdefault(s["task_id"], []).append(outcome == "passed")
@@ -770,56 +918,45 @@ def pass_at_1(samples, outcomes):
     return float(rates.mean()), float(np.sqrt(((rates - rates.mean()) ** 2).mean() / len(rates)))
 
 
-def evaluate_humaneval_infill(args):
-    """CLI task: HumanEval-infill pass@1 of the completions against --problems."""
-    if not args.problems:
+def evaluate_humaneval_infill(samples, problems, timeout=3.0, workers=0, overwrite=False):
+    """Task humaneval_infill: HumanEval-infill pass@1 of the completions against the problems file."""
+    if not problems:
         raise InputError("--task=humaneval_infill needs --problems=HumanEval-SingleLineInfilling.jsonl.gz")
-    samples = read_jsonl(args.samples)
-    if not samples or any(not {"task_id", "completion"} <= set(r) for r in samples):
-        raise InputError(f"{args.samples} needs lines with 'task_id' and 'completion' (retrofit_llada.py --stage=generate)")
-    outcomes = humaneval_outcomes(read_problems(args.problems), samples, args.timeout, args.workers)
-    p1, se = pass_at_1(samples, outcomes)
-    metrics = {"task": "humaneval_infill", "samples": args.samples, "problems": args.problems, "n": len(samples),
-               "tasks": len({s["task_id"] for s in samples}), "pass@1": p1, "stderr": se,
+    metrics_path = output_stem(samples, "humaneval_infill") + ".json"
+    refuse_existing(overwrite, metrics=metrics_path)
+    by_id = read_problems(problems)
+    rows = read_jsonl(samples)
+    require_fields(rows, ("task_id", "completion"), samples, "retrofit_llada.py --stage=generate")
+    outcomes = humaneval_outcomes(by_id, rows, timeout, workers)
+    p1, se = pass_at_1(rows, outcomes)
+    metrics = {"task": "humaneval_infill", "samples": samples, "problems": problems, "n": len(rows),
+               "tasks": len({r["task_id"] for r in rows}), "pass@1": p1, "stderr": se,
                "outcomes": {o: outcomes.count(o) for o in sorted(set(outcomes))}}
-    print(f"humaneval_infill pass@1: {100 * p1:.1f}% +- {100 * se:.1f}% ({metrics['tasks']} tasks, {len(samples)} samples), "
+    print(f"humaneval_infill pass@1: {100 * p1:.1f}% +- {100 * se:.1f}% ({metrics['tasks']} tasks, {len(rows)} samples), "
           f"outcomes {metrics['outcomes']}")
-    print(f"wrote {write_metrics(args.samples, metrics)}")
+    print(f"wrote {write_metrics(metrics_path, metrics)}")
     return metrics
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI
+# CLI: each task is a function whose parameters are named after the settings; main passes it its own.
 
-TASKS = {"maze": evaluate_maze, "maze_lengths": evaluate_maze_lengths, "length": evaluate_text_task, "genppl": evaluate_text_task, "text": evaluate_text_task,
-         "gsm8k": evaluate_gsm8k, "humaneval_infill": evaluate_humaneval_infill}
-
-
-def build_parser():
-    p = argparse.ArgumentParser(description="Metrics for generated samples.")
-    p.add_argument("--task", required=True, choices=sorted(TASKS))
-    p.add_argument("--samples", required=True, help="JSON lines written by sample.py")
-    p.add_argument("--data_dir", default=None, help="dataset directory with meta.json")
-    p.add_argument("--png", default=None, help="optional figure to write")
-    p.add_argument("--data_split", default="val", help="length: the data split to compare with")
-    p.add_argument("--compare", default="", help="length: more samples files (comma-separated) drawn in the PNG too")
-    p.add_argument("--ref_model", default="gpt2-large", help="genppl: reference causal LM, hub name or local path")
-    p.add_argument("--ref_batch_size", type=int, default=16, help="genppl: sequences per reference LM call")
-    p.add_argument("--ckpt", default=None, help="maze_lengths: a FlexMDM ckpt.pt to trace the expected insertions of")
-    p.add_argument("--steps", type=int, default=256, help="maze_lengths: sampler steps of the trace")
-    p.add_argument("--temperature", type=float, default=1.0, help="maze_lengths: temperature of the trace")
-    p.add_argument("--trace_samples", type=int, default=200, help="maze_lengths: samples in the trace")
-    p.add_argument("--problems", default=None, help="humaneval_infill: the benchmark's .jsonl(.gz) problems")
-    p.add_argument("--timeout", type=float, default=3.0, help="humaneval_infill: seconds per program")
-    p.add_argument("--workers", type=int, default=None, help="humaneval_infill: programs run at once (default: CPU count)")
-    return p
+TASKS = {"maze": evaluate_maze, "maze_lengths": evaluate_maze_lengths, "length": evaluate_text,
+         "genppl": evaluate_text, "text": evaluate_text, "gsm8k": evaluate_gsm8k,
+         "humaneval_infill": evaluate_humaneval_infill}
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.task in ("maze", "maze_lengths") and not args.data_dir:
-        raise InputError(f"--task={args.task} needs --data_dir (for meta.json's maze)")
-    return TASKS[args.task](args)
+    """Evaluate as `python evaluate.py *argv` would (argv None: sys.argv[1:]); returns the metrics.
+    The settings start from the module's defaults at every call (the globals are not changed), so
+    in-process calls (the tests) do not leak settings into each other."""
+    config = dict(globals())
+    configure(config, sys.argv[1:] if argv is None else argv)
+    check_choices(config, {"task": tuple(TASKS)})
+    if not config["samples"]:
+        raise InputError("--samples is required: the JSON lines to evaluate (sample.py, retrofit_llada.py)")
+    evaluate_task = TASKS[config["task"]]
+    return evaluate_task(**{name: config[name] for name in inspect.signature(evaluate_task).parameters})
 
 
 if __name__ == "__main__":

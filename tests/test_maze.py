@@ -357,6 +357,79 @@ def test_metric_rejects(corridor, case, reason):
     assert not evaluate.maze_path_ok(toks, tok(sg), m)
 
 
+@pytest.mark.parametrize("case,reason,where,marks", [
+    # where: the offending cell (r, c) (for missed_subgoal: the subgoal); marks: the cells a figure marks
+    ("wall", "wall", (2, 2), [((2, 2), "cross")]),  # the first of two wall cells
+    ("jump", "jump", (2, 5), [((1, 4), "cross"), ((2, 5), "cross")]),
+    ("two_jumps", "jump", (1, 4), [((1, 2), "cross"), ((1, 4), "cross")]),
+    ("stay", "jump", (1, 3), [((1, 3), "square")]),
+    ("jump_then_wall", "wall", (2, 3), [((2, 3), "cross")]),  # the checks run in order: walls before jumps
+    ("missed", "missed_subgoal", (1, 3), [((1, 3), "ring")]),
+    ("order", "missed_subgoal", (1, 3), [((1, 3), "ring")]),
+    ("start", "wrong_start", (1, 2), [((1, 2), "cross")]),
+    ("end", "wrong_end", (3, 4), [((3, 4), "cross")]),
+    ("pad", "non_cell_token", None, [((3, 3), "cross")]),  # no cell: the one before it is marked
+    ("empty", "empty", None, []),
+])
+def test_failure_location(corridor, case, reason, where, marks):
+    """maze_path_failure names the first failure and its position on hand-made paths; the figure's
+    marks (maze_failure_marks) sit on the offending cells, and its title names the failure."""
+    m, tok, path = corridor
+    H, W = m.shape
+    sg = [path[0], path[2], path[5], path[-1]]
+    p = list(path)
+    if case == "wall":
+        p, sg = path[:2] + [(2, 2), (2, 3), (3, 3)], [path[0], path[-1]]
+    elif case == "jump":
+        p = path[:4] + path[5:]
+    elif case == "two_jumps":  # (1,2) -> (1,4), later (2,5) -> (3,4)
+        p, sg = path[:2] + path[3:6] + path[7:], [path[0], path[-1]]
+    elif case == "stay":
+        p = path[:3] + [path[2]] + path[3:]
+    elif case == "jump_then_wall":
+        p, sg = [path[0], path[2], (2, 3), (3, 3)], [path[0], path[-1]]
+    elif case == "missed":
+        p, sg = path[:2], [path[0], path[2], path[1]]
+    elif case == "order":  # g2 = (2,5) is visited, then g3 = (1,3) never again
+        sg = [path[0], path[5], path[2], path[-1]]
+    elif case == "start":
+        p, sg = path[1:], [path[0], path[-1]]
+    elif case == "end":
+        p, sg = path[:-1], [path[0], path[-1]]
+    elif case == "empty":
+        p = []
+    toks = tok(p) + ([H * W] if case == "pad" else [])
+    got, at = evaluate.maze_path_failure(toks, tok(sg), m)
+    assert got == reason == evaluate.maze_path_check(toks, tok(sg), m)
+    if reason == "missed_subgoal":
+        assert sg[at] == where
+    elif where is None:
+        assert at == (len(p) if case == "pad" else None)
+    else:
+        assert divmod(toks[at], W) == where
+    title, drawn = evaluate.maze_failure_marks(got, at, toks, tok(sg))
+    assert [(divmod(t, W), kind) for t, kind in drawn] == marks
+    words = {"jump": "repeat" if case == "stay" else "jump", "wall": "wall", "missed_subgoal": "missed subgoal g3"
+             if case == "order" else "missed subgoal g2", "wrong_start": "wrong start", "wrong_end": "wrong end",
+             "non_cell_token": "non-cell token", "empty": "empty"}
+    assert words[reason] in title
+    assert ("repeat" in title) == (case == "stay")
+
+
+def test_failure_location_ok_and_collapsed(corridor):
+    """No location for a solved path; with collapse=True the position indexes the merged path."""
+    m, tok, path = corridor
+    sg = tok([path[0], path[-1]])
+    assert evaluate.maze_path_failure(tok(path), sg, m) == ("ok", None)
+    assert evaluate.maze_path_failure(tok(path[:3] + [path[2]] + path[3:]), sg, m, collapse=True) == ("ok", None)
+    # (1,1) (1,2) (1,2) (1,3) (1,4) (1,5) (3,5) ...: strict, the repeat at position 2 fails first;
+    # merged, the jump (1,5) -> (3,5) at position 5 (6 in the unmerged path)
+    jumpy = tok(path[:2] + [path[1]] + path[2:5] + path[6:])
+    assert evaluate.maze_path_failure(jumpy, sg, m) == ("jump", 2)
+    assert evaluate.maze_path_failure(jumpy, sg, m, collapse=True) == ("jump", 5)
+    assert evaluate.maze_failure_marks("ok", None, tok(path), sg)[0] == f"ok: {len(path)} cells, K=2"
+
+
 def test_collapsed_metric(corridor):
     """A repeated cell (a step of length 0) fails the strict metric and passes collapsed; a real
     jump, or a repeat that hides a jump, fails both."""
@@ -407,7 +480,7 @@ def test_maze_lengths_cli(tmp_path, capsys):
     with open(samples, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(InputError, match="not a held-out set"):
-        evaluate.main(["--task=maze_lengths", f"--samples={samples}", f"--data_dir={out}"])
+        evaluate.main(["--task=maze_lengths", f"--samples={samples}", f"--data_dir={out}", "--overwrite=True"])
 
 
 def test_success_rate(corridor):
@@ -421,18 +494,39 @@ def test_success_rate(corridor):
         evaluate.maze_success_rate([good], [sg, sg], m)
 
 
-def test_png(tmp_path, small):
+def magenta_pixels(filename):
+    """Pixels of the failure marks' colour (magenta) in a PNG."""
+    import matplotlib.image
+    rgb = matplotlib.image.imread(filename)[..., :3]
+    return int(((rgb[..., 0] > 0.8) & (rgb[..., 1] < 0.3) & (rgb[..., 2] > 0.8)).sum())
+
+
+def test_png(tmp_path, small, corridor):
     maze, cells, _, _, parent = small
     path = pm.bfs_path(parent.tolist(), 0, len(cells) - 1)
     toks = cells[path].tolist()
     fn = str(tmp_path / "maze.png")
-    assert evaluate.render_maze_png(maze, [toks, toks[:3] + [10 ** 6]],
-                                    [[toks[0], toks[-1]]] * 2, fn) == fn
+    assert evaluate.render_maze_png(maze, [toks, toks[:3] + [10 ** 6], toks[:2] + toks[1:], [], toks[::2]],
+                                    [[toks[0], toks[-1]]] * 5, fn) == fn
     with open(fn, "rb") as f:
         head = f.read(24)
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
     w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     assert w > 100 and h > 50
+    assert not os.path.exists(fn + ".tmp")
+    # a failure is visible: the one-panel figure of a repeated cell or of a jump has more magenta
+    # than the solved path's (whose magenta is the legend's only)
+    m, tok, cpath = corridor
+    sg = [tok([cpath[0], cpath[-1]])]
+    counts = {}
+    for name, p in (("ok", cpath), ("repeat", cpath[:3] + [cpath[2]] + cpath[3:]), ("jump", cpath[:4] + cpath[5:])):
+        counts[name] = magenta_pixels(evaluate.render_maze_png(m, [tok(p)], sg, str(tmp_path / f"{name}.png")))
+    assert counts["repeat"] > counts["ok"] + 50 and counts["jump"] > counts["ok"] + 50
+
+
+def write_rows(path, rows):
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_cli_on_built_data(tmp_path, capsys):
@@ -444,17 +538,74 @@ def test_cli_on_built_data(tmp_path, capsys):
         seq, sg = tok[a:b].tolist(), tok[a:b][fix[a:b] == 1].tolist()
         rows.append({"tokens": seq if i % 2 == 0 else seq[:-1], "subgoals": sg})
     samples = str(tmp_path / "samples.jsonl")
-    with open(samples, "w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(samples, rows)
     png = str(tmp_path / "s.png")
     metrics = evaluate.main(["--task=maze", f"--samples={samples}", f"--data_dir={out}",
                              f"--png={png}"])
     expect = sum(i % 2 == 0 for i in range(len(rows))) / len(rows)
     assert metrics["success_rate"] == pytest.approx(expect)
-    with open(samples + ".metrics.json") as f:
+    with open(samples + ".maze.json") as f:
         assert json.load(f)["success_rate"] == pytest.approx(expect)
     assert os.path.getsize(png) > 0 and "success rate" in capsys.readouterr().out
     assert evaluate.maze_path_ok(rows[0]["tokens"], rows[0]["subgoals"], maze)
+
+
+def test_cli_outputs_never_replaced(tmp_path):
+    """Each task writes its own metrics file (the length task on maze samples used to replace the
+    maze metrics); an existing metrics file or PNG is refused by name before any work, unless
+    --overwrite=True; settings of one in-process call do not leak into the next."""
+    out, meta = build(tmp_path, K=3, num_pairs=40)
+    tok, idx, fix = read_split(out, "val")
+    rows = [{"tokens": tok[a:b].tolist(), "subgoals": tok[a:b][fix[a:b] == 1].tolist()} for a, b in zip(idx[:-1], idx[1:])]
+    samples, png = str(tmp_path / "samples.jsonl"), str(tmp_path / "mazes.png")
+    write_rows(samples, rows)
+    maze_args = ["--task=maze", f"--samples={samples}", f"--data_dir={out}"]
+    evaluate.main(maze_args + [f"--png={png}"])
+    with open(samples + ".maze.json") as f:
+        maze_metrics = f.read()
+    length = evaluate.main(["--task=length", f"--samples={samples}", f"--data_dir={out}"])
+    assert length["length"]["png"] == samples + ".length.png" and "png" not in evaluate.main(
+        ["--task=maze_lengths", f"--samples={samples}", f"--data_dir={out}"])
+    for suffix in (".length.json", ".length.png", ".maze_lengths.json"):
+        assert os.path.exists(samples + suffix), suffix
+    with open(samples + ".maze.json") as f:
+        assert f.read() == maze_metrics
+    with pytest.raises(InputError, match=r"samples.jsonl.maze.json' already exists: pass --overwrite=True") as e:
+        evaluate.main(maze_args)
+    assert "\n" not in str(e.value)
+    os.remove(samples + ".maze.json")
+    with pytest.raises(InputError, match=r"mazes.png' already exists: pass --overwrite=True .*or another --png"):
+        evaluate.main(maze_args + [f"--png={png}"])
+    assert not os.path.exists(samples + ".maze.json")  # refused before any work
+    rows[0]["tokens"] = rows[0]["tokens"][:-1]
+    write_rows(samples, rows)
+    metrics = evaluate.main(maze_args + [f"--png={png}", "--overwrite=True"])
+    with open(samples + ".maze.json") as f:
+        assert json.load(f)["success_rate"] == metrics["success_rate"] == (len(rows) - 1) / len(rows)
+
+
+def test_cli_bad_input(tmp_path):
+    """One-line InputErrors for bad samples files and settings; a programming error is a ValueError."""
+    out, _ = build(tmp_path, K=2, num_pairs=20)
+    samples = str(tmp_path / "samples.jsonl")
+    args = ["--task=maze", f"--samples={samples}", f"--data_dir={out}"]
+    cases = [("", "no samples in"), ('{"tokens": [1]}\n', "line 1 has no 'subgoals'"), ("{not json\n", "line 1 is not JSON")]
+    for text, message in cases:
+        with open(samples, "w") as f:
+            f.write(text)
+        with pytest.raises(InputError, match=message):
+            evaluate.main(args)
+    for argv, message in ((["--task=maze", "--sample=x"], "unknown config key 'sample'"),
+                          (["--task=mazes", f"--samples={samples}"], "task='mazes' is not one of maze"),
+                          (["--task=maze"], "--samples is required"),
+                          (["--task=maze", f"--samples={samples}"], "needs --data_dir"),
+                          (["--task=humaneval_infill", f"--samples={samples}"], "needs --problems"),
+                          (["--task=humaneval_infill", f"--samples={samples}", "--problems=nope.jsonl"],
+                           "problems file 'nope.jsonl' not found")):
+        with pytest.raises(InputError, match=message):
+            evaluate.main(argv)
+    with pytest.raises(ValueError, match="not 'maze'"):
+        evaluate.evaluate_text("maze", samples)
 
 
 # ---------------------------------------------------------------------------- configs

@@ -222,7 +222,7 @@ def test_genppl_task_filters_short_samples(tiny_reference, tmp_path):
     assert m["filtered_short"] == 1 and m["scored_samples"] == 2
     assert m["genppl"] == pytest.approx(evaluate.generative_perplexity(model, ids)["ppl"], rel=1e-6)
     assert m["unigram_entropy"] == pytest.approx(evaluate.unigram_entropy([ENC.encode_ordinary(t) for t in texts]))
-    with open(str(samples) + ".metrics.json") as f:
+    with open(str(samples) + ".genppl.json") as f:
         assert json.load(f)["genppl"] == m["genppl"]
 
 
@@ -242,8 +242,16 @@ def test_wikitext_prepare_train_sample_evaluate(tmp_path):
     rows = evaluate.read_jsonl(samples)
     assert len(rows) == 4 and all(len(r["tokens"]) == r["length"] <= 32 and "text" in r for r in rows)
     m = evaluate.main(["--task=length", f"--samples={samples}", f"--data_dir={out}"])
-    with open(samples + ".metrics.json") as f:
+    with open(samples + ".length.json") as f:
         assert json.load(f)["length"]["tv_exact"] == m["length"]["tv_exact"]
     assert m["length"]["samples"]["n"] == 4 and m["length"]["data"]["n"] == meta["num_sequences"]["val"]
     assert 0 <= m["length"]["tv_bin32"] <= m["length"]["tv_exact"] <= 1
-    assert os.path.getsize(m["length"]["png"]) > 0
+    assert os.path.getsize(m["length"]["png"]) > 0 and m["length"]["png"] == samples + ".length.png"
+    # another split: its own metrics file and PNG, beside the val ones
+    train = evaluate.main(["--task=length", f"--samples={samples}", f"--data_dir={out}", "--data_split=train"])
+    assert train["length"]["data"]["n"] == meta["num_sequences"]["train"] != meta["num_sequences"]["val"]
+    assert train["length"]["png"] == samples + ".length.train.png"
+    with open(samples + ".length.train.json") as f:
+        assert json.load(f)["length"]["data"]["n"] == meta["num_sequences"]["train"]
+    with open(samples + ".length.json") as f:
+        assert json.load(f)["length"]["data"]["n"] == meta["num_sequences"]["val"]
