@@ -1,7 +1,7 @@
 """
 Metrics for generated samples, one section of plain functions per task, and a small CLI, e.g.
 `python evaluate.py --task=maze --samples=FILE --data_dir=data/maze_k2 --png=FILE`. FILE is JSON
-lines written by sample.py or retrofit_llada.py. The tasks: maze, maze_lengths, length, genppl,
+lines written by sample.py or retrofit_llada.py. The tasks: maze, maze_lengths, length, genppl, calibration,
 text, gsm8k, humaneval_infill. The metrics are printed and written beside the samples as
 FILE.<task>.json (FILE.<task>.<split>.json for length or text with a --data_split other than val),
 so no task replaces another's. An output (metrics file or PNG) that already exists is never
@@ -24,6 +24,9 @@ Tasks:
         answer extracted from each completion against the number after "####" in the reference.
   humaneval_infill  pass@1 of retrofit_llada.py's infilled middles: prefix + middle + suffix +
         tests run in a subprocess with a timeout (--timeout) and resource limits (--problems FILE).
+  calibration  for a FlexMDM checkpoint (--ckpt) on its data's validation split (--data_dir): g's total
+        against the tokens still to insert, per t and at x_0 (the length prior), on states drawn too
+        early, and along sampling trajectories (section "Calibration of g"); CKPT_DIR/calibration.json.
 """
 import gzip
 import inspect
@@ -50,10 +53,12 @@ data_split = "val"  # length, text: the data split to compare with
 compare = ""  # length, text: more samples files (comma-separated) drawn in the PNG too
 ref_model = "gpt2-large"  # genppl, text: the reference causal LM, hub name or local path
 ref_batch_size = 16  # genppl, text: sequences per reference LM call
-ckpt = ""  # maze_lengths: a FlexMDM ckpt.pt to trace the expected insertions of
-steps = 256  # maze_lengths: sampler steps of the trace
-temperature = 1.0  # maze_lengths: temperature of the trace
-trace_samples = 200  # maze_lengths: samples in the trace
+ckpt = ""  # maze_lengths, calibration: a FlexMDM ckpt.pt to trace the expected insertions of
+steps = 256  # maze_lengths, calibration: sampler steps of the trace
+temperature = 1.0  # maze_lengths, calibration: temperature of the trace
+trace_samples = 200  # maze_lengths, calibration: samples in the trace
+calibration_samples = 512  # calibration: held-out sequences behind each row of the table
+grid_power = 1.0  # calibration: the trace's time grid (sample.py)
 problems = ""  # humaneval_infill: the benchmark's .jsonl(.gz) problems
 timeout = 3.0  # humaneval_infill: seconds per program
 workers = 0  # humaneval_infill: programs run at once; 0 = the CPU count
@@ -373,29 +378,23 @@ def insertion_trace(ckpt_path, data_dir, n, steps, temperature, seed=1337):
     checkpoint's schedule, 0 at the last step, which inserts nothing)."""
     import torch
     import sample
+    model_fn, max_len, meta, alpha, beta = load_flexmdm(ckpt_path)
+    prompts = sample.maze_prompts(data_dir, n, meta["maze"])
+    times, lengths, expected, final = sampling_forecast(model_fn, n, steps, max_len, meta["mask_id"], meta["pad_id"],
+                                                        alpha, beta, prompts, temperature,
+                                                        generator=torch.Generator().manual_seed(seed))
+    leap = np.array(sample.time_grid(steps, "flexmdm")[1]) * alpha.rate(torch.tensor(times)).numpy()
+    return times, lengths, expected, final, len(prompts[0]), leap
+
+
+def load_flexmdm(ckpt_path):
+    """A FlexMDM checkpoint's sampler model_fn (EMA weights, CPU), max_len, data meta and its schedules."""
+    import sample
     model, ckpt = sample.load_model(ckpt_path, "cpu")
     if ckpt["model_args"]["model_type"] != "flexmdm":
-        raise InputError(f"{ckpt_path!r} is not a FlexMDM checkpoint: the insertion trace needs g")
-    meta = ckpt["meta"]
+        raise InputError(f"{ckpt_path!r} is not a FlexMDM checkpoint: this needs g")
     alpha, beta = sample.schedules(ckpt["config"])
-    prompts = sample.maze_prompts(data_dir, n, meta["maze"])
-    net, times, lengths, expected = model.sampler_fn(alpha), [], [], []
-
-    def model_fn(x, t, fixed):
-        logits, g = net(x, t, fixed)
-        n_t = (x != meta["pad_id"]).sum(1)
-        gaps = torch.arange(g.shape[1])[None] <= n_t[:, None]
-        times.append(float(t[0]))
-        lengths.append(n_t.numpy())
-        expected.append((g * gaps).sum(1).numpy())
-        return logits, g
-    seqs = sample.generate(model_fn, n, steps, model.cfg.max_len, meta["mask_id"], meta["pad_id"], alpha=alpha,
-                           beta=beta, temperature=temperature, prompts=prompts,
-                           generator=torch.Generator().manual_seed(seed))
-    leap = (times[1] - times[0]) * alpha.rate(torch.tensor(times)).numpy()
-    leap[-1] = 0.0
-    return (np.array(times), np.array(lengths), np.array(expected), np.array([len(s) for s in seqs]), len(prompts[0]),
-            leap)
+    return model.sampler_fn(alpha), model.cfg.max_len, ckpt["meta"], alpha, beta
 
 
 def plot_insertion_trace(times, lengths, expected, final, sample_lengths, data_lengths_, filename):
@@ -779,7 +778,7 @@ def sampling_forecast(model_fn, n, steps, max_len, mask_id, pad_id, alpha, beta,
     return np.array(times), np.stack(lengths), np.stack(forecast), np.array([len(s) for s in seqs])
 
 
-def plot_calibration(rows, trace, data_mean, filename):
+def plot_calibration(rows, trace, filename):
     """Three panels: tokens to insert and sum_j g_j against t; their ratio (on interpolant states and on
     states drawn at lag * t); the forecast along the sampler's trajectories against what it then inserted."""
     import matplotlib
@@ -790,7 +789,7 @@ def plot_calibration(rows, trace, data_mean, filename):
     axes[0].plot(t, [r["remaining"] for r in rows], "o-", label="tokens to insert (data)")
     axes[0].errorbar(t, [r["sum_g"] for r in rows], yerr=[2 * r["bias_se"] for r in rows], fmt="s--",
                      label="model: sum of g")
-    axes[0].set_title(f"g at x_0 {rows[0]['sum_g']:.1f}, data mean {data_mean:.1f}", fontsize=9)
+    axes[0].set_title(f"x_0: sum of g {rows[0]['sum_g']:.1f}, tokens to insert {rows[0]['remaining']:.1f}", fontsize=9)
     axes[1].plot(t, [r["ratio"] for r in rows], "o-", label="x_t drawn at t")
     lagged = [r for r in rows if "lag_ratio" in r]
     axes[1].plot([r["t"] for r in lagged], [r["lag_ratio"] for r in lagged], "s--", label="x_t drawn earlier, weighted")
@@ -804,9 +803,49 @@ def plot_calibration(rows, trace, data_mean, filename):
     for ax in axes[:2]:
         ax.set_xscale("symlog", linthresh=0.01)
     fig.tight_layout()
-    fig.savefig(filename, dpi=120)
-    plt.close(fig)
-    return filename
+    return save_png(fig, filename)
+
+
+def evaluate_calibration(ckpt, data_dir, png="", calibration_samples=512, trace_samples=200, steps=256,
+                         temperature=1.0, grid_power=1.0, overwrite=False):
+    """Task calibration: the three checks of g above for a FlexMDM checkpoint on data_dir's validation
+    split, written to CKPT_DIR/calibration.json (and png). The trace starts from the held-out
+    sequences' fixed tokens (maze subgoals), or from the empty sequence."""
+    import torch
+    if not ckpt or not data_dir:
+        raise InputError("--task=calibration needs --ckpt (a FlexMDM ckpt.pt) and --data_dir (its prepared dataset)")
+    metrics_path = os.path.join(os.path.dirname(ckpt), "calibration.json")
+    refuse_existing(overwrite, metrics=metrics_path, png=png)
+    model_fn, max_len, meta, alpha, beta = load_flexmdm(ckpt)
+    (x1, lengths, fixed), data_meta = heldout_batch(data_dir, calibration_samples)
+    if data_meta["vocab_size"] != meta["vocab_size"] or data_meta["max_len"] > max_len:
+        raise InputError(f"{data_dir!r} (vocab {data_meta['vocab_size']}, max_len {data_meta['max_len']}) is not the "
+                         f"data of {ckpt!r} (vocab {meta['vocab_size']}, max_len {max_len})")
+    generator = torch.Generator().manual_seed(0)
+    rows = calibration_table(model_fn, x1, lengths, fixed, alpha, beta, meta["mask_id"], meta["pad_id"],
+                             generator=generator)
+    prompts = [x[f].tolist() for x, f in zip(x1[:trace_samples], fixed[:trace_samples])] if fixed.any() else None
+    trace = sampling_forecast(model_fn, min(trace_samples, len(x1)), steps, max_len, meta["mask_id"], meta["pad_id"],
+                              alpha, beta, prompts, temperature, grid_power, generator)
+    times, trace_lengths, forecast, final = trace
+    shortfall = forecast - (final[None] - trace_lengths)
+    metrics = {"task": "calibration", "ckpt": ckpt, "data_dir": data_dir, "n": len(x1), "table": rows,
+               "trace": {"n": len(final), "steps": steps, "temperature": temperature, "grid_power": grid_power,
+                         "t": times.tolist(), "forecast": forecast.mean(1).tolist(),
+                         "inserted": (final[None] - trace_lengths).mean(1).tolist(),
+                         "forecast_minus_inserted_se": (shortfall.std(1) / np.sqrt(len(final))).tolist()}}
+    print(f"{'t':>6} {'to insert':>10} {'sum of g':>9} {'bias':>8} {'+-':>6} {'ratio':>6} {'phi/gap':>8} "
+          f"{'early-drawn ratio':>18}")
+    for r in rows:
+        print(f"{r['t']:6.3f} {r['remaining']:10.2f} {r['sum_g']:9.2f} {r['bias']:8.2f} {r['bias_se']:6.2f} "
+              f"{r['ratio']:6.3f} {r['bregman_per_gap']:8.3f} " + (f"{r['lag_ratio']:11.3f} (ess {r['lag_ess']:.0f})"
+                                                                 if "lag_ratio" in r else ""))
+    print(f"trace of {len(final)} samples, {steps} steps: forecast at t=0 {forecast[0].mean():.2f}, then inserted "
+          f"{(final - trace_lengths[0]).mean():.2f}; final length {final.mean():.2f} (held-out {lengths.float().mean():.2f})")
+    if png:
+        metrics["png"] = plot_calibration(rows, trace, png)
+    print(f"wrote {write_metrics(metrics_path, metrics)}")
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------
@@ -943,7 +982,7 @@ def evaluate_humaneval_infill(samples, problems, timeout=3.0, workers=0, overwri
 
 TASKS = {"maze": evaluate_maze, "maze_lengths": evaluate_maze_lengths, "length": evaluate_text,
          "genppl": evaluate_text, "text": evaluate_text, "gsm8k": evaluate_gsm8k,
-         "humaneval_infill": evaluate_humaneval_infill}
+         "humaneval_infill": evaluate_humaneval_infill, "calibration": evaluate_calibration}
 
 
 def main(argv=None):
@@ -953,9 +992,9 @@ def main(argv=None):
     config = dict(globals())
     configure(config, sys.argv[1:] if argv is None else argv)
     check_choices(config, {"task": tuple(TASKS)})
-    if not config["samples"]:
-        raise InputError("--samples is required: the JSON lines to evaluate (sample.py, retrofit_llada.py)")
     evaluate_task = TASKS[config["task"]]
+    if "samples" in inspect.signature(evaluate_task).parameters and not config["samples"]:
+        raise InputError("--samples is required: the JSON lines to evaluate (sample.py, retrofit_llada.py)")
     return evaluate_task(**{name: config[name] for name in inspect.signature(evaluate_task).parameters})
 
 
