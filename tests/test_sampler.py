@@ -3,17 +3,26 @@ symbols) the unmasking posterior f and the insertion expectation g are computed 
 (Prop. 1, appendix E.2.1); with them every sampler must reproduce p1 up to sampling noise and the
 tau-leaping error (Prop. 2, Prop. 3), and a wrong g must visibly fail the same check. The MDM baseline
 gets its own exact oracle (p1 padded to a fixed length). Then prompts and closed gaps, the time grid,
-determinism and batching."""
+determinism and batching; last, one random stream per batch and the sample.py CLI (torchrun, no silent
+overwrite, one-line errors)."""
+import contextlib
+import dataclasses
+import importlib
 import itertools
+import json
 import math
+import os
 import re
+import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
+import sample as sample_module
 from configurator import InputError
+from conftest import ROOT, random_dit, run_python
 from interpolant import Schedule, flexmdm_interpolant
 from sample import generate
 
@@ -663,9 +672,6 @@ def test_bad_stream_option_is_a_one_line_error(options):
 def maze_run(tiny_maze, tmp_path_factory):
     """(cwd, run dir): a train.py-style checkpoint of a random-weight FlexMDM for the tiny maze (data/tiny
     under cwd), so that its samples vary with the seed; sample.py runs in cwd."""
-    import dataclasses
-    import json
-    from conftest import random_dit
     with open(tiny_maze / "data" / "tiny" / "meta.json") as f:
         meta = json.load(f)
     model = random_dit(meta["vocab_size"], meta["pad_id"], max_len=meta["max_len"])
@@ -678,11 +684,7 @@ def maze_run(tiny_maze, tmp_path_factory):
 
 def run_sample(args, cwd):
     """sample.main() in this process, as `python sample.py *args` in cwd would (defaults reloaded first)."""
-    import contextlib
-    import importlib
-    import sys
-    import sample
-    sample = importlib.reload(sample)
+    sample = importlib.reload(sample_module)
     argv = sys.argv
     sys.argv = ["sample.py", *args]
     try:
@@ -698,8 +700,6 @@ CLI_ARGS = ["--num_samples=7", "--batch_size=2", "--steps=8", "--device=cpu", "-
 def test_torchrun_writes_the_same_samples_as_one_process(maze_run, tmp_path):
     """7 samples in batches of 2 (4 batches, the last one short) over 2 torchrun processes (gloo): the
     same JSON lines, byte for byte, as one process; another seed writes other samples."""
-    import os
-    from conftest import ROOT, run_python
     cwd, run_dir = maze_run
     args = [f"--out_dir={run_dir}", *CLI_ARGS]
     one, two, other = (str(tmp_path / name) for name in ("one.jsonl", "two.jsonl", "other.jsonl"))
@@ -748,8 +748,6 @@ def test_unreadable_checkpoint_is_a_one_line_error(tmp_path):
 def test_help_prints_the_settings(tmp_path):
     """`python sample.py --help` (a real process): the docstring's first paragraph and every setting with its
     default, exit status 0, nothing on stderr."""
-    import os
-    from conftest import ROOT, run_python
     proc = run_python([os.path.join(ROOT, "sample.py"), "--help"], tmp_path)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.startswith("Sample from a trained FlexMDM")
