@@ -4,15 +4,24 @@ appendix E.1, Algorithms 1-3), and write the samples as JSON lines:
 
     python sample.py --out_dir=out/maze_cpu                        # EMA weights of out_dir/ckpt.pt
     python sample.py --out_dir=out/wikitext --num_samples=256 --steps=256 --sampler=adaptive
-    python sample.py --out_dir=out/wikitext --target_len=100 --early_stop=0.01   # length control, early stop
+    python sample.py --out_dir=out/wikitext --target_len=100 --early_stop=0.01 --samples_file=out/wikitext/len100.jsonl
+    torchrun --standalone --nproc_per_node=8 sample.py --out_dir=out/owt --num_samples=1024   # the same samples, 8 GPUs
 
 `generate(model_fn, ...)` is the sampler itself; it only needs a model callable with the contract
 of SPEC section 2, so the tests drive it with an exact oracle and the LLaDA retrofit with its own
-network. Settings are the globals below, overridden by config files then --key=value.
+network. Settings are the globals below, overridden by config files then --key=value. An existing
+samples file is never replaced unless --overwrite=True.
+
+The CLI gives batch i (samples i * batch_size onwards) its own random stream, seeded from (seed, i), so
+the samples depend on seed and batch_size only: under torchrun the batches go round-robin to the
+processes (each on its own GPU) and rank 0 gathers them and writes the file, which is the file one
+process would write (on the same kind of device). Library callers may pass one `generator` instead.
 
 A FlexMDM with N steps calls the model at t = k/(N-1), k = 0..N-1 (the grid 0 = t_0 < ... < t_{N-1} = 1
 of Algorithm 1 and Def. E.1, so insertion covers all of [0, 1]; tau = 1/(N-1)); the MDM at t = k/N with
-tau = 1/N. Each step runs the model once on x_t and then, from that one call:
+tau = 1/N. With grid_power p != 1 the calls are at (k/(N-1))^p (the MDM: (k/N)^p) and tau is the step to
+the next call: p > 1 spends more calls early, where the length is decided (time_grid). Each step runs the
+model once on x_t and then, from that one call:
 - unmasks: vanilla (tau-leaping) turns each mask into a token drawn from f with probability
   lam * exp(-lam), lam = tau * w_beta(t) (`unmask="poisson"`: the paper's rule, "exactly one
   Poisson event"), or with the exact probability (beta(t+tau) - beta(t)) / (1 - beta(t))
@@ -29,23 +38,27 @@ rows leave the batch (exactly, or by the early_stop estimate). README "Samplers"
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
-from configurator import InputError, check_choices, configure, run
+from configurator import InputError, check_choices, check_device, configure, run
 from interpolant import Schedule
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the run directory holding ckpt.pt
 samples_file = ""  # default: out_dir/samples.jsonl
+overwrite = False  # replace an existing samples_file
 num_samples = 64
-batch_size = 64
+batch_size = 64  # the unit of work: one random stream per batch; the samples depend on seed and batch_size
 steps = 256  # model calls per sample
+grid_power = 1.0  # the calls at t_k = (k / (N - 1))^grid_power; 1 = the paper's uniform grid (time_grid)
 sampler = "vanilla"  # vanilla | adaptive
 unmask = "poisson"  # vanilla unmasking rule: poisson (paper) | exact
 confidence = "top_prob"  # adaptive: top_prob | margin | entropy | position
@@ -80,7 +93,7 @@ def draw(logits, temperature, greedy, generator):
         return logits.argmax(-1)
     cdf = tempered(logits, temperature).cumsum(-1, dtype=torch.float64)
     if not torch.isfinite(cdf[:, -1]).all():
-        raise ValueError("f is not a distribution at some mask (NaN or inf logits): a diverged checkpoint?")
+        raise InputError("f is not a distribution at some mask (NaN or inf logits): a diverged checkpoint?")
     # u in (0, total]: the first index with cdf >= u always has f > 0, and one always exists
     u = (1 - torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device, generator=generator)) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(-1)
@@ -207,7 +220,7 @@ def initial_state(prompts, open_gaps, n, max_len, mask_id, pad_id, model_type, d
         p = list(prompts[b]) if prompts is not None else []
         if len(p) > max_len or (model_type == "flexmdm" and mask_id in p):
             raise InputError(f"prompt {b} has length {len(p)} > max_len {max_len}" if len(p) > max_len
-                     else f"error: prompt {b} contains mask_id {mask_id}: FlexMDM prompts are clean tokens")
+                     else f"prompt {b} contains mask_id {mask_id}: FlexMDM prompts are clean tokens")
         x[b, :len(p)] = torch.tensor(p, dtype=torch.long)
         fixed[b, :len(p)] = torch.tensor([v != mask_id for v in p], dtype=torch.bool)
         if open_gaps is not None:
@@ -361,10 +374,30 @@ def check_lengths(model_type, max_len, min_len, target_len, early_stop, prompts)
         raise InputError(f"a prompt of length {longest} is longer than target_len {target_len}")
 
 
+def check_streams(batch_size, generator, seed, rank, world):
+    """One-line errors for the batching and random-stream options of generate()."""
+    if batch_size is not None and batch_size < 0:
+        raise InputError(f"batch_size must be >= 0 (0 or None: one batch), got {batch_size}")
+    if seed is not None and generator is not None:
+        raise InputError("pass a generator or a seed, not both")
+    if seed is not None and seed < 0:
+        raise InputError(f"seed must be >= 0, got {seed}")
+    if world > 1 and seed is None:
+        raise InputError(f"{world} processes need a seed (one random stream per batch), not a generator")
+    if not 0 <= rank < world:
+        raise InputError(f"rank {rank} is not one of the {world} processes")
+
+
+def batch_seed(seed, index):
+    """The seed of batch `index`'s random stream: numpy's SeedSequence hashes (seed, index), so nearby
+    seeds and batch indices get unrelated streams."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
+
+
 def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_type="flexmdm", alpha=None, beta=None,
              sampler="vanilla", unmask="poisson", confidence="top_prob", gamma1=0.0, gamma2=64, temperature=1.0,
-             final="draw", prompts=None, open_gaps=None, batch_size=None, generator=None, device="cpu", banned=(),
-             early_stop=0.0, min_len=0, target_len=0, grid_power=1.0, progress=False):
+             final="draw", prompts=None, open_gaps=None, batch_size=None, generator=None, seed=None, rank=0, world=1,
+             device="cpu", banned=(), early_stop=0.0, min_len=0, target_len=0, grid_power=1.0, progress=False):
     """Samples as lists of token ids (see the module docstring). model_fn(x [B, L] right-padded with
     pad_id, t [B], fixed [B, L] bool: the prompt's tokens) -> (logits [B, L, V], g [B, L+1] or None):
     SPEC section 2, plus the fixed flags (a model may ignore them); instead of the logits a model may
@@ -377,6 +410,11 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
     min_len / target_len (FlexMDM, prompt included): length control (insertion_counts; target_len is exact
     for an exact model with one place for the masks, min_len an approximation); every sample then has
     length >= min_len, or exactly target_len, wherever an open gap allows it.
+    Randomness: one `generator` drives every batch in turn (None: torch's global one), or with `seed`
+    batch i (samples i * batch_size onwards; batch_size None or 0: one batch) draws from its own
+    generator seeded with batch_seed(seed, i), so the samples depend on seed and batch_size only.
+    rank, world (with seed): make only the batches i with i % world == rank (torchrun), and return None
+    for the samples of the other batches.
     progress: a bar of the steps and samples/s on a terminal."""
     check_choices(locals(), dict(model_type=("flexmdm", "mdm"), sampler=SAMPLERS, unmask=UNMASK_RULES,
                                  confidence=CONFIDENCES, final=FINALS))
@@ -387,24 +425,26 @@ def generate(model_fn, num_samples, steps, max_len, mask_id, pad_id, *, model_ty
     for name, per_sample in (("prompts", prompts), ("open_gaps", open_gaps)):
         if per_sample is not None and len(per_sample) != num_samples:
             raise InputError(f"{len(per_sample)} {name} for {num_samples} samples")
+    check_streams(batch_size, generator, seed, rank, world)
     check_lengths(model_type, max_len, min_len, target_len, early_stop, prompts)
     banned = {mask_id, *banned} | ({pad_id} if model_type == "flexmdm" else set())
     opts = dict(model_type=model_type, alpha=alpha or Schedule("linear"), beta=beta or Schedule("linear"),
                 sampler=sampler, unmask=unmask, confidence=confidence, gamma1=gamma1, gamma2=gamma2,
                 temperature=temperature, final=final, banned=torch.tensor(sorted(banned), device=device), early_stop=early_stop,
                 min_len=min_len, target_len=target_len, grid_power=grid_power)
-    batch_size = batch_size or num_samples
-    batches = range(0, num_samples, batch_size)
-    samples, t0 = [], time.perf_counter()
-    with tqdm(total=steps * len(batches), unit="step", disable=None if progress else True) as bar:
-        for i, start in enumerate(batches):
-            end = min(num_samples, start + batch_size)
-            chunk = slice(start, end)
-            samples += generate_batch(model_fn, end - start, steps, max_len, mask_id, pad_id, opts,
-                                      prompts[chunk] if prompts is not None else None,
-                                      open_gaps[chunk] if open_gaps is not None else None, generator, device, bar)
-            bar.update(steps * (i + 1) - bar.n)  # a batch whose rows all finished early stopped short
-            bar.set_postfix_str(f"{len(samples) / (time.perf_counter() - t0):.2f} samples/s")
+    batch_size = batch_size or max(num_samples, 1)
+    mine = range(rank, math.ceil(num_samples / batch_size), world)  # the batches this process makes
+    samples, made, t0 = [None] * num_samples, 0, time.perf_counter()
+    with tqdm(total=steps * len(mine), unit="step", disable=None if progress else True) as bar:
+        for done, i in enumerate(mine, 1):
+            chunk = slice(i * batch_size, min(num_samples, (i + 1) * batch_size))
+            rng = generator if seed is None else torch.Generator(device=device).manual_seed(batch_seed(seed, i))
+            samples[chunk] = generate_batch(model_fn, chunk.stop - chunk.start, steps, max_len, mask_id, pad_id, opts,
+                                            prompts[chunk] if prompts is not None else None,
+                                            open_gaps[chunk] if open_gaps is not None else None, rng, device, bar)
+            made += chunk.stop - chunk.start
+            bar.update(steps * done - bar.n)  # a batch whose rows all finished early stopped short
+            bar.set_postfix_str(f"{made / (time.perf_counter() - t0):.2f} samples/s")
     return samples
 
 
@@ -416,7 +456,12 @@ def load_model(ckpt_path, device, use_ema=True):
     from model import DiT, ModelConfig
     if not os.path.exists(ckpt_path):
         raise InputError(f"checkpoint {ckpt_path!r} not found: train first (train.py) or fix --out_dir")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise InputError(f"{ckpt_path!r} is not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or "model_args" not in ckpt:
+        raise InputError(f"{ckpt_path!r} is not a train.py checkpoint (no model_args)")
     # x changes shape at every step and FlexAttention compiles per shape: sample with the equivalent
     # dense-mask attention (tests/test_model.py checks that the two agree)
     model = DiT(ModelConfig(**{**ckpt["model_args"], "attention": "sdpa"}))
@@ -453,22 +498,38 @@ def write_jsonl(path, records):
     os.replace(path + ".tmp", path)
 
 
-def sample_records(model, ckpt, generator):
-    """Generate num_samples samples for the checkpoint's task; returns the JSON-line records."""
+def gather_samples(samples, world):
+    """Under torchrun: rank 0 gets every sample, each from the process that made it (generate returns None
+    for the others' samples), in sample order; the other ranks get None. gather_object pickles the
+    token lists, small next to the model, and needs no shared file system."""
+    if world == 1:
+        return samples
+    parts = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(samples, parts, dst=0)
+    return [next(s for s in copies if s is not None) for copies in zip(*parts)] if parts is not None else None
+
+
+def sample_records(model, ckpt, dev, rank=0, world=1):
+    """Generate num_samples samples for the checkpoint's task, the batches split over the world processes;
+    returns the JSON-line records on rank 0 (None on the others)."""
     meta, model_type = ckpt["meta"], ckpt["model_args"]["model_type"]
     alpha, beta = schedules(ckpt["config"])
     is_maze = meta.get("tokenizer") == "maze"
     subgoals = maze_prompts(os.path.join("data", ckpt["config"]["dataset"]), num_samples, meta["maze"]) if is_maze else None
     prompts = [s + [meta["sep_id"]] for s in subgoals] if is_maze and model_type == "mdm" else subgoals
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bfloat16" and "cuda" in device else nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bfloat16" and "cuda" in dev else nullcontext()
     model_fn = model.sampler_fn(alpha if model_type == "flexmdm" else beta)  # as in training
     with autocast:
         seqs = generate(model_fn, num_samples, steps, model.cfg.max_len, meta["mask_id"], meta["pad_id"],
                         model_type=model_type, alpha=alpha, beta=beta, sampler=sampler, unmask=unmask,
                         confidence=confidence, gamma1=gamma1, gamma2=gamma2, temperature=temperature, final=final,
-                        prompts=prompts, batch_size=batch_size, generator=generator, device=device,
+                        prompts=prompts, batch_size=batch_size, seed=seed, rank=rank, world=world, device=dev,
                         banned=[meta["sep_id"]] if "sep_id" in meta else [],  # SEP only ever ends a prompt
-                        early_stop=early_stop, min_len=min_len, target_len=target_len, progress=progress)
+                        early_stop=early_stop, min_len=min_len, target_len=target_len, grid_power=grid_power,
+                        progress=progress and rank == 0)
+    seqs = gather_samples(seqs, world)
+    if seqs is None:
+        return None
     records = []
     for b, seq in enumerate(seqs):
         if prompts is not None and model_type == "mdm":
@@ -487,16 +548,24 @@ def sample_records(model, ckpt, generator):
 
 def main():
     configure(globals(), sys.argv[1:])
+    check_device(device)
+    check_choices(globals(), dict(dtype=("float32", "bfloat16")))
     if num_samples < 1:
         raise InputError(f"num_samples must be at least 1, got {num_samples}")
-    torch.manual_seed(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    model, ckpt = load_model(os.path.join(out_dir, "ckpt.pt"), device, use_ema)
-    records = sample_records(model, ckpt, generator)
     path = samples_file or os.path.join(out_dir, "samples.jsonl")
-    write_jsonl(path, records)
-    lengths = [r["length"] for r in records]
-    print(f"wrote {len(records)} samples to {path} (length mean {np.mean(lengths):.1f}, min {min(lengths)}, max {max(lengths)})")
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{path} exists: write elsewhere with --samples_file=PATH, or replace it with --overwrite=True")
+    from train import init_distributed
+    ddp, rank, _, world, dev = init_distributed(device)
+    model, ckpt = load_model(os.path.join(out_dir, "ckpt.pt"), dev, use_ema)
+    records = sample_records(model, ckpt, dev, rank, world)
+    if ddp:
+        dist.destroy_process_group()
+    if rank == 0:
+        write_jsonl(path, records)
+        lengths = [r["length"] for r in records]
+        print(f"wrote {len(records)} samples to {path} ({world} process(es); length mean {np.mean(lengths):.1f}, "
+              f"min {min(lengths)}, max {max(lengths)})")
 
 
 if __name__ == "__main__":

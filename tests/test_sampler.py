@@ -3,17 +3,26 @@ symbols) the unmasking posterior f and the insertion expectation g are computed 
 (Prop. 1, appendix E.2.1); with them every sampler must reproduce p1 up to sampling noise and the
 tau-leaping error (Prop. 2, Prop. 3), and a wrong g must visibly fail the same check. The MDM baseline
 gets its own exact oracle (p1 padded to a fixed length). Then prompts and closed gaps, the time grid,
-determinism and batching."""
+determinism and batching; last, one random stream per batch and the sample.py CLI (torchrun, no silent
+overwrite, one-line errors)."""
+import contextlib
+import dataclasses
+import importlib
 import itertools
+import json
 import math
+import os
 import re
+import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
+import sample as sample_module
 from configurator import InputError
+from conftest import ROOT, random_dit, run_python
 from interpolant import Schedule, flexmdm_interpolant
 from sample import generate
 
@@ -628,5 +637,119 @@ def test_draw_follows_the_tempered_f(temperature):
 def test_draw_refuses_a_nan_f():
     from sample import draw
     logits = torch.tensor([[0.0, 1.0], [math.nan, 0.0]])
-    with pytest.raises(ValueError, match="not a distribution"):
+    with pytest.raises(InputError, match="not a distribution"):
         draw(logits, 1.0, False, gen(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# One random stream per batch; the CLI: torchrun, no silent overwrite, one-line errors
+
+def test_seeded_batches_do_not_depend_on_the_process_count():
+    """With a seed, batch i has its own stream: split round-robin over 2, 3 or 5 processes (5 > 4 batches:
+    one process makes none), each process returns its own batches' samples (None elsewhere), and merged
+    they are the samples of one process. Another seed gives other samples."""
+    oracle = flex_oracle(SCHEDULE_PAIRS["linear"][0])
+    whole = generate(oracle, 11, 32, MAX_LEN, MASK, PAD, batch_size=3, seed=3)
+    assert all(s is not None for s in whole)
+    for world in (2, 3, 5):
+        parts = [generate(oracle, 11, 32, MAX_LEN, MASK, PAD, batch_size=3, seed=3, rank=r, world=world)
+                 for r in range(world)]
+        for r, part in enumerate(parts):
+            assert [s is not None for s in part] == [(i // 3) % world == r for i in range(11)], (world, r)
+        assert [next(s for s in copies if s is not None) for copies in zip(*parts)] == whole, world
+    assert generate(oracle, 11, 32, MAX_LEN, MASK, PAD, batch_size=3, seed=4) != whole
+
+
+@pytest.mark.parametrize("options", [dict(seed=1, generator=gen(1)), dict(seed=-1), dict(world=2),
+                                     dict(seed=1, rank=2, world=2), dict(batch_size=-1)],
+                         ids=["seed-and-generator", "negative-seed", "world-without-seed", "rank", "batch_size"])
+def test_bad_stream_option_is_a_one_line_error(options):
+    with pytest.raises(InputError, match=r"^[^\n]+$"):
+        generate(greedy_inserter, 2, 4, MAX_LEN, MASK, PAD, **options)
+
+
+@pytest.fixture(scope="module")
+def maze_run(tiny_maze, tmp_path_factory):
+    """(cwd, run dir): a train.py-style checkpoint of a random-weight FlexMDM for the tiny maze (data/tiny
+    under cwd), so that its samples vary with the seed; sample.py runs in cwd."""
+    with open(tiny_maze / "data" / "tiny" / "meta.json") as f:
+        meta = json.load(f)
+    model = random_dit(meta["vocab_size"], meta["pad_id"], max_len=meta["max_len"])
+    run_dir = tmp_path_factory.mktemp("maze_run")
+    torch.save(dict(model_args=dataclasses.asdict(model.cfg), model=model.state_dict(), ema=None, meta=meta,
+                    config=dict(alpha_schedule="linear", beta_schedule="linear", schedule_exponent=2.0,
+                                dataset="tiny")), run_dir / "ckpt.pt")
+    return tiny_maze, run_dir
+
+
+def run_sample(args, cwd):
+    """sample.main() in this process, as `python sample.py *args` in cwd would (defaults reloaded first)."""
+    sample = importlib.reload(sample_module)
+    argv = sys.argv
+    sys.argv = ["sample.py", *args]
+    try:
+        with contextlib.chdir(str(cwd)):
+            sample.main()
+    finally:
+        sys.argv = argv
+
+
+CLI_ARGS = ["--num_samples=7", "--batch_size=2", "--steps=8", "--device=cpu", "--dtype=float32", "--progress=False"]
+
+
+def test_torchrun_writes_the_same_samples_as_one_process(maze_run, tmp_path):
+    """7 samples in batches of 2 (4 batches, the last one short) over 2 torchrun processes (gloo): the
+    same JSON lines, byte for byte, as one process; another seed writes other samples."""
+    cwd, run_dir = maze_run
+    args = [f"--out_dir={run_dir}", *CLI_ARGS]
+    one, two, other = (str(tmp_path / name) for name in ("one.jsonl", "two.jsonl", "other.jsonl"))
+    run_sample([*args, f"--samples_file={one}"], cwd)
+    proc = run_python(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       os.path.join(ROOT, "sample.py"), *args, f"--samples_file={two}"], cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "wrote 7 samples" in proc.stdout and "(2 process(es)" in proc.stdout
+    run_sample([*args, "--seed=7", f"--samples_file={other}"], cwd)
+    lines = open(one).read().splitlines()
+    assert len(lines) == 7 and len(set(lines)) > 1
+    assert open(two).read() == open(one).read()
+    assert open(other).read() != open(one).read()
+
+
+def test_existing_samples_file_is_refused(maze_run, tmp_path):
+    """An existing samples file (the default out_dir/samples.jsonl or --samples_file) is refused, by name
+    and with the way on, and left as it was; --overwrite=True replaces it."""
+    cwd, run_dir = maze_run
+    kept = tmp_path / "samples.jsonl"
+    kept.write_text("keep\n")
+    for target in ([f"--out_dir={tmp_path}"], [f"--out_dir={run_dir}", f"--samples_file={kept}"]):
+        with pytest.raises(InputError, match=rf"^{re.escape(str(kept))} exists: .*--samples_file=.*--overwrite=True[^\n]*$"):
+            run_sample([*target, *CLI_ARGS], cwd)
+        assert kept.read_text() == "keep\n"
+    run_sample([f"--out_dir={run_dir}", f"--samples_file={kept}", "--overwrite=True", *CLI_ARGS], cwd)
+    assert len(kept.read_text().splitlines()) == 7
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without a usable GPU")
+def test_cuda_on_a_cpu_build_is_refused_first(tmp_path):
+    """--device=cuda without a GPU is refused before anything is read (the missing checkpoint is not reached)."""
+    with pytest.raises(InputError, match=r"^device 'cuda' is not available.*--device=cpu$"):
+        run_sample([f"--out_dir={tmp_path / 'nothing'}", "--device=cuda"], tmp_path)
+
+
+def test_unreadable_checkpoint_is_a_one_line_error(tmp_path):
+    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match=r"ckpt.pt' is not a readable checkpoint \([^\n]*\)$"):
+        run_sample([f"--out_dir={tmp_path}", "--device=cpu"], tmp_path)
+    torch.save({"model": {}}, tmp_path / "ckpt.pt")
+    with pytest.raises(InputError, match=r"ckpt.pt' is not a train.py checkpoint"):
+        run_sample([f"--out_dir={tmp_path}", "--device=cpu"], tmp_path)
+
+
+def test_help_prints_the_settings(tmp_path):
+    """`python sample.py --help` (a real process): the docstring's first paragraph and every setting with its
+    default, exit status 0, nothing on stderr."""
+    proc = run_python([os.path.join(ROOT, "sample.py"), "--help"], tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("Sample from a trained FlexMDM")
+    assert "write the samples as JSON lines:\n\nSettings:" in proc.stdout
+    assert all(f"--{key}=" in proc.stdout for key in ("out_dir", "samples_file", "overwrite", "seed", "batch_size"))
