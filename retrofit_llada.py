@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from configurator import InputError, check_choices, configure, run
+from configurator import InputError, check_choices, check_device, configure, run
 from interpolant import (Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, num_targets, sample_times,
                          unmasking_loss)
 from model import TimeEmbedding, modulate, rotary
@@ -313,7 +313,12 @@ def load_ckpt(model, path, arch):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     if not os.path.exists(path):
         raise InputError(f"checkpoint {path!r} not found")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 (a torn or foreign file fails in many ways; the user needs one line)
+        raise InputError(f"cannot read checkpoint {path!r}: {(str(e) or type(e).__name__).splitlines()[0]}")
+    if not isinstance(ck, dict) or "trainable" not in ck:
+        raise InputError(f"{path} is not a checkpoint of retrofit_llada.py (it has no 'trainable' tensors)")
     shapes = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
     bad = sorted(set(shapes) ^ set(ck["trainable"])) or [n for n in shapes if ck["trainable"][n].shape != shapes[n]]
     if ck.get("model_type") != model_type or ck.get("arch") != arch or bad:
@@ -491,14 +496,20 @@ def train_loop(model, arch, tok, rank, world, dev, autocast, ck):
     iter_num, data_rng = 0, np.random.default_rng(seed + rank)
     cuda = dev.startswith("cuda")
     if init_from == "resume":
-        if len(ck["rng"]) != world:
-            raise InputError(f"{os.path.join(out_dir, 'ckpt.pt')} was written by {len(ck['rng'])} process(es), this run has {world}")
         set_optimizer_state_dict(model, optimizer, ck["optimizer"], options=StateDictOptions(full_state_dict=True))
-        iter_num = ck["iter_num"]
-        torch.set_rng_state(ck["rng"][rank]["torch"])
-        if cuda:
-            torch.cuda.set_rng_state(ck["rng"][rank]["cuda"])
-        data_rng.bit_generator.state = ck["rng"][rank]["data"]
+        iter_num, saved_world = ck["iter_num"], len(ck["rng"])
+        if saved_world == world:  # every process continues its own streams: the run goes on as if never cut
+            torch.set_rng_state(ck["rng"][rank]["torch"])
+            if cuda and ck["rng"][rank]["cuda"] is not None:  # None: written on a CPU
+                torch.cuda.set_rng_state(ck["rng"][rank]["cuda"])
+            data_rng.bit_generator.state = ck["rng"][rank]["data"]
+        else:  # the trainable state is full tensors, but the per-process streams cannot be split or merged
+            data_rng = np.random.default_rng([seed, rank, iter_num])  # new streams, not the start's again
+            torch.manual_seed(int(data_rng.integers(2**62)))
+            if rank == 0:
+                print(f"{os.path.join(out_dir, 'ckpt.pt')} was written by {saved_world} process(es), this run has {world}: "
+                      f"weights, optimizer state and schedule continue; the random streams (data order, times, masks, "
+                      f"dropout) start anew, not as the {saved_world}-process run would have drawn them", flush=True)
     data = stage_data(tok, rank, world, iter_num)
     n_iters = max_iters
     if epochs > 0 and stage in ("ift_math", "ift_code"):
@@ -630,6 +641,7 @@ def load_tokenizer(name, arch):
 def main():
     configure(globals(), sys.argv[1:])
     check_choices(globals(), CHOICES)
+    check_device(device)
     if model_type == "mdm" and stage in ("pretrain", "bench"):
         raise InputError(f"stage={stage} is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base itself (ift stages, generate)")
     ddp, rank, _, world, dev = init_distributed(device)

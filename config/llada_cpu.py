@@ -1,6 +1,8 @@
 # A tiny LLaDA retrofit on one CPU process (tests/test_llada.py runs it). base_model has no default
 # here: give a small checkpoint in LLaDA's format (config.json, model.safetensors, tokenizer), e.g.
 #   python retrofit_llada.py config/llada_cpu.py --base_model=PATH --stage=pretrain --max_iters=20
+# or FSDP over 2 CPU processes (gloo), the global batch kept by halving the accumulation:
+#   torchrun --standalone --nproc_per_node=2 retrofit_llada.py config/llada_cpu.py --base_model=PATH --stage=ift_math
 # Data: the offline stand-ins of ../shared/data (README there): WebText for OpenWebText, math_text
 # (one file; their "meta" fields differ) for Proof-Pile-2, GSM8K as is.
 device = "cpu"

@@ -6,13 +6,17 @@ import gzip
 import importlib
 import io
 import json
+import math
 import os
+import re
+import signal
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_python, subprocess_env
 from configurator import InputError, configure
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -278,11 +282,9 @@ def test_stages_end_to_end_then_evaluate(llada_dir, tmp_path):
     assert "iter 2: loss" in out and os.path.exists(os.path.join(pre, "ckpt.pt"))
     out = run_main(llada_dir, "--stage=pretrain", "--max_iters=3", "--init_from=resume", f"--out_dir={pre}")
     assert "iter 3: loss" in out and "iter 1: loss" not in out
-    ckpt = torch.load(os.path.join(pre, "ckpt.pt"), weights_only=False)
-    os.makedirs(tmp_path / "two")
-    torch.save(dict(ckpt, rng=ckpt["rng"] * 2), tmp_path / "two" / "ckpt.pt")  # as if from 2 processes
-    with pytest.raises(InputError, match="written by 2 process"):
-        run_main(llada_dir, "--stage=pretrain", "--max_iters=4", "--init_from=resume", f"--out_dir={tmp_path / 'two'}")
+    torch.save({"model": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(InputError, match="not a checkpoint of retrofit_llada.py"):
+        run_main(llada_dir, "--stage=ift_math", f"--init_from={tmp_path / 'foreign.pt'}", f"--out_dir={ift}")
     out = run_main(llada_dir, "--stage=ift_math", "--max_iters=2", f"--init_from={pre}/ckpt.pt", f"--out_dir={ift}")
     assert "iter 2: loss" in out
     with pytest.raises(InputError, match="does not match"):
@@ -318,6 +320,114 @@ def test_infilling_keeps_prefix_and_suffix_intact(llada_dir, model_type):
         middle = seq[n_pre:len(seq) - n_suf]
         assert 0 < len(middle) and arch["mask_id"] not in middle
         assert len(seq) <= max(len(p) for _, p, _, _ in items) + R.infill_middle_tokens  # the batch's length cap
+
+
+# ----------------------------------------------------------------------------------------------
+# Two processes: torchrun, FSDP2 on gloo
+
+TWO_PROCESS_ARGS = ["--stage=ift_math", "--global_batch_size=8", "--save_interval=2"]  # 2 x 2 accumulated x 2 processes
+
+
+def tail(text):
+    return (text or "")[-3000:]
+
+
+def torchrun(llada_dir, *args, timeout=240):
+    """`torchrun --standalone --nproc_per_node=2 retrofit_llada.py config/llada_cpu.py ...` in the repo
+    root, on CPU (gloo), one thread per process; its stdout. A run past timeout is killed with its workers."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "retrofit_llada.py",
+           "config/llada_cpu.py", f"--base_model={llada_dir}", *small_data(llada_dir), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers: their own session
+        out, err = proc.communicate()
+        raise AssertionError(f"torchrun {' '.join(args)} did not finish in {timeout} s (a hung collective?)\n"
+                             f"--- stdout:\n{tail(out)}\n--- stderr:\n{tail(err)}") from None
+    assert proc.returncode == 0, f"torchrun {' '.join(args)} exited with {proc.returncode}\n--- stdout:\n{tail(out)}\n--- stderr:\n{tail(err)}"
+    return out
+
+
+def logged_losses(stdout):
+    """{iteration: (loss, unmask, insert)} as printed, strings: compared exactly."""
+    return {int(i): rest for i, *rest in re.findall(r"^iter (\d+): loss (\S+) \(unmask (\S+), insert (\S+)\)", stdout, re.M)}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(llada_dir, tmp_path_factory):
+    """An uncut 2-process ift_math run of 4 iterations (a checkpoint at 2, overwritten at 4): (stdout, out_dir)."""
+    out_dir = tmp_path_factory.mktemp("uncut")
+    return torchrun(llada_dir, *TWO_PROCESS_ARGS, "--max_iters=4", f"--out_dir={out_dir}"), out_dir
+
+
+def test_torchrun_two_processes_train_and_resume_exactly(llada_dir, two_process_run, tmp_path):
+    """FSDP2 over 2 processes: the steps run, rank 0 logs them once, every trainable tensor (in both
+    block units and the root) is updated and written whole; a run cut at iteration 2 and resumed is the
+    uncut run: the same logged losses, tensors and Adam moments, bit for bit. Exact rather than to a
+    tolerance: both runs do the same float operations on the same draws (each process restores its own
+    streams), a 2-way gloo sum does not depend on the order, and the checkpoint keeps fp32 as fp32; so
+    any difference, however small, is a state that was not restored."""
+    out, uncut = two_process_run
+    assert "2 process(es) on cpu" in out and "(2 x 2 accumulation x 2 processes)" in out, tail(out)
+    losses = logged_losses(out)
+    assert list(losses) == [1, 2, 3, 4] and out.count("iter 1: loss") == 1, tail(out)
+    assert all(math.isfinite(float(v)) for terms in losses.values() for v in terms), tail(out)
+    final = torch.load(uncut / "ckpt.pt", weights_only=False)
+    assert final["iter_num"] == 4 and len(final["rng"]) == 2 and final["rng"][0]["data"] != final["rng"][1]["data"]
+
+    cut = tmp_path / "cut"
+    first = torchrun(llada_dir, *TWO_PROCESS_ARGS, "--max_iters=2", f"--out_dir={cut}")
+    half = torch.load(cut / "ckpt.pt", weights_only=False)
+    second = torchrun(llada_dir, *TWO_PROCESS_ARGS, "--max_iters=4", "--init_from=resume", f"--out_dir={cut}")
+    assert logged_losses(first) == {i: losses[i] for i in (1, 2)}, f"{tail(first)}\nuncut:\n{tail(out)}"
+    assert logged_losses(second) == {i: losses[i] for i in (3, 4)}, f"{tail(second)}\nuncut:\n{tail(out)}"
+    R = retrofit(llada_dir)
+    shapes = {n: p.shape for n, p in tiny_model(R, llada_dir)[0].named_parameters() if p.requires_grad}
+    resumed = torch.load(cut / "ckpt.pt", weights_only=False)
+    assert {n: t.shape for n, t in final["trainable"].items()} == shapes  # whole tensors, not one process's shard
+    for name, t in final["trainable"].items():
+        assert not torch.equal(half["trainable"][name], t), f"{name} was not updated by iterations 3 and 4"
+        assert torch.equal(resumed["trainable"][name], t), (
+            f"{name}: the resumed run differs from the uncut one by {(resumed['trainable'][name] - t).abs().max():.3g}")
+    for name, state in final["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(resumed["optimizer"]["state"][name][key], value), (name, key)
+
+
+def test_two_process_checkpoint_resumes_in_one_process(llada_dir, two_process_run, tmp_path):
+    """The 2-process ckpt.pt resumed by 1 process: one line says the random streams start anew; the
+    weights (a step at lr 1e-9 leaves them where they were loaded) and Adam's state (its step count)
+    are the checkpoint's, the iteration continues, the global batch stays 8."""
+    saved = torch.load(two_process_run[1] / "ckpt.pt", weights_only=False)
+    torch.save(saved, tmp_path / "ckpt.pt")
+    out = run_main(llada_dir, *TWO_PROCESS_ARGS, "--max_iters=5", "--init_from=resume", f"--out_dir={tmp_path}",
+                   "--learning_rate=1e-9", "--min_lr=1e-10")
+    assert "written by 2 process(es), this run has 1: weights, optimizer state and schedule continue; the random streams" in out
+    assert "(2 x 4 accumulation x 1 processes)" in out and list(logged_losses(out)) == [5], out
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert ck["iter_num"] == 5 and len(ck["rng"]) == 1
+    assert all(s["step"].item() == 5 for s in ck["optimizer"]["state"].values())
+    for name, t in saved["trainable"].items():
+        assert (ck["trainable"][name] - t).abs().max() < 1e-7, name
+    assert max(t.abs().max() for n, t in saved["trainable"].items() if "lora_B" in n) > 1e-5  # ... which are not the initial zeros
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_device_this_build_lacks_is_one_line(llada_dir):
+    with pytest.raises(InputError, match=r"^device 'cuda' is not available: this torch .* use --device=cpu$"):
+        run_main(llada_dir, "--device=cuda")
+
+
+def test_help_as_a_process():
+    proc = run_python(["retrofit_llada.py", "--help"], cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, tail(proc.stdout) + tail(proc.stderr)
+    assert proc.stdout.startswith("Retrofit LLaDA-8B-Base into a FlexMDM"), tail(proc.stdout)
+    assert "--init_from='base'" in proc.stdout and "--stage='pretrain'" in proc.stdout, tail(proc.stdout)
 
 
 def test_configs_are_valid(llada_dir):
