@@ -66,9 +66,12 @@ def modulate(x, shift, scale):
 
 
 def attend(q, k, v, mask):
-    """FlexAttention with a BlockMask (fused kernel on CUDA), or SDPA with a dense boolean mask."""
+    """FlexAttention with a BlockMask, or SDPA with a dense boolean mask. FlexAttention always runs
+    compiled (a fused kernel on CUDA, a C++ one on CPU): the eager flex_attention is a slow reference
+    (8x slower than compiled on CPU at the demo's shape, BENCHMARKS.md). On CPU, torch (2.13) has no
+    FlexAttention backward, compiled or not: train there with SDPA (attention="auto")."""
     if isinstance(mask, BlockMask):
-        return (compiled_flex_attention() if q.is_cuda else flex_attention)(q, k, v, block_mask=mask)
+        return compiled_flex_attention()(q, k, v, block_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

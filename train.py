@@ -3,21 +3,28 @@ Train a FlexMDM (or the padded MDM baseline) on a prepared dataset. One process:
     python train.py config/maze_cpu.py --max_iters=200
 DDP on one node (gloo on CPU, nccl on CUDA):
     torchrun --standalone --nproc_per_node=8 train.py config/owt.py
+Continue a stopped run: the same command with --init_from=resume (out_dir holds ckpt.pt).
 Settings are the globals below, overridden by config files then --key=value (configurator.py).
+
+Checkpoints (out_dir/ckpt.pt: weights, EMA, optimiser, RNG states, iteration, time spent) are written at
+every eval_interval, every save_interval iterations, every save_seconds of wall time, at the end, and
+when SIGINT (Ctrl-C) or SIGTERM stops the run; each write replaces the previous one atomically.
 """
 import json
 import math
 import os
+import shlex
+import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import InputError, check_choices, configure, run
+from configurator import InputError, check_choices, check_device, configure, run
 from interpolant import (SCHEDULES, TIME_WEIGHTINGS, Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant,
                          num_targets, sample_times, time_weight, unmasking_loss)
 from model import DiT, ModelConfig
@@ -25,8 +32,10 @@ from model import DiT, ModelConfig
 # -----------------------------------------------------------------------------
 # I/O
 out_dir = "out"
-init_from = "scratch"  # scratch | resume
-eval_interval = 500
+init_from = "scratch"  # scratch (refused if out_dir holds ckpt.pt) | resume
+eval_interval = 500  # evaluate and checkpoint every eval_interval iterations
+save_interval = 0  # > 0: also checkpoint every save_interval iterations
+save_seconds = 600.0  # > 0: also checkpoint once this many wall seconds have passed since the last checkpoint
 eval_iters = 20
 log_interval = 10
 wandb_log = False
@@ -232,10 +241,35 @@ def get_lr(it, spent):
 
 
 def save_checkpoint(path, state):
-    """Write to a temporary file and rename it, so a crash never leaves a broken ckpt.pt."""
+    """Write a temporary file, force it to disk, rename it over path, then force the directory entry to
+    disk: a crash, a kill -9 or a power cut at any moment leaves the previous checkpoint or the new one,
+    whole, never a torn file."""
     tmp = path + ".tmp"
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@contextmanager
+def stop_signals():
+    """Within the block, SIGINT (Ctrl-C) and SIGTERM (kill, torchrun, a cluster's preemption) do not stop
+    the process: they append their number to the list yielded, which the training loop reads between
+    iterations to checkpoint and stop. Further signals change nothing (torchrun forwards a Ctrl-C that
+    the workers received already); kill -9 stops at once, and the last checkpoint stays whole."""
+    received = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def check_meta(meta, ckpt_meta, path):
@@ -261,6 +295,12 @@ def main():
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
     configure(globals(), sys.argv[1:])
     config = {k: globals()[k] for k in config_keys}
+    check_device(device)
+    if save_interval < 0 or save_seconds < 0:
+        raise InputError(f"save_interval={save_interval} and save_seconds={save_seconds} must be >= 0 (0 turns each off)")
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if init_from == "scratch" and os.path.exists(ckpt_path):
+        raise InputError(f"{ckpt_path} exists: continue that run with --init_from=resume, or start this one in another --out_dir")
 
     ddp, rank, local_rank, world, dev = init_distributed(device)
     if gradient_accumulation_steps % world:
@@ -290,7 +330,6 @@ def main():
                       cond_dim=cond_dim, dropout=dropout, model_type=model_type, pad_id=meta["pad_id"],
                       fixed_embedding=fixed_embedding, insert_head=insert_head, insert_scale=insert_scale)
 
-    ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if init_from == "resume":
         if not os.path.exists(ckpt_path):
             raise InputError(f"--init_from=resume but {ckpt_path!r} does not exist")
@@ -316,6 +355,8 @@ def main():
             torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
         data_rng.bit_generator.state = ckpt["rng"][rank]["data"]
         del ckpt
+        if master:
+            print(f"resuming from {ckpt_path}: iteration {iter_num}, {spent:.1f} s of training steps spent")
     # the EMA starts from the weights the run starts from (a checkpoint saved without EMA included)
     ema = [e.to(dev) for e in saved_ema] if saved_ema is not None else [p.detach().clone() for p in raw_model.parameters()]
     if master:
@@ -373,50 +414,60 @@ def main():
         import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
-    t0, tokens_seen = time.time(), 0
-    while True:
-        done = spent >= max_seconds if max_seconds else iter_num >= max_iters
-        if iter_num % eval_interval == 0 or done:
-            val = evaluate()
-            if master:
-                print(f"iter {iter_num}: val loss {val[0]:.4f} (unmask {val[1]:.4f}, insert {val[2]:.4f})")
+    t0, tokens_seen, last_save = time.time(), 0, time.monotonic()
+    with stop_signals() as received:
+        while True:
+            stop = received[0] if received else 0
+            save_due = bool(save_seconds) and time.monotonic() - last_save >= save_seconds
+            if ddp:  # rank 0's clocks rule, a stop signal on any rank stops all: every rank stops and saves alike
+                shared = torch.tensor([spent if master else 0.0, save_due and master, stop], dtype=torch.float64, device=dev)
+                dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+                spent, save_due, stop = shared[0].item(), bool(shared[1]), int(shared[2])
+            done = spent >= max_seconds if max_seconds else iter_num >= max_iters
+            if (iter_num % eval_interval == 0 or done) and not stop:
+                val = evaluate()
+                if master:
+                    print(f"iter {iter_num}: val loss {val[0]:.4f} (unmask {val[1]:.4f}, insert {val[2]:.4f})")
+                    if wandb_log:
+                        wandb.log({"iter": iter_num, "val/loss": val[0], "val/unmask": val[1], "val/insert": val[2]})
+            if iter_num % eval_interval == 0 or done or stop or save_due or (save_interval and iter_num % save_interval == 0):
+                checkpoint()
+                last_save = time.monotonic()
+            if stop:
+                if master:
+                    print(f"stopped by {signal.Signals(stop).name} at iteration {iter_num}, saved in {ckpt_path}; to continue, "
+                          f"run the same command with --init_from=resume --out_dir={shlex.quote(out_dir)}", file=sys.stderr)
+                break
+            if done:
+                if master:
+                    print(f"stopped after {iter_num} iterations and {spent:.0f} s of training steps")
+                break
+            step_start = clock()
+            lr = get_lr(iter_num, spent)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(accum):
+                if ddp:
+                    model.require_backward_grad_sync = micro == accum - 1
+                loss, unmask, insert, n_tokens = batch_loss("train", data_rng)
+                (loss / accum).backward()
+                tokens_seen += n_tokens
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema_decay:
+                torch._foreach_lerp_(ema, [p.detach() for p in raw_model.parameters()], 1 - ema_decay)
+            iter_num += 1
+            spent += clock() - step_start
+            if iter_num % log_interval == 0 and master:
+                dt = time.time() - t0
+                print(f"iter {iter_num}: loss {loss.item():.4f} (unmask {unmask.item():.4f}, insert {insert.item():.4f}), "
+                      f"lr {lr:.2e}, {tokens_seen * world / dt:.0f} x1 tok/s, {1000 * dt / log_interval:.0f} ms/iter")
                 if wandb_log:
-                    wandb.log({"iter": iter_num, "val/loss": val[0], "val/unmask": val[1], "val/insert": val[2]})
-            checkpoint()
-        if done:
-            if master:
-                print(f"stopped after {iter_num} iterations and {spent:.0f} s of training steps")
-            break
-        step_start = clock()
-        lr = get_lr(iter_num, spent)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for micro in range(accum):
-            if ddp:
-                model.require_backward_grad_sync = micro == accum - 1
-            loss, unmask, insert, n_tokens = batch_loss("train", data_rng)
-            (loss / accum).backward()
-            tokens_seen += n_tokens
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema_decay:
-            torch._foreach_lerp_(ema, [p.detach() for p in raw_model.parameters()], 1 - ema_decay)
-        iter_num += 1
-        spent += clock() - step_start
-        if ddp and max_seconds:  # rank 0's clock decides, so that all ranks stop at the same iteration
-            clock = torch.tensor([spent], dtype=torch.float64, device=dev)
-            dist.broadcast(clock, 0)
-            spent = clock.item()
-        if iter_num % log_interval == 0 and master:
-            dt = time.time() - t0
-            print(f"iter {iter_num}: loss {loss.item():.4f} (unmask {unmask.item():.4f}, insert {insert.item():.4f}), "
-                  f"lr {lr:.2e}, {tokens_seen * world / dt:.0f} x1 tok/s, {1000 * dt / log_interval:.0f} ms/iter")
-            if wandb_log:
-                wandb.log({"iter": iter_num, "train/loss": loss.item(), "train/unmask": unmask.item(),
-                           "train/insert": insert.item(), "lr": lr})
-            t0, tokens_seen = time.time(), 0
+                    wandb.log({"iter": iter_num, "train/loss": loss.item(), "train/unmask": unmask.item(),
+                               "train/insert": insert.item(), "lr": lr})
+                t0, tokens_seen = time.time(), 0
     if ddp:  # let gloo's worker threads finish and free DDP while the group lives (else exit can deadlock)
         checksum = torch.stack([p.detach().double().sum() for p in raw_model.parameters()]).sum().reshape(1)
         sums = [torch.zeros_like(checksum) for _ in range(world)]
@@ -426,7 +477,8 @@ def main():
         dist.barrier()
         del model
         dist.destroy_process_group()
+    return 128 + stop if stop else 0  # the shell's status for a process stopped by that signal
 
 
 if __name__ == "__main__":
-    run(main)
+    run(lambda: sys.exit(main()))

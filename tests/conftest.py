@@ -62,6 +62,13 @@ def run_python(args, cwd, timeout=300):
                           text=True, timeout=timeout)
 
 
+def start_python(args, cwd):
+    """`python -u *args` in cwd, running on: a Popen with text stdout and stderr piped. It gets a
+    session of its own, so that a test can signal its whole process group, as Ctrl-C in a terminal does."""
+    return subprocess.Popen([sys.executable, "-u", *args], cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
 def make_maze(root, name, m=3, n=3, K=2, num_pairs=200):
     """prepare_maze.py's CLI into root/data/<name>; returns the meta dict."""
     import json

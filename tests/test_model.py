@@ -1,11 +1,15 @@
 """model.py: FlexAttention vs dense SDPA, invariance to padding, pad content and the other rows,
 the packed layout, the MDM variant, the zero initialisation, the paper's parameter count.
-CPU FlexAttention runs eagerly and has no backward: those checks run under torch.no_grad."""
+FlexAttention runs compiled, as on CUDA; on CPU torch has no FlexAttention backward, so those checks
+run under torch.no_grad (the gradients are checked on CUDA only). Each new shape compiles the kernel
+(seconds): the flex checks reuse few shapes, and the invariance tests run on SDPA, which the flex
+checks tie FlexAttention to."""
 import math
 
 import pytest
 import torch
 
+import model as model_py
 import train
 from interpolant import Schedule
 from model import DiT, ModelConfig
@@ -14,8 +18,7 @@ V, PAD, MASK = 30, 28, 29  # ordinary tokens 0..27; the FlexMDM slot id is V
 LENGTHS = [5, 0, 13, 1, 9, 13, 3]  # an empty sequence and two full ones (L = 13)
 ATOL = 2e-4  # float32, different batch shapes take different matmul kernels
 
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile",
-                                        "ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def make_model(model_type="flexmdm", attention="sdpa", seed=0, randomise=True, n_layer=2):
@@ -81,6 +84,46 @@ def test_flex_matches_sdpa_packed():
     torch.testing.assert_close(hf[real], hs[real], atol=ATOL, rtol=ATOL)
 
 
+def test_flex_mask_follows_the_batch_with_the_compiled_kernel(monkeypatch):
+    """attention="flex" on CPU runs the compiled kernel (the CUDA default path), not the eager
+    reference (replaced here by one that fails); and the compiled kernel reads each batch's mask: a
+    second batch of the same shape (no recompile) with other lengths gets its own SDPA output."""
+    model_py.compiled_flex_attention()  # compiled from the real flex_attention, before the replacement
+
+    def eager_reference(*args, **kwargs):
+        raise AssertionError("attend ran the eager flex_attention")
+    monkeypatch.setattr(model_py, "flex_attention", eager_reference)
+    flex, sdpa = make_model("flexmdm", "flex"), make_model("flexmdm", "sdpa")
+    for lengths in (LENGTHS, LENGTHS[::-1], [13] * len(LENGTHS)):
+        x, t = padded_batch(lengths, L=max(LENGTHS)), times(len(lengths))
+        with torch.no_grad():
+            assert_same_real_outputs(flex.forward_padded(x, t), sdpa.forward_padded(x, t), lengths)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch has no FlexAttention backward on CPU")
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_flex_gradients_match_sdpa_on_cuda(layout):
+    """The CUDA default path in training: compiled FlexAttention's outputs and parameter gradients
+    equal dense SDPA's, padded and packed. Tolerance: float32, and the fused kernel sums in another order."""
+    flex, sdpa = make_model("flexmdm", "flex").cuda(), make_model("flexmdm", "sdpa").cuda()
+    x, t = padded_batch(LENGTHS), times(len(LENGTHS))
+    if layout == "padded":
+        tokens, seq_ids, positions = flex.padded_layout(x)
+    else:
+        tokens, seq_ids, positions, _ = train.pack(x, torch.tensor(LENGTHS), flex.slot_id, PAD, 24)
+    args = [z.cuda() for z in (tokens, seq_ids, positions, t)]
+    real = args[1] >= 0
+    hidden = []
+    for model in (flex, sdpa):
+        h = model(*args)[real]
+        (model.unmask_head(h).float().logsumexp(-1).mean() + model.insertion_rates(h).mean()).backward()
+        hidden.append(h.detach())
+    torch.testing.assert_close(hidden[0], hidden[1], atol=1e-3, rtol=1e-3)
+    for (name, a), b in zip(flex.named_parameters(), sdpa.parameters()):
+        assert b.grad.abs().max() > 0, name
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-3, rtol=1e-3, msg=name)
+
+
 def test_attention_auto_is_sdpa_on_cpu():
     model = DiT(ModelConfig(vocab_size=V, n_layer=1, n_head=2, n_embd=16, cond_dim=8, pad_id=PAD))
     assert not model.use_flex(torch.device("cpu"))
@@ -90,9 +133,8 @@ def test_attention_auto_is_sdpa_on_cpu():
 # ---------------------------------------------------------------------------------------------
 # Invariances of the padded layout
 
-@pytest.mark.parametrize("attention", ["sdpa", "flex"])
-def test_more_padding_changes_nothing(attention):
-    model = make_model("flexmdm", attention)
+def test_more_padding_changes_nothing():
+    model = make_model("flexmdm")
     x, t = padded_batch(LENGTHS), times(len(LENGTHS))
     longer = torch.cat([x, torch.full((len(LENGTHS), 11), PAD)], 1)
     with torch.no_grad():
@@ -168,10 +210,9 @@ def test_content_and_time_matter():
 # ---------------------------------------------------------------------------------------------
 # Packed layout == padded layout
 
-@pytest.mark.parametrize("attention", ["sdpa", "flex"])
 @pytest.mark.parametrize("row_tokens", [14, 20, 64])
-def test_packed_matches_padded(attention, row_tokens):
-    model = make_model("flexmdm", attention)
+def test_packed_matches_padded(row_tokens):
+    model = make_model("flexmdm")
     lengths = [0, 4, 13, 0, 2, 7, 1, 13, 0]
     x, t = padded_batch(lengths), times(len(lengths))
     with torch.no_grad():
