@@ -36,6 +36,8 @@ init_from = "scratch"  # scratch (refused if out_dir holds ckpt.pt) | resume
 eval_interval = 500  # evaluate and checkpoint every eval_interval iterations
 save_interval = 0  # > 0: also checkpoint every save_interval iterations
 save_seconds = 600.0  # > 0: also checkpoint once this many wall seconds have passed since the last checkpoint
+keep_at = ()  # budget points (seconds of training steps with max_seconds, else iterations) where a copy of the
+# checkpoint is kept as ckpt_<point>.pt: a compute curve from one run
 eval_iters = 20
 log_interval = 10
 wandb_log = False
@@ -397,7 +399,7 @@ def main():
             dist.all_reduce(terms, op=dist.ReduceOp.AVG)
         return terms.tolist()
 
-    def checkpoint():
+    def checkpoint(path=ckpt_path):
         rng_state = {"torch": torch.get_rng_state(), "data": data_rng.bit_generator.state,
                      "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
         states = [None] * world
@@ -406,7 +408,7 @@ def main():
         else:
             states = [rng_state]
         if master:
-            save_checkpoint(ckpt_path, {"model": raw_model.state_dict(), "ema": [e.cpu() for e in ema] if ema_decay else None,
+            save_checkpoint(path, {"model": raw_model.state_dict(), "ema": [e.cpu() for e in ema] if ema_decay else None,
                                         "optimizer": optimizer.state_dict(), "model_args": model_args, "iter_num": iter_num,
                                         "train_seconds": spent, "config": config, "meta": meta, "rng": states})
 
@@ -415,6 +417,8 @@ def main():
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
     t0, tokens_seen, last_save = time.time(), 0, time.monotonic()
+    budget_used = lambda: spent if max_seconds else iter_num
+    kept = {point for point in keep_at if budget_used() >= point}  # a resumed run passed these already
     with stop_signals() as received:
         while True:
             stop = received[0] if received else 0
@@ -433,6 +437,9 @@ def main():
             if iter_num % eval_interval == 0 or done or stop or save_due or (save_interval and iter_num % save_interval == 0):
                 checkpoint()
                 last_save = time.monotonic()
+            for point in sorted(p for p in keep_at if p not in kept and budget_used() >= p):
+                checkpoint(os.path.join(out_dir, f"ckpt_{point:g}.pt"))
+                kept.add(point)
             if stop:
                 if master:
                     print(f"stopped by {signal.Signals(stop).name} at iteration {iter_num}, saved in {ckpt_path}; to continue, "

@@ -354,6 +354,21 @@ def test_save_interval_and_save_seconds(tiny_maze, tmp_path, monkeypatch):
     assert all(b - a >= 0.1 for a, b in zip(starts, starts[1:-1])), saves  # the last one ends the run
 
 
+def test_keep_at_keeps_copies_along_the_run(tiny_maze, tmp_path):
+    """keep_at: a copy of the checkpoint at each budget point passed (iterations here), besides ckpt.pt;
+    a resumed run keeps the points it has yet to pass, and only those."""
+    common = ["--dataset=tiny", *TINY_TRAIN_ARGS, "--batch_size=8", "--eval_interval=1000000", "--eval_iters=1",
+              "--keep_at=(2, 5)", f"--out_dir={tmp_path}"]
+    run_train([*common, "--max_iters=3"], tiny_maze)
+    assert load(tmp_path / "ckpt_2.pt")["iter_num"] == 2 and not (tmp_path / "ckpt_5.pt").exists()
+    first = (tmp_path / "ckpt_2.pt").stat().st_mtime_ns
+    run_train([*common, "--max_iters=6", "--init_from=resume"], tiny_maze)
+    assert load(tmp_path / "ckpt_5.pt")["iter_num"] == 5 and load(tmp_path / "ckpt.pt")["iter_num"] == 6
+    assert (tmp_path / "ckpt_2.pt").stat().st_mtime_ns == first
+    a, b = load(tmp_path / "ckpt_5.pt")["model"], load(tmp_path / "ckpt.pt")["model"]
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_checkpoint_is_synced_to_disk_around_the_rename(tmp_path, monkeypatch):
     """The file's data reach the disk before the rename, and the directory entry after it: else a
     power cut could leave ckpt.pt empty or pointing at nothing."""
