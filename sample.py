@@ -53,6 +53,7 @@ from interpolant import Schedule
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the run directory holding ckpt.pt
+ckpt_file = ""  # default: out_dir/ckpt.pt (another checkpoint of the run: train.py's keep_at copies)
 samples_file = ""  # default: out_dir/samples.jsonl
 overwrite = False  # replace an existing samples_file
 num_samples = 64
@@ -557,7 +558,7 @@ def main():
         raise InputError(f"{path} exists: write elsewhere with --samples_file=PATH, or replace it with --overwrite=True")
     from train import init_distributed
     ddp, rank, _, world, dev = init_distributed(device)
-    model, ckpt = load_model(os.path.join(out_dir, "ckpt.pt"), dev, use_ema)
+    model, ckpt = load_model(ckpt_file or os.path.join(out_dir, "ckpt.pt"), dev, use_ema)
     records = sample_records(model, ckpt, dev, rank, world)
     if ddp:
         dist.destroy_process_group()

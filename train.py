@@ -63,6 +63,7 @@ time_weighting = "elbo"  # elbo: eq. 7 | flat: same minimisers, less gradient no
 insert_head = "linear"  # FlexMDM's g head: linear | mlp (model.py)
 insert_scale = 1.0  # g = insert_scale * softplus(head) (the published code: max_len)
 prior_weight = 0.0  # > 0: also train g at every sequence's x_0, the length prior (flexmdm_loss); 0: the paper's loss
+prior_time = 0.0  # > 0: those extra rows at t = prior_time * u^2 instead of t = 0 (the early states, flexmdm_loss)
 fixed_embedding = False  # add a learned vector to fixed tokens, so subgoals differ from unmasked cells (model.py)
 # optimiser
 learning_rate = 1e-4
@@ -177,21 +178,25 @@ def pack(xt, lengths, slot_id, pad_id, row_tokens):
 
 
 def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row_tokens=0, generator=None,
-                 weighting="elbo", prior_weight=0.0):
+                 weighting="elbo", prior_weight=0.0, prior_time=0.0):
     """Eq. 7 for one batch, summed over sequences and divided by the number of x1 tokens that the
     interpolant acts on (non-fixed). row_tokens > 0 runs the network on the packed layout; the
     loss is the same function of the parameters either way. weighting: see interpolant.time_weight.
-    prior_weight > 0 adds, with that weight, the insertion term of every sequence's x_0 (empty, or its
-    fixed tokens) at t = 0: the length prior g(x_0, 0) = E[gaps | x_0], where sampling starts, which
-    the interpolant reaches only with probability (1 - alpha(t))^n. Each (x_t, t) is its own regression
-    problem, so the minimisers stay those of eq. 7; in a packed batch it costs one position per sequence
-    (README "The length prior"). Returns the (loss, unmask, insert) terms."""
+    prior_weight > 0 adds, with that weight, the insertion term of every sequence again at an early time
+    t = prior_time * u^2, u ~ U[0, 1): with prior_time = 0 its x_0 (empty, or its fixed tokens), the length
+    prior g(x_0, 0) = E[gaps | x_0] where sampling starts, which the interpolant reaches only with
+    probability (1 - alpha(t))^n; with prior_time > 0 the early states where the length is decided. Each
+    (x_t, t) is its own regression problem, so the minimisers stay those of eq. 7; packed, it costs one
+    position per sequence plus its few early tokens (README "The length prior"). Returns the (loss,
+    unmask, insert) terms."""
     raw = model.module if hasattr(model, "module") else model
     n = num_targets(lengths, fixed)
     weight_alpha = time_weight(alpha, t, weighting)
-    if prior_weight:  # the same sequences again at t = 0: x_t = x_0, no masks, only the insertion term
+    rows = len(x1)
+    if prior_weight:  # the same sequences again at an early time, the insertion term only
+        early = prior_time * torch.rand(t.shape, device=t.device, generator=generator) ** 2 if prior_time else 0 * t
         x1, lengths, fixed = (torch.cat([z, z]) for z in (x1, lengths, fixed))
-        t = torch.cat([t, torch.zeros_like(t)])
+        t = torch.cat([t, early])
         weight_alpha = torch.cat([weight_alpha, torch.full_like(weight_alpha, prior_weight)])
     fb = flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
     if row_tokens:
@@ -205,7 +210,7 @@ def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row
     if raw.fixed_emb is not None:  # the fixed flags of x_t, in the rows' layout
         fixed_rows = scatter_rows(where[:, :L], fb.fixed, False, tokens.shape)
     h = model(tokens, seq_ids, positions, alpha(t), raw.attention_mask(seq_ids), fixed_rows).flatten(0, 1)
-    b, j = fb.masked.nonzero(as_tuple=True)  # the one host sync of the loss: the number of masks
+    b, j = fb.masked[:rows].nonzero(as_tuple=True)  # the one host sync of the loss: the number of masks
     unmask = unmasking_loss(raw.unmask_head(h[where[b, j]]), fb.targets[b, j], time_weight(beta, t, weighting)[b])
     # g at every position of the rows (a cheap head), read at each gap slot; where = -1 weighs 0
     gap = where >= 0
@@ -318,8 +323,9 @@ def main():
     clock = time.process_time if budget_clock == "cpu" else time.time
     if packing and model_type == "mdm":
         raise InputError("packing=True applies to FlexMDM only: the MDM baseline pads by design")
-    if prior_weight < 0 or (prior_weight and model_type == "mdm"):
-        raise InputError(f"prior_weight={prior_weight} must be >= 0, and 0 for the MDM (it has no insertion head)")
+    if prior_time < 0 or prior_weight < 0 or (prior_weight and model_type == "mdm"):
+        raise InputError(f"prior_weight={prior_weight} and prior_time={prior_time} must be >= 0, prior_weight 0 for "
+                         "the MDM (it has no insertion head)")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
 
     data_dir = os.path.join("data", dataset)
@@ -380,7 +386,7 @@ def main():
                                 weighting) + (n_tokens,)
             row_tokens = max(pack_tokens, seq_len + 1) if packing else 0
             return flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
-                                row_tokens, generator, weighting, prior) + (n_tokens,)
+                                row_tokens, generator, weighting, prior, prior_time) + (n_tokens,)
 
     @torch.no_grad()
     def evaluate():

@@ -74,6 +74,25 @@ def test_prior_term_is_the_insertion_loss_at_x0(row_tokens):
     assert prior > 0.1  # the check has something to see
 
 
+def test_early_rows_add_the_insertion_term_only():
+    """prior_time > 0: the extra rows are early states with masks in them; they add to the insertion
+    term only (main rows at t = 1 have no masks, so the unmasking term stays 0 however many masks the
+    early rows hold), and they are drawn at t = prior_time * u^2 < prior_time."""
+    V, MASK_ID, PAD_ID = 12, 11, 10
+    x1 = torch.randint(0, 10, (64, 8), generator=gen(1))
+    lengths, fixed = torch.full((64,), 8), torch.zeros(64, 8, dtype=torch.bool)
+    model = random_dit(V, PAD_ID, seed=4)
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(args[3].clone()))  # the conditioning times
+    loss, unmask, insert = train.flexmdm_loss(model, x1, lengths, fixed, torch.ones(64), LINEAR, LINEAR, MASK_ID,
+                                              PAD_ID, 0, gen(0), "flat", 1.0, prior_time=0.9)
+    early = seen[0][64:]
+    assert unmask == 0 and (early < 0.9).all() and (early > 0).all() and early.mean() < 0.45  # u^2: mean 0.3
+    alone = train.flexmdm_loss(model, x1, lengths, fixed, torch.ones(64), LINEAR, LINEAR, MASK_ID, PAD_ID, 0, gen(0),
+                               "flat")[2]
+    assert insert > alone
+
+
 def test_prior_weight_is_refused_for_the_mdm(tiny_maze):
     from configurator import InputError
     from conftest import TINY_TRAIN_ARGS, run_train
