@@ -1,0 +1,92 @@
+"""
+The table and the PNG of scripts/length_trend.sh: length W1 and TV (exact, bins of 32) of every run's
+checkpoints against the training compute they had (CPU seconds on one thread), per data set, model and
+sampler setting. Reads OUT/<run>/<ckpt>_s<steps>_g<grid>.jsonl.length.json (evaluate.py --task=length)
+and the checkpoints' iteration counts.
+
+    python scripts/length_trend.py                  # -> results/length_trend.md, results/length_trend.png
+"""
+import glob
+import json
+import os
+import re
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configurator import configure, run  # noqa: E402
+
+trend_dir = "out/trend"
+out = "results/length_trend"  # .md and .png
+DATA = {"chunk": "wikitext128: long paragraphs chunked", "drop": "wikitext128drop: long paragraphs dropped",
+        "512": "wikitext512: max_len 512, mostly padding for the MDM"}
+MODELS = {"mdm": "MDM", "paper": "FlexMDM, paper's loss", "prior": "FlexMDM + length prior"}
+
+
+def rows():
+    """One dict per evaluated samples file: run, model, data, budget (CPU s), iterations, steps, grid, metrics."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(trend_dir, "*", "*.jsonl.length.json"))):
+        run_dir, name = os.path.split(path)
+        match = re.fullmatch(r"(ckpt(?:_([\d.]+))?)_s(\d+)_g([\d.]+)\.jsonl\.length\.json", name)
+        if not match:
+            continue
+        ckpt = torch.load(os.path.join(run_dir, match[1] + ".pt"), map_location="cpu", weights_only=False)
+        model, data = os.path.basename(run_dir).split("_")
+        with open(path) as f:
+            metrics = json.load(f)["length"]
+        found.append({"model": model, "data": data, "budget": round(ckpt["train_seconds"]), "iters": ckpt["iter_num"],
+                      "steps": int(match[3]), "grid": float(match[4]), "tv_exact": metrics["tv_exact"],
+                      "tv_bin32": metrics["tv_bin32"], "w1": metrics["wasserstein1"], "mean": metrics["samples"]["mean"],
+                      "data_mean": metrics["data"]["mean"], "n": metrics["samples"]["n"]})
+    return found
+
+
+def table(found):
+    lines = ["| data | model | CPU s | iterations | steps | grid | TV exact | TV bins of 32 | W1 | mean (data) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    key = lambda r: (list(DATA).index(r["data"]), r["steps"], r["grid"], list(MODELS).index(r["model"]), r["budget"])
+    for r in sorted(found, key=key):
+        lines.append(f"| {r['data']} | {MODELS[r['model']]} | {r['budget']} | {r['iters']} | {r['steps']} | {r['grid']:g} | "
+                     f"{r['tv_exact']:.3f} | {r['tv_bin32']:.3f} | {r['w1']:.1f} | {r['mean']:.1f} ({r['data_mean']:.1f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(found, filename):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    datas = [d for d in DATA if any(r["data"] == d for r in found)]
+    fig, axes = plt.subplots(1, len(datas), figsize=(5 * len(datas), 4), squeeze=False)
+    colors = {"mdm": "tab:red", "paper": "tab:green", "prior": "tab:blue"}
+    styles = {(64, 1.0): "o-", (256, 1.0): "s--", (64, 2.0): "^:"}
+    for ax, data in zip(axes[0], datas):
+        for model in MODELS:
+            for (steps, grid), style in styles.items():
+                points = sorted((r["budget"], r["w1"]) for r in found
+                                if (r["data"], r["model"], r["steps"], r["grid"]) == (data, model, steps, grid))
+                if points:
+                    ax.plot(*zip(*points), style, color=colors[model],
+                            label=f"{MODELS[model]}, {steps} steps" + (f", grid {grid:g}" if grid != 1 else ""))
+        ax.set_xscale("log", base=2), ax.set_xlabel("training compute (CPU s, one thread)")
+        ax.set_ylabel("length W1 (tokens)"), ax.set_title(DATA[data], fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    configure(globals(), sys.argv[1:])
+    found = rows()
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".md", "w") as f:
+        f.write(table(found))
+    plot(found, out + ".png")
+    print(table(found))
+    print(f"wrote {out}.md and {out}.png ({len(found)} rows)")
+
+
+if __name__ == "__main__":
+    run(main)
