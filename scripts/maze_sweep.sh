@@ -4,6 +4,7 @@
 # (the three runs of one K side by side, so any other load on the machine hits them alike), then
 # 500 held-out samples per run with the vanilla sampler at temperature 1 and at temperature 0.
 #   bash scripts/maze_sweep.sh            # BUDGET=300 KS="5 7 2" by default; out/sweep/, data/maze_cpu_k*
+# A piece already done (a checkpoint, a samples or metrics file) is not run again: rerun to resume.
 set -euo pipefail
 BUDGET=${BUDGET:-300}
 KS=${KS:-"5 7 2"}
@@ -12,11 +13,11 @@ export OMP_NUM_THREADS=1
 run() {  # name config extra-args...: train with the budget, then sample at temperatures 1 and 0
     local name=$1 cfg=$2; shift 2
     local out=out/sweep/$name
-    python train.py "$cfg" --dataset=$DATA --out_dir=$out --max_seconds=$BUDGET.0 --budget_clock=cpu \
-        --max_iters=5000 --eval_interval=100000 --log_interval=500 "$@" > $out.train.log 2>&1
+    [ -f $out/ckpt.pt ] || python train.py "$cfg" --dataset=$DATA --out_dir=$out --max_seconds=$BUDGET.0 \
+        --budget_clock=cpu --max_iters=5000 --eval_interval=100000 --log_interval=500 "$@" > $out.train.log 2>&1
     for temp in 1 0; do
-        python sample.py --out_dir=$out --num_samples=$NUM_SAMPLES --temperature=$temp \
-            --samples_file=$out/samples_t$temp.jsonl > $out.sample_t$temp.log 2>&1
+        [ -f $out/samples_t$temp.jsonl ] || python sample.py --out_dir=$out --num_samples=$NUM_SAMPLES \
+            --temperature=$temp --samples_file=$out/samples_t$temp.jsonl > $out.sample_t$temp.log 2>&1
     done
 }
 mkdir -p out/sweep
@@ -29,7 +30,8 @@ for K in $KS; do
     wait
     for name in flex_k$K flexfix_k$K mdm_k$K; do
         for temp in 1 0; do
-            python evaluate.py --task=maze --samples=out/sweep/$name/samples_t$temp.jsonl --data_dir=data/$DATA | grep "success rate"
+            samples=out/sweep/$name/samples_t$temp.jsonl
+            [ -f $samples.maze.json ] || python evaluate.py --task=maze --samples=$samples --data_dir=data/$DATA | grep "success rate"
         done
     done
 done

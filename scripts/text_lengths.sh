@@ -13,11 +13,14 @@ export OMP_NUM_THREADS=1 TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$(cd ../shared
 [ -f data/$DATA/meta.json ] || python prepare_owt.py --source=../shared/data/wikitext2_raw/wiki.test.raw \
     --txt_unit=line --val_source=../shared/data/wikitext2_raw/wiki.valid.raw --max_len=128 --long=$LONG --out_dir=data/$DATA
 mkdir -p out
-for run in wikitext_cpu wikitext_cpu_mdm; do
-    (python train.py config/$run.py --dataset=$DATA --out_dir=out/$run$TAG "$@" > out/$run$TAG.train.log 2>&1 &&
-     python sample.py --out_dir=out/$run$TAG --num_samples=200 --steps=64 > out/$run$TAG.sample.log 2>&1) &
+for run in wikitext_cpu wikitext_cpu_mdm; do  # a piece already done is not run again: rerun to resume
+    out=out/$run$TAG
+    ( ([ -f $out/ckpt.pt ] || python train.py config/$run.py --dataset=$DATA --out_dir=$out "$@" > $out.train.log 2>&1) &&
+      ([ -f $out/samples.jsonl ] || python sample.py --out_dir=$out --num_samples=200 --steps=64 > $out.sample.log 2>&1) ) &
 done
 wait
-python evaluate.py --task=length --samples=out/wikitext_cpu_mdm$TAG/samples.jsonl --data_dir=data/$DATA
-python evaluate.py --task=length --samples=out/wikitext_cpu$TAG/samples.jsonl --data_dir=data/$DATA \
+samples=out/wikitext_cpu_mdm$TAG/samples.jsonl
+[ -f $samples.length.json ] || python evaluate.py --task=length --samples=$samples --data_dir=data/$DATA
+samples=out/wikitext_cpu$TAG/samples.jsonl
+[ -f $samples.length.json ] || python evaluate.py --task=length --samples=$samples --data_dir=data/$DATA \
     --compare=out/wikitext_cpu_mdm$TAG/samples.jsonl --png=out/wikitext_cpu$TAG/lengths.png
