@@ -53,6 +53,9 @@ random-init insertion head grows sequences fast, a trained one follows the data)
 sample_options passes more keyword arguments to generate (e.g. the MDM or window options, early_stop).
 full_width=True runs the network on all max_len positions at every step (x and fixed padded, outputs
 sliced back: pad_to), as the published FlexMDM code does, instead of the batch's current width.
+head_at='masks' applies the V-way head at every mask of every step (the sampler before f_at), instead of
+only where the sampler reads f ('read': the masks it unmasks). On a CPU the sampling times are the
+process's CPU time (fair when other jobs share the machine: give it one thread), on CUDA the wall time.
 """
 import json
 import math
@@ -99,6 +102,7 @@ sample_batch = 64
 sample_rounds = 2  # timed generate calls per sampler (one untimed call first)
 sample_options = {}  # more keyword arguments for sample.generate, e.g. --sample_options="{'temperature': 0.0}"
 full_width = False  # mode=sample: the network sees all max_len positions every step (the published code's way)
+head_at = "read"  # mode=sample: the V-way head where the sampler reads f (read) or at every mask of every step (masks)
 # every other setting of train.py is accepted (and ignored unless named above: the optimizer,
 # schedule and system settings are used as train.py uses them)
 for _k, _v in vars(train).items():
@@ -314,13 +318,18 @@ def bench_sample():
     raw = raw.to(device).eval()
     alpha, beta = sample.schedules(config)  # a checkpoint's own, as sample.py uses them
     if compile:  # sequence lengths change at every step: compile for dynamic shapes
-        raw.forward_padded = torch.compile(raw.forward_padded, dynamic=True)
+        raw.padded_states = torch.compile(raw.padded_states, dynamic=True)
     net, calls = raw.sampler_fn(alpha if mt == "flexmdm" else beta), [0]  # conditioned as in training
 
     def model_fn(x, t, fixed):
         calls[0] += 1
         with autocast:
-            return net(x, t, fixed)
+            f_at, g = net(x, t, fixed)
+            if head_at == "masks":
+                masks = x == mask_id
+                at_masks = f_at(masks)
+                f_at = lambda where: at_masks[where[masks]]
+            return f_at, g
     if full_width:
         model_fn = pad_to(model_fn, length, pad_id)
 
@@ -337,11 +346,12 @@ def bench_sample():
             run()  # untimed: compilation, allocator
             sync(device_type)
             calls[0], total, lens = 0, 0.0, []
+            clock = time.perf_counter if device_type == "cuda" else time.process_time
             for _ in range(sample_rounds):
-                t0 = time.perf_counter()
+                t0 = clock()
                 out = run()
                 sync(device_type)
-                total += time.perf_counter() - t0
+                total += clock() - t0
                 lens.append(np.mean([len(s) for s in out]))
         res = {"mode": "sample", "sampler": rule, "model_type": mt, "steps": sample_steps, "batch": sample_batch,
                "device": device, "dtype": dtype, "compile": compile, "full_width": full_width,
@@ -355,7 +365,7 @@ def bench_sample():
 
 def main():
     configure(globals(), sys.argv[1:])
-    check_choices(globals(), dict(mode=("train", "sample"), dtype=("float32", "bfloat16")))
+    check_choices(globals(), dict(mode=("train", "sample"), dtype=("float32", "bfloat16"), head_at=("read", "masks")))
     check_device(device)
     res = bench_train() if mode == "train" else bench_sample()
     if out_json:
