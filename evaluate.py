@@ -802,6 +802,7 @@ def plot_calibration(rows, trace, filename):
         ax.set_xlabel("t"), ax.legend(fontsize=8)
     for ax in axes[:2]:
         ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlim(left=0)
     fig.tight_layout()
     return save_png(fig, filename)
 
