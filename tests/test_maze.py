@@ -321,6 +321,26 @@ def test_metric_accepts_correct_path(corridor):
     assert evaluate.maze_path_ok(np.array(tok(path)), np.array(tok([path[0], path[-1]])), m)
 
 
+def failing_path(case, path):
+    """A hand-made failing (cells, subgoal cells) on the corridor maze, by the name of its failure."""
+    subgoals, ends = [path[0], path[2], path[5], path[-1]], [path[0], path[-1]]
+    return {
+        "wall": (path[:3] + [(2, 3), (3, 3)], ends),  # shortcut (1,3)->(2,3)->(3,3) through the wall at (2,3)
+        "two_walls": (path[:2] + [(2, 2), (2, 3), (3, 3)], ends),
+        "jump": (path[:4] + path[5:], subgoals),
+        "two_jumps": (path[:2] + path[3:6] + path[7:], ends),  # (1,2) -> (1,4), later (2,5) -> (3,4)
+        "stay": (path[:3] + [path[2]] + path[3:], subgoals),
+        "jump_then_wall": ([path[0], path[2], (2, 3), (3, 3)], ends),
+        "missed": (path[:2], [path[0], path[2], path[1]]),  # valid, right ends, but skips the middle subgoal (1,3)
+        "order": (list(path), [path[0], path[5], path[2], path[-1]]),  # g2 = (2,5) is visited, then g3 = (1,3) never again
+        "start": (path[1:], ends),
+        "end": (path[:-1], ends),
+        "empty": ([], subgoals),
+        "pad": (list(path), subgoals),
+        "outside": (list(path), subgoals),
+    }[case]
+
+
 @pytest.mark.parametrize("case,reason", [
     ("wall", "wall"), ("jump", "jump"), ("stay", "jump"), ("missed", "missed_subgoal"),
     ("order", "missed_subgoal"), ("start", "wrong_start"), ("end", "wrong_end"),
@@ -329,25 +349,7 @@ def test_metric_accepts_correct_path(corridor):
 def test_metric_rejects(corridor, case, reason):
     m, tok, path = corridor
     H, W = m.shape
-    sg = [path[0], path[2], path[5], path[-1]]
-    p = list(path)
-    if case == "wall":  # shortcut (1,3)->(2,3)->(3,3) through the wall at (2,3)
-        p = path[:3] + [(2, 3), (3, 3)]
-        sg = [path[0], path[-1]]
-    elif case == "jump":
-        p = path[:4] + path[5:]
-    elif case == "stay":
-        p = path[:3] + [path[2]] + path[3:]
-    elif case == "missed":  # valid, right ends, but skips the middle subgoal (1,3)
-        p, sg = path[:2], [path[0], path[2], path[1]]
-    elif case == "order":
-        sg = [path[0], path[5], path[2], path[-1]]
-    elif case == "start":
-        p, sg = path[1:], [path[0], path[-1]]
-    elif case == "end":
-        p, sg = path[:-1], [path[0], path[-1]]
-    elif case == "empty":
-        p = []
+    p, sg = failing_path(case, path)
     toks = tok(p)
     if case == "pad":
         toks = toks + [H * W]
@@ -359,7 +361,7 @@ def test_metric_rejects(corridor, case, reason):
 
 @pytest.mark.parametrize("case,reason,where,marks", [
     # where: the offending cell (r, c) (for missed_subgoal: the subgoal); marks: the cells a figure marks
-    ("wall", "wall", (2, 2), [((2, 2), "cross")]),  # the first of two wall cells
+    ("two_walls", "wall", (2, 2), [((2, 2), "cross")]),  # the first of two wall cells
     ("jump", "jump", (2, 5), [((1, 4), "cross"), ((2, 5), "cross")]),
     ("two_jumps", "jump", (1, 4), [((1, 2), "cross"), ((1, 4), "cross")]),
     ("stay", "jump", (1, 3), [((1, 3), "square")]),
@@ -376,28 +378,7 @@ def test_failure_location(corridor, case, reason, where, marks):
     marks (maze_failure_marks) sit on the offending cells, and its title names the failure."""
     m, tok, path = corridor
     H, W = m.shape
-    sg = [path[0], path[2], path[5], path[-1]]
-    p = list(path)
-    if case == "wall":
-        p, sg = path[:2] + [(2, 2), (2, 3), (3, 3)], [path[0], path[-1]]
-    elif case == "jump":
-        p = path[:4] + path[5:]
-    elif case == "two_jumps":  # (1,2) -> (1,4), later (2,5) -> (3,4)
-        p, sg = path[:2] + path[3:6] + path[7:], [path[0], path[-1]]
-    elif case == "stay":
-        p = path[:3] + [path[2]] + path[3:]
-    elif case == "jump_then_wall":
-        p, sg = [path[0], path[2], (2, 3), (3, 3)], [path[0], path[-1]]
-    elif case == "missed":
-        p, sg = path[:2], [path[0], path[2], path[1]]
-    elif case == "order":  # g2 = (2,5) is visited, then g3 = (1,3) never again
-        sg = [path[0], path[5], path[2], path[-1]]
-    elif case == "start":
-        p, sg = path[1:], [path[0], path[-1]]
-    elif case == "end":
-        p, sg = path[:-1], [path[0], path[-1]]
-    elif case == "empty":
-        p = []
+    p, sg = failing_path(case, path)
     toks = tok(p) + ([H * W] if case == "pad" else [])
     got, at = evaluate.maze_path_failure(toks, tok(sg), m)
     assert got == reason == evaluate.maze_path_check(toks, tok(sg), m)
