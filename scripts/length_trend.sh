@@ -23,7 +23,8 @@ train() {  # RUN CONFIG DATA SECONDS [OVERRIDES...]
     local run=$1 config=$2 data=$3 budget=$4
     shift 4
     [ -f "$OUT/$run/ckpt.pt" ] || python train.py "config/$config.py" --dataset="$data" --out_dir="$OUT/$run" \
-        --max_seconds="$budget" --keep_at="(150, 300, 600)" "$@" > "$OUT/$run.train.log" 2>&1
+        --max_seconds="$budget" --keep_at="(150, 300, 600)" "$@" > "$OUT/$run.train.log" 2>&1 ||
+        { echo "training $run failed: $OUT/$run.train.log" >&2; return 1; }
 }
 
 sample() {  # RUN DATA STEPS GRID_POWER: every checkpoint of the run
@@ -49,9 +50,10 @@ prepare wikitext512 512 chunk
 # two at a time, one thread each; the budget is CPU time, so the pairing does not change what each run gets
 # paper: config/wikitext_cpu.py as it is (the paper's loss); prior: the same with the length prior (PRIOR)
 PRIOR=${PRIOR:---prior_weight=1.0}
-(run mdm_chunk wikitext_cpu_mdm wikitext128 "$BUDGET"; run mdm_drop wikitext_cpu_mdm wikitext128drop "$BUDGET";
+(set -e; run mdm_chunk wikitext_cpu_mdm wikitext128 "$BUDGET"; run mdm_drop wikitext_cpu_mdm wikitext128drop "$BUDGET";
  run mdm_512 wikitext_cpu_mdm wikitext512 600; run paper_drop wikitext_cpu wikitext128drop "$BUDGET";
- run paper_512 wikitext_cpu wikitext512 600) &
-(run prior_chunk wikitext_cpu wikitext128 "$BUDGET" $PRIOR; run prior_drop wikitext_cpu wikitext128drop "$BUDGET" $PRIOR;
- run prior_512 wikitext_cpu wikitext512 600 $PRIOR; run paper_chunk wikitext_cpu wikitext128 "$BUDGET") &
-wait
+ run paper_512 wikitext_cpu wikitext512 600) & first=$!
+(set -e; run prior_chunk wikitext_cpu wikitext128 "$BUDGET" $PRIOR; run prior_drop wikitext_cpu wikitext128drop "$BUDGET" $PRIOR;
+ run prior_512 wikitext_cpu wikitext512 600 $PRIOR; run paper_chunk wikitext_cpu wikitext128 "$BUDGET") & second=$!
+wait $first
+wait $second
