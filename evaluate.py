@@ -26,7 +26,7 @@ Tasks:
         tests run in a subprocess with a timeout (--timeout) and resource limits (--problems FILE).
   calibration  for a FlexMDM checkpoint (--ckpt) on its data's validation split (--data_dir): g's total
         against the tokens still to insert, per t and at x_0 (the length prior), on states drawn too
-        early, and along sampling trajectories (section "Calibration of g"); CKPT_DIR/calibration.json.
+        early, and along sampling trajectories (section "Calibration of g"); CKPT.calibration.json.
 """
 import gzip
 import inspect
@@ -810,12 +810,12 @@ def plot_calibration(rows, trace, filename):
 def evaluate_calibration(ckpt, data_dir, png="", calibration_samples=512, trace_samples=200, steps=256,
                          temperature=1.0, grid_power=1.0, overwrite=False):
     """Task calibration: the three checks of g above for a FlexMDM checkpoint on data_dir's validation
-    split, written to CKPT_DIR/calibration.json (and png). The trace starts from the held-out
+    split, written beside it as CKPT.calibration.json (ckpt.pt -> ckpt.calibration.json; and png). The trace starts from the held-out
     sequences' fixed tokens (maze subgoals), or from the empty sequence."""
     import torch
     if not ckpt or not data_dir:
         raise InputError("--task=calibration needs --ckpt (a FlexMDM ckpt.pt) and --data_dir (its prepared dataset)")
-    metrics_path = os.path.join(os.path.dirname(ckpt), "calibration.json")
+    metrics_path = os.path.splitext(ckpt)[0] + ".calibration.json"
     refuse_existing(overwrite, metrics=metrics_path, png=png)
     model_fn, max_len, meta, alpha, beta = load_flexmdm(ckpt)
     (x1, lengths, fixed), data_meta = heldout_batch(data_dir, calibration_samples)
