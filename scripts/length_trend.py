@@ -1,8 +1,9 @@
 """
-The table and the PNG of scripts/length_trend.sh: length W1 and TV (exact, bins of 32) of every run's
+The tables and the PNG of scripts/length_trend.sh: length W1 and TV (exact, bins of 32) of every run's
 checkpoints against the training compute they had (CPU seconds on one thread), per data set, model and
-sampler setting. Reads OUT/<run>/<ckpt>_s<steps>_g<grid>.jsonl.length.json (evaluate.py --task=length)
-and the checkpoints' iteration counts.
+sampler setting, and the calibration of the FlexMDM runs' g. Reads
+OUT/<run>/<ckpt>_s<steps>_g<grid>.jsonl.length.json (evaluate.py --task=length), the checkpoints'
+iteration counts and OUT/<run>/<ckpt>.calibration.json (evaluate.py --task=calibration).
 
     python scripts/length_trend.py                  # -> results/length_trend.md, results/length_trend.png
 """
@@ -15,7 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configurator import configure, run  # noqa: E402
+from configurator import InputError, configure, run  # noqa: E402
 
 trend_dir = "out/trend"
 out = "results/length_trend"  # .md and .png
@@ -41,6 +42,32 @@ def rows():
                       "tv_bin32": metrics["tv_bin32"], "w1": metrics["wasserstein1"], "mean": metrics["samples"]["mean"],
                       "data_mean": metrics["data"]["mean"], "n": metrics["samples"]["n"]})
     return found
+
+
+def calibration_rows():
+    """Per FlexMDM checkpoint: g at x_0 against the tokens to insert, and the mean ratio of the sum of g to
+    the truth at t >= 0.2 on interpolant states and on states drawn at t/2 (evaluate.calibration_table)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(trend_dir, "*", "*.calibration.json"))):
+        with open(path) as f:
+            rows = json.load(f)["table"]
+        ckpt = torch.load(path.replace(".calibration.json", ".pt"), map_location="cpu", weights_only=False)
+        model, data = os.path.basename(os.path.dirname(path)).split("_")
+        late = [r for r in rows if r["t"] >= 0.2]
+        found.append({"model": model, "data": data, "budget": round(ckpt["train_seconds"]), "iters": ckpt["iter_num"],
+                      "x0": rows[0]["sum_g"] / rows[0]["remaining"],
+                      "late": sum(r["ratio"] for r in late) / len(late),
+                      "late_lagged": sum(r["lag_ratio"] for r in late) / len(late)})
+    return found
+
+
+def calibration_table(found):
+    lines = ["| data | model | CPU s | iterations | g at x_0 / mean | sum g / truth, t >= 0.2 | the same, drawn at t/2 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(found, key=lambda r: (list(DATA).index(r["data"]), list(MODELS).index(r["model"]), r["budget"])):
+        lines.append(f"| {r['data']} | {MODELS[r['model']]} | {r['budget']} | {r['iters']} | {r['x0']:.2f} | "
+                     f"{r['late']:.2f} | {r['late_lagged']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def table(found):
@@ -80,11 +107,14 @@ def plot(found, filename):
 def main():
     configure(globals(), sys.argv[1:])
     found = rows()
+    if not found:
+        raise InputError(f"no evaluated samples under {trend_dir!r}: run scripts/length_trend.sh first")
+    text = table(found) + "\n" + calibration_table(calibration_rows())
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out + ".md", "w") as f:
-        f.write(table(found))
+        f.write(text)
     plot(found, out + ".png")
-    print(table(found))
+    print(text)
     print(f"wrote {out}.md and {out}.png ({len(found)} rows)")
 
 
