@@ -37,6 +37,9 @@ def rows():
         model, data = os.path.basename(run_dir).split("_")
         with open(path) as f:
             metrics = json.load(f)["length"]
+        if any((r["model"], r["data"], r["iters"], r["steps"], r["grid"]) == (model, data, ckpt["iter_num"], int(match[3]),
+                                                                           float(match[4])) for r in found):
+            continue  # the keep_at copy at the end of the budget is ckpt.pt itself
         found.append({"model": model, "data": data, "budget": round(ckpt["train_seconds"]), "iters": ckpt["iter_num"],
                       "steps": int(match[3]), "grid": float(match[4]), "tv_exact": metrics["tv_exact"],
                       "tv_bin32": metrics["tv_bin32"], "w1": metrics["wasserstein1"], "mean": metrics["samples"]["mean"],

@@ -3,9 +3,10 @@
 # (max_len 128, long paragraphs chunked, and dropped), each trained for BUDGET s of CPU time on one thread
 # (config/wikitext_cpu*.py) with copies of the checkpoint kept at 150, 300 and 600 s (train.py keep_at);
 # every checkpoint sampled SAMPLES times with the vanilla sampler at 64 and 256 steps (FlexMDM also on the
-# power-2 time grid at 64), the lengths compared with the validation split. Then the padding-heavy setting:
-# max_len 512, where most of the MDM's canvas is padding, at 600 s each. scripts/length_trend.py makes the
-# table and the PNG. Two jobs at a time; a finished piece is not run again (rerun to resume).
+# power-2 time grid at 64, and its g's calibration), the lengths compared with the validation split. Then
+# the padding-heavy setting: max_len 512, where most of the MDM's canvas is padding, at 600 s each.
+# scripts/length_trend.py makes the tables and the PNG. Two jobs at a time; a finished piece is not run
+# again (rerun to resume).
 #   bash scripts/length_trend.sh && python scripts/length_trend.py
 set -euo pipefail
 export OMP_NUM_THREADS=1 TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$(cd ../shared/tiktoken_cache && pwd)}
@@ -37,11 +38,22 @@ sample() {  # RUN DATA STEPS GRID_POWER: every checkpoint of the run
     done
 }
 
+calibrate() {  # RUN DATA: g's calibration at every checkpoint of a FlexMDM run
+    local ckpt
+    for ckpt in "$OUT/$1"/ckpt*.pt; do
+        [ -f "${ckpt%.pt}.calibration.json" ] || python evaluate.py --task=calibration --ckpt="$ckpt" \
+            --data_dir="data/$2" --calibration_samples=256 --trace_samples=100 --steps=64 > /dev/null
+    done
+}
+
 run() {  # RUN CONFIG DATA SECONDS [OVERRIDES...]: train, then sample
     train "$@"
     sample "$1" "$3" 64 1.0
     sample "$1" "$3" 256 1.0
-    [ "$2" = wikitext_cpu_mdm ] || sample "$1" "$3" 64 2.0
+    if [ "$2" != wikitext_cpu_mdm ]; then
+        sample "$1" "$3" 64 2.0
+        calibrate "$1" "$3"
+    fi
 }
 
 prepare wikitext128 128 chunk
