@@ -99,7 +99,8 @@ def plot(found, filename):
                 if points:
                     ax.plot(*zip(*points), style, color=colors[model],
                             label=f"{MODELS[model]}, {steps} steps" + (f", grid {grid:g}" if grid != 1 else ""))
-        ax.set_xscale("log", base=2), ax.set_xlabel("training compute (CPU s, one thread)")
+        ax.set_xscale("log", base=2), ax.set_yscale("log"), ax.set_xlabel("training compute (CPU s, one thread)")
+        ax.set_xticks([150, 300, 600, 1200], ["150", "300", "600", "1200"])
         ax.set_ylabel("length W1 (tokens)"), ax.set_title(DATA[data], fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
