@@ -14,6 +14,8 @@ message, in the scripts and in every function they share; a script's entry point
 it as `error: ...` and exits with status 1. So a notebook or a fork calling those functions gets an
 exception it can catch, never a SystemExit.
 """
+import dataclasses
+import os
 import sys
 import types
 from ast import literal_eval
@@ -88,6 +90,15 @@ def configure(config, argv):
         _set(config, key, value, "the command line")
 
 
+def pick(cls, settings, **given):
+    """The dataclass cls (model.ModelConfig, interpolant.LossConfig, sampler.SamplerConfig) from a script's
+    settings: each field from the setting of its name, unless given; a field the settings lack keeps its
+    default (the config of an older checkpoint). One list of fields, so every script that builds a model,
+    a loss or a sampler from its settings builds the same one."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(given)
+    return cls(**{k: settings[k] for k in names if k in settings}, **given)
+
+
 def check_choices(config, choices):
     """An InputError for the first setting whose value is not among its choices {name: allowed}."""
     for name, allowed in choices.items():
@@ -109,3 +120,18 @@ def check_device(device):
         raise InputError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"device {device!r} is not available on this machine; use --device=cpu")
+
+
+def init_distributed(device):
+    """Under torchrun, join the process group (nccl on CUDA, gloo on CPU) and take this process's
+    GPU. Returns (ddp, rank, local_rank, world, device of this process)."""
+    import torch
+    import torch.distributed as dist
+    if int(os.environ.get("RANK", -1)) == -1:
+        return False, 0, 0, 1, device
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    rank, local_rank, world = dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+    dev = f"cuda:{local_rank}" if device.startswith("cuda") else device
+    if device.startswith("cuda"):
+        torch.cuda.set_device(dev)
+    return True, rank, local_rank, world, dev

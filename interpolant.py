@@ -1,6 +1,8 @@
 """
 The FlexMDM joint interpolant (paper eq. 6, Def. D.2), the MDM interpolant, and their losses (eq. 7).
-Pure tensor functions: no model, no I/O.
+Pure tensor functions: no model, no I/O. The losses of a batch (flexmdm_loss, mdm_loss) take the network
+as a function of the sequences, net(xt, lengths, cond_time, fixed, at) (model.network for the DiT,
+retrofit_llada.py's for LLaDA), and their settings as one LossConfig.
 
 Conventions used across the repo:
 - A batch of clean sequences x1 is a LongTensor [B, L] right-padded with pad_id; lengths [B].
@@ -11,10 +13,13 @@ Conventions used across the repo:
   the last token. gaps[b, j] (j <= len_b) counts the tokens of x1 still to be inserted there.
 """
 import math
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from configurator import InputError
 
 
 SCHEDULES = ("linear", "poly", "cosine")
@@ -47,6 +52,12 @@ class Schedule:
     def rate(self, t, eps=1e-4):
         """The rate factor w(t) = s'(t) / (1 - s(t)) (for linear: 1 / (1 - t)), kept finite at t=1."""
         return self.deriv(t) / (1 - self(t)).clamp_min(eps)
+
+
+def schedules(config):
+    """The insertion and unmasking schedules (alpha, beta) of a run's settings (a checkpoint's config)."""
+    return (Schedule(config["alpha_schedule"], config["schedule_exponent"]),
+            Schedule(config["beta_schedule"], config["schedule_exponent"]))
 
 
 def sample_times(batch_size, device="cpu", generator=None):
@@ -155,3 +166,80 @@ def unmasking_loss(logits, targets, weight):
 def insertion_loss(g, gaps, weight):
     """sum_j w_alpha(t) * phi(gap_j, g_j) over the gap slots passed in (eq. 7, second term)."""
     return (weight * bregman(gaps, g.float())).sum()
+
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss of a batch: what train.py optimises, bench.py times and retrofit_llada.py fine-tunes with
+
+@dataclass
+class LossConfig:
+    """The loss settings, each a setting of train.py (and bench.py) of the same name."""
+    model_type: str = "flexmdm"  # flexmdm: eq. 7 | mdm: the masked diffusion baseline
+    alpha_schedule: str = "linear"  # insertion schedule (SCHEDULES)
+    beta_schedule: str = "linear"  # unmasking schedule
+    schedule_exponent: float = 2.0  # for poly schedules
+    time_weighting: str = "elbo"  # TIME_WEIGHTINGS (time_weight)
+    prior_weight: float = 0.0  # > 0: the insertion term again at an early time, with this weight (flexmdm_loss)
+    prior_time: float = 0.0  # > 0: that early time is prior_time * u^2, u ~ U[0, 1); 0: t = 0, the length prior
+
+    def __post_init__(self):
+        for name, allowed in (("model_type", ("flexmdm", "mdm")), ("alpha_schedule", SCHEDULES),
+                              ("beta_schedule", SCHEDULES), ("time_weighting", TIME_WEIGHTINGS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.prior_time < 0 or self.prior_weight < 0 or (self.prior_weight and self.model_type == "mdm"):
+            raise InputError(f"prior_weight={self.prior_weight} and prior_time={self.prior_time} must be >= 0, "
+                             "prior_weight 0 for the MDM (it has no insertion head)")
+        self.alpha, self.beta = schedules(vars(self))
+
+    def eq7(self):
+        """The same loss with eq. 7's own weighting and no prior term: what validation reports."""
+        return replace(self, time_weighting="elbo", prior_weight=0.0)
+
+
+def flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator=None):
+    """Eq. 7 for one batch, summed over sequences and divided by the number of x1 tokens that the
+    interpolant acts on (non-fixed). Returns the (loss, unmask, insert) terms.
+    cfg.prior_weight > 0 adds, with that weight, the insertion term of every sequence again at an early time
+    t = prior_time * u^2, u ~ U[0, 1): with prior_time = 0 its x_0 (empty, or its fixed tokens), the length
+    prior g(x_0, 0) = E[gaps | x_0] where sampling starts, which the interpolant reaches only with
+    probability (1 - alpha(t))^n; with prior_time > 0 the early states where the length is decided. Each
+    (x_t, t) is its own regression problem, so the minimisers stay those of eq. 7; packed, it costs one
+    position per sequence plus its few early tokens."""
+    alpha, beta = cfg.alpha, cfg.beta
+    n = num_targets(lengths, fixed)
+    weight_alpha = time_weight(alpha, t, cfg.time_weighting)
+    rows = len(x1)
+    if cfg.prior_weight:  # the same sequences again at an early time, the insertion term only
+        early = cfg.prior_time * torch.rand(t.shape, device=t.device, generator=generator) ** 2 if cfg.prior_time else 0 * t
+        x1, lengths, fixed = (torch.cat([z, z]) for z in (x1, lengths, fixed))
+        t = torch.cat([t, early])
+        weight_alpha = torch.cat([weight_alpha, torch.full_like(weight_alpha, cfg.prior_weight)])
+    fb = flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
+    b, j = fb.masked[:rows].nonzero(as_tuple=True)  # the one host sync of the loss: the number of masks
+    logits, g = net(fb.xt, fb.lengths, alpha(t), fb.fixed, (b, j))
+    unmask = unmasking_loss(logits, fb.targets[b, j], time_weight(beta, t, cfg.time_weighting)[b])
+    gap = torch.arange(g.shape[1], device=g.device)[None] <= fb.lengths[:, None]  # the gaps of each row; the rest weighs 0
+    insert = insertion_loss(torch.where(gap, g, 0.0), fb.gaps, torch.where(gap, weight_alpha[:, None], 0.0))
+    return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
+
+
+def mdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, generator=None):
+    """The MDM loss: w_beta(t) * cross-entropy at the masked positions (pads included: they are the
+    MDM's tokens), divided like flexmdm_loss by the non-fixed x1 tokens, so the two compare."""
+    xt, masked = mdm_interpolant(x1, t, cfg.beta, mask_id, fixed=fixed, generator=generator)
+    b, j = masked.nonzero(as_tuple=True)  # one host sync: the number of masks
+    logits, _ = net(xt, None, cfg.beta(t), fixed, (b, j))
+    unmask = unmasking_loss(logits, x1[b, j], time_weight(cfg.beta, t, cfg.time_weighting)[b])
+    n = num_targets(lengths, fixed)
+    return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
+
+
+def batch_loss(net, x1, lengths, fixed, cfg, mask_id, pad_id, generator=None, t=None):
+    """The loss of a batch of clean sequences at times t (default: low-discrepancy times, sample_times):
+    (loss, unmask, insert)."""
+    t = sample_times(len(x1), device=x1.device, generator=generator) if t is None else t
+    if cfg.model_type == "mdm":
+        return mdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, generator)
+    return flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator)

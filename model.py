@@ -12,10 +12,14 @@ The MDM baseline (model_type="mdm") has no insertion head and no slot.
 
 Layout. The network always sees rows of tokens [R, T] with, per token, the id of the sequence it
 belongs to (seq_ids, -1 for padding) and its position inside that sequence. A padded batch is
-one sequence per row; a packed batch (train.py) puts several sequences in a row. Attention is
-restricted to tokens of the same sequence, so both layouts compute the same function.
+one sequence per row (DiT.padded_layout); a packed batch puts several sequences in a row (pack).
+Attention is restricted to tokens of the same sequence, so both layouts compute the same function.
+
+The losses (interpolant.py) and the sampler (sampler.py) call the network through a function of the
+sequences: network() for training, DiT.sampler_fn for sampling.
 """
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -229,3 +233,88 @@ class DiT(nn.Module):
             h, g = self.padded_states(x, alpha(t), fixed)
             return (lambda where: self.unmask_head(h[where]).float()), g
         return model_fn
+
+
+
+def autocast(device, dtype):
+    """The one precision context of every script: bf16 autocast on the device's type, or none (float32)."""
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing: the FlexMDM states of a batch in rows with no padding between sequences
+
+def scatter_rows(where, values, fill, shape):
+    """A tensor of shape, fill except at the flat indices where [B, n] >= 0, which get values [B, n].
+    The entries with where = -1 go to a spare last element that is dropped: no boolean indexing,
+    whose data-dependent size would make the host wait for the device."""
+    size = math.prod(shape)
+    dest = torch.where(where >= 0, where, size).flatten()
+    out = torch.full((size + 1,), fill, dtype=values.dtype, device=values.device)
+    return out.index_put_((dest,), values.flatten())[:size].view(shape)
+
+
+def next_fit(span, row_tokens):
+    """Next-fit of sequences of span[i] <= row_tokens positions into rows, in order, as tensor ops:
+    returns each sequence's row and column. A row opened at sequence i holds i..nxt(i)-1, as many
+    as fit; the rows open at 0, nxt(0), nxt(nxt(0)), ... This orbit is found by pointer doubling:
+    after k rounds `opens` holds its first 2^k members and `jump` is nxt applied 2^k times."""
+    B = span.shape[0]
+    ends = torch.cumsum(span, 0)
+    begins = ends - span
+    nxt = torch.searchsorted(ends, begins + row_tokens, right=True)  # first k with ends[k] > begins[i] + T
+    jump = torch.cat([nxt, nxt.new_full((1,), B)])  # B: past the last sequence, a fixed point
+    opens = torch.zeros(B + 1, dtype=torch.long, device=span.device)
+    opens[0] = 1
+    for _ in range((B - 1).bit_length()):  # 2^k >= B >= the number of rows
+        opens = opens.index_add(0, jump, opens).clamp_max_(1)
+        jump = jump[jump]
+    opens = opens[:B]
+    first = torch.cummax(opens * torch.arange(B, device=span.device), 0).values  # the row's first sequence
+    return torch.cumsum(opens, 0) - 1, begins - begins[first]
+
+
+def pack(xt, lengths, slot_id, pad_id, row_tokens):
+    """Pack the FlexMDM states x_t [B, L] (each followed by its gap slot) into rows of row_tokens,
+    next-fit, with no padding between sequences. Returns tokens, seq_ids, positions [R, row_tokens]
+    and where [B, L+1]: the flat index in the rows of (sequence b, position j), -1 past the slot.
+    One host sync: the row count R."""
+    B, L = xt.shape
+    row, col = next_fit(lengths + 1, row_tokens)
+    shape = (int(row[-1]) + 1, row_tokens)
+    j = torch.arange(L + 1, device=xt.device)
+    where = torch.where(j <= lengths[:, None], (row * row_tokens + col)[:, None] + j, -1)
+    seq_tokens = torch.cat([xt, torch.full_like(xt[:, :1], pad_id)], dim=1)
+    seq_tokens = torch.where(j == lengths[:, None], slot_id, seq_tokens)
+    seq_ids = torch.arange(B, device=xt.device)[:, None].expand(B, L + 1)
+    return (scatter_rows(where, seq_tokens, pad_id, shape), scatter_rows(where, seq_ids, -1, shape),
+            scatter_rows(where, j.expand(B, -1), 0, shape), where)
+
+
+def network(model, row_tokens=0):
+    """The DiT as the losses call it (interpolant.flexmdm_loss, mdm_loss):
+    net(xt [B, L], lengths [B] or None (the MDM: every position is a token), cond_time [B], fixed [B, L],
+    at (rows, positions): where f is read) -> (logits [len(rows), V], g [B, L+1], 0 past each row's last gap,
+    or None for the MDM). model is the DiT or its wrapper (torch.compile, DDP), whose forward is the one
+    that runs; row_tokens > 0 runs a FlexMDM on the packed layout, 0 on the padded one: the same function."""
+    raw = model.module if hasattr(model, "module") else model
+
+    def net(xt, lengths, cond_time, fixed, at):
+        if lengths is None:
+            tokens, seq_ids, positions = raw.padded_layout(xt)
+            h = model(tokens, seq_ids, positions, cond_time, raw.attention_mask(seq_ids), fixed)
+            return raw.unmask_head(h[at]), None
+        if row_tokens:
+            tokens, seq_ids, positions, where = pack(xt, lengths, raw.slot_id, raw.cfg.pad_id, row_tokens)
+        else:
+            tokens, seq_ids, positions = raw.padded_layout(xt)
+            where = torch.arange(tokens.numel(), device=xt.device).view(tokens.shape)
+            where = torch.where(seq_ids >= 0, where, -1)
+        fixed_rows = None
+        if raw.fixed_emb is not None:  # the fixed flags of x_t, in the rows' layout
+            fixed_rows = scatter_rows(where[:, :xt.shape[1]], fixed, False, tokens.shape)
+        h = model(tokens, seq_ids, positions, cond_time, raw.attention_mask(seq_ids), fixed_rows).flatten(0, 1)
+        # g at every position of the rows (a cheap head), read at each gap slot
+        g = torch.where(where >= 0, raw.insertion_rates(h)[where.clamp_min(0)], 0.0)
+        return raw.unmask_head(h[where[at]]), g
+    return net

@@ -30,19 +30,17 @@ files (the fixed tokens, in order, are the prompt; its length is K + 1 + max_len
 
     python prepare_maze.py --K=12            # 41x41, 15000 pairs -> data/maze_k12
 """
-import contextlib
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 from collections import deque
 
 import numpy as np
 from tqdm import tqdm
 
 from configurator import InputError, configure, run
+from data import SplitWriter, atomic_dir
 
 # -----------------------------------------------------------------------------
 m = 20  # maze rows in cells (bitmap 2m+1)
@@ -256,43 +254,13 @@ def build_split(pairs, cells, parent_rows, dist, K, paths_per_pair, rng_paths, r
     return tokens, fixes
 
 
-def write_split(out_dir, split, tokens, fixes):
-    """Write {split}.bin (uint16 tokens), {split}.idx (int64 offsets), {split}.fix (uint8)."""
+def write_split(out_dir, split, tokens, fixes, vocab_size):
+    """Write {split}.bin, .idx and .fix (data.SplitWriter); returns the lengths of the sequences."""
     lengths = np.array([len(t) for t in tokens], dtype=np.int64)
-    idx = np.zeros(len(tokens) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=idx[1:])
-    flat = np.concatenate(tokens) if tokens else np.zeros(0, dtype=np.int64)
-    flat.astype(np.uint16).tofile(os.path.join(out_dir, f"{split}.bin"))
-    idx.tofile(os.path.join(out_dir, f"{split}.idx"))
-    (np.concatenate(fixes) if fixes else np.zeros(0, np.uint8)).astype(np.uint8).tofile(
-        os.path.join(out_dir, f"{split}.fix"))
+    writer = SplitWriter(out_dir, split, vocab_size, fixed=True)
+    writer.add(np.concatenate(tokens), lengths, np.concatenate(fixes))
+    writer.close()
     return lengths
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir, overwrite=False):
-    """A new temporary directory beside out_dir to write into. When the block completes it is renamed
-    to out_dir; when it raises (or is interrupted) it is removed, and out_dir is left as it was. An
-    existing out_dir is refused, or with overwrite replaced, only once the new one is complete."""
-    out_dir = os.path.normpath(out_dir)
-    if os.path.exists(out_dir) and not overwrite:
-        raise InputError(f"{out_dir} already exists: give --overwrite=True to replace it, or another --out_dir")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise InputError(f"{out_dir} is a file, not a dataset directory: give another --out_dir")
-    parent = os.path.dirname(out_dir) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp", dir=parent)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(out_dir):  # overwrite: the old one goes only now
-        os.rename(out_dir, tmp + ".old")
-        os.rename(tmp, out_dir)
-        shutil.rmtree(tmp + ".old")
-    else:
-        os.rename(tmp, out_dir)
 
 
 def build(m=20, n=20, K=2, num_pairs=15000, paths_per_pair=10, seed=2025, extra_door_frac=0.5,
@@ -301,7 +269,7 @@ def build(m=20, n=20, K=2, num_pairs=15000, paths_per_pair=10, seed=2025, extra_
     as meta.json)."""
     if m < 1 or n < 1:
         raise InputError(f"the maze needs m, n >= 1 cells, got m={m}, n={n}")
-    if (2 * m + 1) * (2 * n + 1) + 3 > 2 ** 16:  # train.load_data reads a vocabulary up to 2^16 as uint16
+    if (2 * m + 1) * (2 * n + 1) + 3 > 2 ** 16:  # data.py stores a vocabulary up to 2^16 as uint16
         raise InputError(f"maze too large for uint16 tokens: m={m}, n={n} gives a vocabulary over 65536")
     if K < 2:
         raise InputError(f"K must be at least 2 (the start and the goal are subgoals), got {K}")
@@ -330,7 +298,7 @@ def build(m=20, n=20, K=2, num_pairs=15000, paths_per_pair=10, seed=2025, extra_
             if not tokens:
                 raise InputError(f"the {split} split has no path (of at least K={K} cells, from {len(sp)} pairs); "
                                  f"give more --num_pairs, a larger maze or a smaller K")
-            lengths[split] = write_split(tmp, split, tokens, fixes)
+            lengths[split] = write_split(tmp, split, tokens, fixes, H * W + 3)
         meta = {
             "vocab_size": H * W + 3, "pad_id": H * W, "mask_id": H * W + 1, "sep_id": H * W + 2,
             "max_len": int(max(l.max() for l in lengths.values())),

@@ -29,8 +29,8 @@ Files in out_dir (default data/owt), for split in train, val:
   lengths.png  the histogram of sequence lengths (also printed)
 The files are written into a temporary directory beside out_dir, renamed to out_dir at the end (a
 failed or interrupted run leaves nothing); an existing out_dir is refused unless --overwrite=True.
-The GPT-2 BPE comes from tiktoken's cache: offline, TIKTOKEN_CACHE_DIR must name a cache that holds
-it (../shared/tiktoken_cache, or one that a first online run filled).
+The GPT-2 BPE comes from tiktoken's cache (data.gpt2): offline, TIKTOKEN_CACHE_DIR must name a cache that
+holds it (../shared/tiktoken_cache, or one that a first online run filled).
 
     python prepare_owt.py                                           # OpenWebText -> data/owt
     python prepare_owt.py --source=../shared/data/wikitext2_raw/wiki.test.raw --txt_unit=line \\
@@ -45,7 +45,7 @@ import sys
 import numpy as np
 
 from configurator import InputError, configure, run
-from prepare_maze import atomic_dir
+from data import GPT2_VOCAB, SplitWriter, atomic_dir, gpt2
 
 # -----------------------------------------------------------------------------
 source = "Skylion007/openwebtext"  # hub dataset name, or a local .txt/.jsonl file, folder or glob
@@ -64,7 +64,6 @@ cache_dir = ""  # datasets cache (empty: datasets' own)
 revision = ""  # hub dataset revision (branch, tag or commit)
 # -----------------------------------------------------------------------------
 
-GPT2_VOCAB = 50257  # ids 0..50256 (50256 = <|endoftext|>)
 PAD_ID, MASK_ID = GPT2_VOCAB, GPT2_VOCAB + 1
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
@@ -81,23 +80,6 @@ def split_paragraphs(text):
 def chunk(ids, max_len):
     """Consecutive pieces of at most max_len tokens (one piece if it already fits)."""
     return [ids[i:i + max_len] for i in range(0, len(ids), max_len)]
-
-
-def gpt2():
-    """tiktoken's GPT-2 BPE: read from tiktoken's cache (TIKTOKEN_CACHE_DIR), downloaded into it when
-    it is not there yet."""
-    import tiktoken
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # no network and no cache: say so in one line
-        cache = os.environ.get("TIKTOKEN_CACHE_DIR", "unset")
-        raise InputError(f"could not load the GPT-2 BPE ({type(e).__name__}; TIKTOKEN_CACHE_DIR={cache}): offline, set "
-                         f"TIKTOKEN_CACHE_DIR to a tiktoken cache that holds it, e.g. ../shared/tiktoken_cache")
-
-
-def decode(enc, ids):
-    """The text of GPT-2 token ids; ids past the BPE (our pad and mask) are dropped."""
-    return enc.decode([i for i in ids if i < enc.n_vocab])
 
 
 def encode_document(text, max_len, enc=None, long="chunk"):
@@ -204,41 +186,33 @@ def tokenize(ds, max_len, val_frac, seed, num_proc, desc, long="chunk"):
 # ----------------------------------------------------------------------------------------------
 # Writing
 
-class SplitWriter:
-    """Appends sequences to {split}.bin and offsets to {split}.idx, and counts lengths."""
+class SplitCounter(SplitWriter):
+    """data.SplitWriter that also counts documents, paragraphs, chunked paragraphs and lengths."""
 
     def __init__(self, out_dir, split, max_len):
-        self.bin = open(os.path.join(out_dir, f"{split}.bin"), "wb")
-        self.idx = open(os.path.join(out_dir, f"{split}.idx"), "wb")
-        np.zeros(1, dtype=np.int64).tofile(self.idx)
-        self.offset, self.docs, self.paragraphs, self.chunked = 0, 0, 0, 0
+        super().__init__(out_dir, split, GPT2_VOCAB + 2)
+        self.docs, self.paragraphs, self.chunked = 0, 0, 0
         self.counts = np.zeros(max_len + 1, dtype=np.int64)  # counts[n] = sequences of length n
 
-    def add(self, ids, lens, n_par, n_chunked):
-        np.asarray(ids, dtype=np.uint16).tofile(self.bin)
-        (self.offset + np.cumsum(lens, dtype=np.int64)).tofile(self.idx)
-        self.offset += int(np.sum(lens, dtype=np.int64))
+    def add_document(self, ids, lens, n_par, n_chunked):
+        self.add(ids, lens)
         self.counts += np.bincount(np.asarray(lens, dtype=np.int64), minlength=len(self.counts))
         self.docs += 1
         self.paragraphs += n_par
         self.chunked += n_chunked
 
-    def close(self):
-        self.bin.close()
-        self.idx.close()
-
 
 def write_splits(splits_ds, out_dir, max_len):
     """splits_ds: list of (tokenized dataset, split name or None = per-row "val" flag)."""
     from tqdm.auto import tqdm
-    writers = {s: SplitWriter(out_dir, s, max_len) for s in ("train", "val")}
+    writers = {s: SplitCounter(out_dir, s, max_len) for s in ("train", "val")}
     for ds, split in splits_ds:
         total = len(ds) if hasattr(ds, "__len__") else None
         bar = tqdm(total=total, desc=f"writing {split or 'train/val'}", unit="doc")
         for batch in ds.iter(batch_size=1024):
             for ids, lens, n_par, n_chunked, val in zip(batch["ids"], batch["lens"], batch["n_par"],
                                                         batch["n_chunked"], batch["val"]):
-                writers[split or ("val" if val else "train")].add(ids, lens, n_par, n_chunked)
+                writers[split or ("val" if val else "train")].add_document(ids, lens, n_par, n_chunked)
             bar.update(len(batch["ids"]))
         bar.close()
     for w in writers.values():
@@ -307,7 +281,7 @@ def plot_histogram(split_counts, path):
 def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt_unit="doc", max_len=1024,
           out_dir="data/owt", streaming=False, num_proc=8, seed=2357, max_docs=0, cache_dir=None, revision=None,
           long="chunk", overwrite=False):
-    """Prepare the dataset into out_dir, atomically (prepare_maze.atomic_dir); returns the meta dict
+    """Prepare the dataset into out_dir, atomically (data.atomic_dir); returns the meta dict
     (also written as meta.json)."""
     val_source, cache_dir, revision = val_source or None, cache_dir or None, revision or None
     if max_len < 1 or max_len > 65535:

@@ -10,24 +10,25 @@ Checkpoints (out_dir/ckpt.pt: weights, EMA, optimiser, RNG states, iteration, ti
 every eval_interval, every save_interval iterations, every save_seconds of wall time, at the end, and
 when SIGINT (Ctrl-C) or SIGTERM stops the run; each write replaces the previous one atomically.
 """
-import json
 import math
 import os
 import shlex
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import InputError, check_choices, check_device, configure, run
-from interpolant import (SCHEDULES, TIME_WEIGHTINGS, Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant,
-                         num_targets, sample_times, time_weight, unmasking_loss)
-from model import DiT, ModelConfig
+from checkpoint import load_checkpoint, save_checkpoint
+from configurator import InputError, check_choices, check_device, configure, init_distributed, pick, run
+from data import get_batch, load_data, max_prompt_len
+from interpolant import LossConfig, batch_loss
+from model import DiT, ModelConfig, autocast, network
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -87,151 +88,6 @@ seed = 1337
 # -----------------------------------------------------------------------------
 
 
-def load_data(data_dir):
-    """meta.json and, per split, the token stream, the start offsets and the fixed flags (maze)."""
-    if not os.path.isdir(data_dir):
-        raise InputError(f"dataset directory {data_dir!r} not found: prepare it first (prepare_maze.py or prepare_owt.py)")
-    for name in ("meta.json", "train.bin", "train.idx", "val.bin", "val.idx"):
-        if not os.path.exists(os.path.join(data_dir, name)):
-            raise InputError(f"missing data file {os.path.join(data_dir, name)!r}: prepare the dataset again")
-    with open(os.path.join(data_dir, "meta.json")) as f:
-        meta = json.load(f)
-    splits = {}
-    for split in ("train", "val"):
-        path = os.path.join(data_dir, split)
-        dtype_ = np.uint32 if meta["vocab_size"] > 2**16 else np.uint16
-        fix = np.memmap(path + ".fix", dtype=np.uint8, mode="r") if os.path.exists(path + ".fix") else None
-        splits[split] = (np.memmap(path + ".bin", dtype=dtype_, mode="r"), np.fromfile(path + ".idx", dtype=np.int64), fix)
-        if len(splits[split][1]) < 2:
-            raise InputError(f"{path}.idx holds no sequence: the {split} split is empty")
-    return meta, splits
-
-
-def max_prompt_len(splits):
-    """The longest run of fixed tokens in one sequence (the MDM baseline's prompt, maze subgoals)."""
-    lengths = [np.add.reduceat(fix.astype(np.int64), idx[:-1]) for _, idx, fix in splits.values() if fix is not None]
-    return int(max(l.max() for l in lengths)) if lengths else 0
-
-
-def get_batch(split_data, indices, meta, model_type, seq_len):
-    """Rows of clean sequences x1 [B, seq_len] right-padded with pad, their lengths and fixed flags.
-    FlexMDM: the sequence itself, fixed where the data says so. MDM: [fixed tokens, SEP] as a clean
-    prompt (when the data has fixed tokens), then the sequence, then pads as ordinary tokens."""
-    tokens, idx, fix = split_data
-    x1 = np.full((len(indices), seq_len), meta["pad_id"], dtype=np.int64)
-    fixed = np.zeros((len(indices), seq_len), dtype=bool)
-    lengths = np.zeros(len(indices), dtype=np.int64)
-    for row, i in enumerate(indices):
-        seq = tokens[idx[i]:idx[i + 1]].astype(np.int64)
-        f = fix[idx[i]:idx[i + 1]].astype(bool) if fix is not None else np.zeros(len(seq), dtype=bool)
-        if model_type == "mdm" and f.any():
-            seq, f = np.concatenate([seq[f], [meta["sep_id"]], seq]), np.arange(len(seq) + f.sum() + 1) <= f.sum()
-        x1[row, :len(seq)], fixed[row, :len(seq)], lengths[row] = seq, f, len(seq)
-    return torch.from_numpy(x1), torch.from_numpy(lengths), torch.from_numpy(fixed)
-
-
-def scatter_rows(where, values, fill, shape):
-    """A tensor of shape, fill except at the flat indices where [B, n] >= 0, which get values [B, n].
-    The entries with where = -1 go to a spare last element that is dropped: no boolean indexing,
-    whose data-dependent size would make the host wait for the device."""
-    size = math.prod(shape)
-    dest = torch.where(where >= 0, where, size).flatten()
-    out = torch.full((size + 1,), fill, dtype=values.dtype, device=values.device)
-    return out.index_put_((dest,), values.flatten())[:size].view(shape)
-
-
-def next_fit(span, row_tokens):
-    """Next-fit of sequences of span[i] <= row_tokens positions into rows, in order, as tensor ops:
-    returns each sequence's row and column. A row opened at sequence i holds i..nxt(i)-1, as many
-    as fit; the rows open at 0, nxt(0), nxt(nxt(0)), ... This orbit is found by pointer doubling:
-    after k rounds `opens` holds its first 2^k members and `jump` is nxt applied 2^k times."""
-    B = span.shape[0]
-    ends = torch.cumsum(span, 0)
-    begins = ends - span
-    nxt = torch.searchsorted(ends, begins + row_tokens, right=True)  # first k with ends[k] > begins[i] + T
-    jump = torch.cat([nxt, nxt.new_full((1,), B)])  # B: past the last sequence, a fixed point
-    opens = torch.zeros(B + 1, dtype=torch.long, device=span.device)
-    opens[0] = 1
-    for _ in range((B - 1).bit_length()):  # 2^k >= B >= the number of rows
-        opens = opens.index_add(0, jump, opens).clamp_max_(1)
-        jump = jump[jump]
-    opens = opens[:B]
-    first = torch.cummax(opens * torch.arange(B, device=span.device), 0).values  # the row's first sequence
-    return torch.cumsum(opens, 0) - 1, begins - begins[first]
-
-
-def pack(xt, lengths, slot_id, pad_id, row_tokens):
-    """Pack the FlexMDM states x_t [B, L] (each followed by its gap slot) into rows of row_tokens,
-    next-fit, with no padding between sequences. Returns tokens, seq_ids, positions [R, row_tokens]
-    and where [B, L+1]: the flat index in the rows of (sequence b, position j), -1 past the slot.
-    One host sync: the row count R."""
-    B, L = xt.shape
-    row, col = next_fit(lengths + 1, row_tokens)
-    shape = (int(row[-1]) + 1, row_tokens)
-    j = torch.arange(L + 1, device=xt.device)
-    where = torch.where(j <= lengths[:, None], (row * row_tokens + col)[:, None] + j, -1)
-    seq_tokens = torch.cat([xt, torch.full_like(xt[:, :1], pad_id)], dim=1)
-    seq_tokens = torch.where(j == lengths[:, None], slot_id, seq_tokens)
-    seq_ids = torch.arange(B, device=xt.device)[:, None].expand(B, L + 1)
-    return (scatter_rows(where, seq_tokens, pad_id, shape), scatter_rows(where, seq_ids, -1, shape),
-            scatter_rows(where, j.expand(B, -1), 0, shape), where)
-
-
-def flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, row_tokens=0, generator=None,
-                 weighting="elbo", prior_weight=0.0, prior_time=0.0):
-    """Eq. 7 for one batch, summed over sequences and divided by the number of x1 tokens that the
-    interpolant acts on (non-fixed). row_tokens > 0 runs the network on the packed layout; the
-    loss is the same function of the parameters either way. weighting: see interpolant.time_weight.
-    prior_weight > 0 adds, with that weight, the insertion term of every sequence again at an early time
-    t = prior_time * u^2, u ~ U[0, 1): with prior_time = 0 its x_0 (empty, or its fixed tokens), the length
-    prior g(x_0, 0) = E[gaps | x_0] where sampling starts, which the interpolant reaches only with
-    probability (1 - alpha(t))^n; with prior_time > 0 the early states where the length is decided. Each
-    (x_t, t) is its own regression problem, so the minimisers stay those of eq. 7; packed, it costs one
-    position per sequence plus its few early tokens (README "The length prior"). Returns the (loss,
-    unmask, insert) terms."""
-    raw = model.module if hasattr(model, "module") else model
-    n = num_targets(lengths, fixed)
-    weight_alpha = time_weight(alpha, t, weighting)
-    rows = len(x1)
-    if prior_weight:  # the same sequences again at an early time, the insertion term only
-        early = prior_time * torch.rand(t.shape, device=t.device, generator=generator) ** 2 if prior_time else 0 * t
-        x1, lengths, fixed = (torch.cat([z, z]) for z in (x1, lengths, fixed))
-        t = torch.cat([t, early])
-        weight_alpha = torch.cat([weight_alpha, torch.full_like(weight_alpha, prior_weight)])
-    fb = flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
-    if row_tokens:
-        tokens, seq_ids, positions, where = pack(fb.xt, fb.lengths, raw.slot_id, pad_id, row_tokens)
-    else:
-        tokens, seq_ids, positions = raw.padded_layout(fb.xt)
-        where = torch.arange(tokens.numel(), device=x1.device).view(tokens.shape)
-        where = torch.where(seq_ids >= 0, where, -1)
-    B, L = fb.xt.shape
-    fixed_rows = None
-    if raw.fixed_emb is not None:  # the fixed flags of x_t, in the rows' layout
-        fixed_rows = scatter_rows(where[:, :L], fb.fixed, False, tokens.shape)
-    h = model(tokens, seq_ids, positions, alpha(t), raw.attention_mask(seq_ids), fixed_rows).flatten(0, 1)
-    b, j = fb.masked[:rows].nonzero(as_tuple=True)  # the one host sync of the loss: the number of masks
-    unmask = unmasking_loss(raw.unmask_head(h[where[b, j]]), fb.targets[b, j], time_weight(beta, t, weighting)[b])
-    # g at every position of the rows (a cheap head), read at each gap slot; where = -1 weighs 0
-    gap = where >= 0
-    g = torch.where(gap, raw.insertion_rates(h)[where.clamp_min(0)], 0.0)
-    insert = insertion_loss(g, fb.gaps, torch.where(gap, weight_alpha[:, None], 0.0))
-    return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
-
-
-def mdm_loss(model, x1, lengths, fixed, t, beta, mask_id, generator=None, weighting="elbo"):
-    """The MDM loss: w_beta(t) * cross-entropy at the masked positions (pads included: they are the
-    MDM's tokens), divided like flexmdm_loss by the non-fixed x1 tokens, so the two compare."""
-    raw = model.module if hasattr(model, "module") else model
-    xt, masked = mdm_interpolant(x1, t, beta, mask_id, fixed=fixed, generator=generator)
-    tokens, seq_ids, positions = raw.padded_layout(xt)
-    h = model(tokens, seq_ids, positions, beta(t), raw.attention_mask(seq_ids), fixed)
-    b, j = masked.nonzero(as_tuple=True)  # one host sync: the number of masks
-    unmask = unmasking_loss(raw.unmask_head(h[b, j]), x1[b, j], time_weight(beta, t, weighting)[b])
-    n = num_targets(lengths, fixed)
-    return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
-
-
 def get_lr(it, spent):
     """Linear warmup then cosine decay to min_lr (nanoGPT). With a time budget (max_seconds, on the
     budget_clock) the schedule stands where the same fraction of max_iters would be as the fraction of
@@ -245,23 +101,6 @@ def get_lr(it, spent):
         return min_lr
     ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
-
-
-def save_checkpoint(path, state):
-    """Write a temporary file, force it to disk, rename it over path, then force the directory entry to
-    disk: a crash, a kill -9 or a power cut at any moment leaves the previous checkpoint or the new one,
-    whole, never a torn file."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 @contextmanager
@@ -285,17 +124,94 @@ def check_meta(meta, ckpt_meta, path):
             raise InputError(f"{key} of the data ({meta.get(key)!r}) does not match the checkpoint {path} ({ckpt_meta.get(key)!r})")
 
 
-def init_distributed(device):
-    """Under torchrun, join the process group (nccl on CUDA, gloo on CPU) and take this process's
-    GPU. Returns (ddp, rank, local_rank, world, device of this process)."""
-    if int(os.environ.get("RANK", -1)) == -1:
-        return False, 0, 0, 1, device
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    rank, local_rank, world = dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
-    dev = f"cuda:{local_rank}" if device.startswith("cuda") else device
-    if device.startswith("cuda"):
-        torch.cuda.set_device(dev)
-    return True, rank, local_rank, world, dev
+def draw_batch(split_data, rng, meta, seq_len, dev):
+    """batch_size sequences of a split, drawn with rng, on dev: (x1, lengths, fixed) and the x1 token count."""
+    indices = rng.integers(0, len(split_data[1]) - 1, size=batch_size)
+    x1, lengths, fixed = get_batch(split_data, indices, meta, model_type, seq_len)
+    return tuple(z.to(dev, non_blocking=True) for z in (x1, lengths, fixed)), int(lengths.sum())  # counted on the host
+
+
+def unwrap(model):
+    """The DiT inside DDP and torch.compile's wrappers."""
+    model = model.module if isinstance(model, DDP) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def network_of(model):
+    """The network as the losses call it: packed rows of max(pack_tokens, max_len + 1) with packing=True."""
+    seq_len = unwrap(model).cfg.max_len
+    return network(model, max(pack_tokens, seq_len + 1) if packing else 0)
+
+
+@torch.no_grad()
+def evaluate(model, ema, val, meta, dev):
+    """Validation loss (eq. 7, whatever the training weighting and prior_weight) on a fixed set of batches and
+    draws, with the EMA weights; touches no training random stream. Returns [loss, unmask, insert]."""
+    raw, net, loss_cfg = unwrap(model), network_of(model), pick(LossConfig, globals()).eq7()
+    model.eval()
+    live = [p.detach().clone() for p in raw.parameters()]
+    if ema_decay:
+        torch._foreach_copy_(list(raw.parameters()), ema)
+    generator, rng = torch.Generator(device=dev).manual_seed(seed), np.random.default_rng(seed)
+    terms = []
+    for _ in range(eval_iters):
+        batch, _ = draw_batch(val, rng, meta, raw.cfg.max_len, dev)
+        with autocast(dev, dtype):
+            terms.append(torch.stack(batch_loss(net, *batch, loss_cfg, meta["mask_id"], meta["pad_id"], generator)))
+    torch._foreach_copy_(list(raw.parameters()), live)
+    model.train()
+    terms = torch.stack(terms).mean(0)
+    if dist.is_initialized():
+        dist.all_reduce(terms, op=dist.ReduceOp.AVG)
+    return terms.tolist()
+
+
+def save(path, raw, optimizer, ema, data_rng, record, dev):
+    """The checkpoint: weights, EMA, optimizer, the random streams of every process (gathered to rank 0,
+    which writes), and record (model_args, config, meta, iter_num, train_seconds)."""
+    rng = {"torch": torch.get_rng_state(), "data": data_rng.bit_generator.state,
+           "cuda": torch.cuda.get_rng_state() if dev.startswith("cuda") else None}
+    states = [rng]
+    if dist.is_initialized():
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, rng)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        save_checkpoint(path, {"model": raw.state_dict(), "ema": [e.cpu() for e in ema] if ema_decay else None,
+                               "optimizer": optimizer.state_dict(), **record, "rng": states})
+
+
+def build(meta, seq_len, rank, world, dev):
+    """The model, optimizer, EMA and data stream of a new run, or of the checkpoint it resumes (checked against
+    this run's data and processes). Returns (model, optimizer, ema, data_rng, iter_num, spent, model_args)."""
+    ckpt = None
+    if init_from == "resume":
+        ckpt_path = os.path.join(out_dir, "ckpt.pt")
+        ckpt = load_checkpoint(ckpt_path, hint="--init_from=resume needs the run's checkpoint")
+        check_meta(meta, ckpt["meta"], ckpt_path)
+        if len(ckpt["rng"]) != world:
+            raise InputError(f"{ckpt_path} was written by {len(ckpt['rng'])} process(es), this run has {world}")
+    model_args = ckpt["model_args"] if ckpt else asdict(pick(ModelConfig, globals(), vocab_size=meta["vocab_size"],
+                                                              max_len=seq_len, pad_id=meta["pad_id"]))
+    torch.manual_seed(seed)  # the same initial model on every rank; per-rank streams after it
+    data_rng = np.random.default_rng(seed + rank)
+    model = DiT(ModelConfig(**model_args)).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(beta1, beta2), weight_decay=weight_decay,
+                                  fused=True)
+    torch.manual_seed(seed + rank)
+    if ckpt is None:
+        return model, optimizer, [p.detach().clone() for p in model.parameters()], data_rng, 0, 0.0, model_args
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"][rank]["torch"])
+    if dev.startswith("cuda"):
+        torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
+    data_rng.bit_generator.state = ckpt["rng"][rank]["data"]
+    # the EMA goes on; a checkpoint saved without EMA starts it from the resumed weights
+    ema = [e.to(dev) for e in ckpt["ema"]] if ckpt["ema"] is not None else [p.detach().clone() for p in model.parameters()]
+    if rank == 0:
+        print(f"resuming from {ckpt_path}: iteration {ckpt['iter_num']}, {ckpt.get('train_seconds', 0.0):.1f} s of "
+              "training steps spent")
+    return model, optimizer, ema, data_rng, ckpt["iter_num"], ckpt.get("train_seconds", 0.0), model_args
 
 
 def main():
@@ -303,128 +219,51 @@ def main():
     configure(globals(), sys.argv[1:])
     config = {k: globals()[k] for k in config_keys}
     check_device(device)
+    check_choices(globals(), dict(dtype=("float32", "bfloat16"), budget_clock=("wall", "cpu"), init_from=("scratch", "resume")))
+    pick(LossConfig, globals())  # its own checks
     if save_interval < 0 or save_seconds < 0:
         raise InputError(f"save_interval={save_interval} and save_seconds={save_seconds} must be >= 0 (0 turns each off)")
-    ckpt_path = os.path.join(out_dir, "ckpt.pt")
-    if init_from == "scratch" and os.path.exists(ckpt_path):
-        raise InputError(f"{ckpt_path} exists: continue that run with --init_from=resume, or start this one in another --out_dir")
+    if packing and model_type == "mdm":
+        raise InputError("packing=True applies to FlexMDM only: the MDM baseline pads by design")
+    if init_from == "scratch" and os.path.exists(os.path.join(out_dir, "ckpt.pt")):
+        raise InputError(f"{os.path.join(out_dir, 'ckpt.pt')} exists: continue that run with --init_from=resume, or "
+                         "start this one in another --out_dir")
 
     ddp, rank, local_rank, world, dev = init_distributed(device)
     if gradient_accumulation_steps % world:
         raise InputError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by {world} processes")
-    accum = gradient_accumulation_steps // world
-    master = rank == 0
-    torch.manual_seed(seed)  # the same initial model on every rank; per-rank streams after it
-    data_rng = np.random.default_rng(seed + rank)
-    device_type = "cuda" if dev.startswith("cuda") else "cpu"
-    check_choices(globals(), dict(dtype=("float32", "bfloat16"), model_type=("flexmdm", "mdm"), alpha_schedule=SCHEDULES,
-                                  beta_schedule=SCHEDULES, time_weighting=TIME_WEIGHTINGS, budget_clock=("wall", "cpu"),
-                                  insert_head=("linear", "mlp")))
-    clock = time.process_time if budget_clock == "cpu" else time.time
-    if packing and model_type == "mdm":
-        raise InputError("packing=True applies to FlexMDM only: the MDM baseline pads by design")
-    if prior_time < 0 or prior_weight < 0 or (prior_weight and model_type == "mdm"):
-        raise InputError(f"prior_weight={prior_weight} and prior_time={prior_time} must be >= 0, prior_weight 0 for "
-                         "the MDM (it has no insertion head)")
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
-
-    data_dir = os.path.join("data", dataset)
-    meta, splits = load_data(data_dir)
+    meta, splits = load_data(os.path.join("data", dataset))
     prompt = max_prompt_len(splits)
     seq_len = meta["max_len"] + (prompt + 1 if model_type == "mdm" and prompt else 0)
-    alpha = Schedule(alpha_schedule, schedule_exponent)
-    beta = Schedule(beta_schedule, schedule_exponent)
-    model_args = dict(vocab_size=meta["vocab_size"], max_len=seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                      cond_dim=cond_dim, dropout=dropout, model_type=model_type, pad_id=meta["pad_id"],
-                      fixed_embedding=fixed_embedding, insert_head=insert_head, insert_scale=insert_scale)
-
-    if init_from == "resume":
-        if not os.path.exists(ckpt_path):
-            raise InputError(f"--init_from=resume but {ckpt_path!r} does not exist")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        check_meta(meta, ckpt["meta"], ckpt_path)
-        if len(ckpt["rng"]) != world:
-            raise InputError(f"{ckpt_path} was written by {len(ckpt['rng'])} process(es), this run has {world}")
-        model_args = ckpt["model_args"]
-    elif init_from != "scratch":
-        raise InputError(f"init_from must be scratch or resume, got {init_from!r}")
-    raw_model = DiT(ModelConfig(**model_args)).to(dev)
-    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=learning_rate, betas=(beta1, beta2),
-                                  weight_decay=weight_decay, fused=True)
-    torch.manual_seed(seed + rank)
-    iter_num, spent, saved_ema = 0, 0.0, None
-    if init_from == "resume":
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        saved_ema = ckpt["ema"]
-        iter_num, spent = ckpt["iter_num"], ckpt.get("train_seconds", 0.0)
-        torch.set_rng_state(ckpt["rng"][rank]["torch"])
-        if device_type == "cuda":
-            torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
-        data_rng.bit_generator.state = ckpt["rng"][rank]["data"]
-        del ckpt
-        if master:
-            print(f"resuming from {ckpt_path}: iteration {iter_num}, {spent:.1f} s of training steps spent")
-    # the EMA starts from the weights the run starts from (a checkpoint saved without EMA included)
-    ema = [e.to(dev) for e in saved_ema] if saved_ema is not None else [p.detach().clone() for p in raw_model.parameters()]
-    if master:
+    raw_model, optimizer, ema, data_rng, iter_num, spent, model_args = build(meta, seq_len, rank, world, dev)
+    if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         print(f"{model_type}: {raw_model.num_params() / 1e6:.2f}M parameters, max length {seq_len}, {world} process(es) on {dev}")
     model = torch.compile(raw_model) if compile else raw_model
     if ddp:
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-
-    def batch_loss(split, rng, generator=None, weighting=time_weighting, prior=prior_weight):
-        indices = rng.integers(0, len(splits[split][1]) - 1, size=batch_size)
-        batch = get_batch(splits[split], indices, meta, model_type, seq_len)
-        n_tokens = int(batch[1].sum())  # counted on the host: no device sync
-        x1, lengths, fixed = (z.to(dev, non_blocking=True) for z in batch)
-        t = sample_times(batch_size, device=dev, generator=generator)
-        with autocast:
-            if model_type == "mdm":
-                return mdm_loss(model, x1, lengths, fixed, t, beta, meta["mask_id"], generator,
-                                weighting) + (n_tokens,)
-            row_tokens = max(pack_tokens, seq_len + 1) if packing else 0
-            return flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
-                                row_tokens, generator, weighting, prior, prior_time) + (n_tokens,)
-
-    @torch.no_grad()
-    def evaluate():
-        """Validation loss (eq. 7, whatever the training weighting and prior_weight) on a fixed set of batches and draws,
-        with EMA weights; touches no training RNG."""
-        model.eval()
-        live = [p.detach().clone() for p in raw_model.parameters()]
-        if ema_decay:
-            torch._foreach_copy_(list(raw_model.parameters()), ema)
-        generator = torch.Generator(device=dev).manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        terms = torch.stack([torch.stack(batch_loss("val", rng, generator, "elbo", 0.0)[:3]) for _ in range(eval_iters)]).mean(0)
-        torch._foreach_copy_(list(raw_model.parameters()), live)
-        model.train()
-        if ddp:
-            dist.all_reduce(terms, op=dist.ReduceOp.AVG)
-        return terms.tolist()
-
-    def checkpoint(path=ckpt_path):
-        rng_state = {"torch": torch.get_rng_state(), "data": data_rng.bit_generator.state,
-                     "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
-        states = [None] * world
-        if ddp:
-            dist.all_gather_object(states, rng_state)
-        else:
-            states = [rng_state]
-        if master:
-            save_checkpoint(path, {"model": raw_model.state_dict(), "ema": [e.cpu() for e in ema] if ema_decay else None,
-                                        "optimizer": optimizer.state_dict(), "model_args": model_args, "iter_num": iter_num,
-                                        "train_seconds": spent, "config": config, "meta": meta, "rng": states})
-
-    if wandb_log and master:
+        model = DDP(model, device_ids=[local_rank] if dev.startswith("cuda") else None)
+    if wandb_log and rank == 0:
         import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    record = dict(model_args=model_args, config=config, meta=meta)
+    stop = train(model, optimizer, ema, data_rng, splits, record, iter_num, spent, dev)
+    if ddp:
+        del model  # DDP is freed while the process group lives
+        end_ddp(raw_model)
+    return 128 + stop if stop else 0  # the shell's status for a process stopped by that signal
 
+
+def train(model, optimizer, ema, data_rng, splits, record, iter_num, spent, dev):
+    """The training loop, from iter_num and spent seconds until the budget is spent or a stop signal comes;
+    returns the signal's number, or 0. Evaluates every eval_interval, checkpoints as the module docstring says."""
+    raw, net, loss_cfg, meta = unwrap(model), network_of(model), pick(LossConfig, globals()), record["meta"]
+    ddp = dist.is_initialized()
+    master, world = not ddp or dist.get_rank() == 0, dist.get_world_size() if ddp else 1
+    accum = gradient_accumulation_steps // world
+    clock = time.process_time if budget_clock == "cpu" else time.time
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
     t0, tokens_seen, last_save = time.time(), 0, time.monotonic()
-    budget_used = lambda: spent if max_seconds else iter_num
-    kept = {point for point in keep_at if budget_used() >= point}  # a resumed run passed these already
+    kept = {p for p in keep_at if (spent if max_seconds else iter_num) >= p}  # a resumed run passed these already
     with stop_signals() as received:
         while True:
             stop = received[0] if received else 0
@@ -435,26 +274,24 @@ def main():
                 spent, save_due, stop = shared[0].item(), bool(shared[1]), int(shared[2])
             done = spent >= max_seconds if max_seconds else iter_num >= max_iters
             if (iter_num % eval_interval == 0 or done) and not stop:
-                val = evaluate()
-                if master:
-                    print(f"iter {iter_num}: val loss {val[0]:.4f} (unmask {val[1]:.4f}, insert {val[2]:.4f})")
-                    if wandb_log:
-                        wandb.log({"iter": iter_num, "val/loss": val[0], "val/unmask": val[1], "val/insert": val[2]})
+                val = evaluate(model, ema, splits["val"], meta, dev)
+                log(master, {"iter": iter_num, "val/loss": val[0], "val/unmask": val[1], "val/insert": val[2]},
+                    f"iter {iter_num}: val loss {val[0]:.4f} (unmask {val[1]:.4f}, insert {val[2]:.4f})")
+            now = dict(record, iter_num=iter_num, train_seconds=spent)
             if iter_num % eval_interval == 0 or done or stop or save_due or (save_interval and iter_num % save_interval == 0):
-                checkpoint()
+                save(ckpt_path, raw, optimizer, ema, data_rng, now, dev)
                 last_save = time.monotonic()
-            for point in sorted(p for p in keep_at if p not in kept and budget_used() >= p):
-                checkpoint(os.path.join(out_dir, f"ckpt_{point:g}.pt"))
+            for point in sorted(p for p in keep_at if p not in kept and (spent if max_seconds else iter_num) >= p):
+                save(os.path.join(out_dir, f"ckpt_{point:g}.pt"), raw, optimizer, ema, data_rng, now, dev)
                 kept.add(point)
             if stop:
                 if master:
                     print(f"stopped by {signal.Signals(stop).name} at iteration {iter_num}, saved in {ckpt_path}; to continue, "
                           f"run the same command with --init_from=resume --out_dir={shlex.quote(out_dir)}", file=sys.stderr)
-                break
+                return stop
             if done:
-                if master:
-                    print(f"stopped after {iter_num} iterations and {spent:.0f} s of training steps")
-                break
+                log(master, {}, f"stopped after {iter_num} iterations and {spent:.0f} s of training steps")
+                return 0
             step_start = clock()
             lr = get_lr(iter_num, spent)
             for group in optimizer.param_groups:
@@ -462,35 +299,46 @@ def main():
             for micro in range(accum):
                 if ddp:
                     model.require_backward_grad_sync = micro == accum - 1
-                loss, unmask, insert, n_tokens = batch_loss("train", data_rng)
+                batch, n_tokens = draw_batch(splits["train"], data_rng, meta, raw.cfg.max_len, dev)
+                with autocast(dev, dtype):
+                    loss, unmask, insert = batch_loss(net, *batch, loss_cfg, meta["mask_id"], meta["pad_id"])
                 (loss / accum).backward()
                 tokens_seen += n_tokens
             if grad_clip:
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+                torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema_decay:
-                torch._foreach_lerp_(ema, [p.detach() for p in raw_model.parameters()], 1 - ema_decay)
+                torch._foreach_lerp_(ema, [p.detach() for p in raw.parameters()], 1 - ema_decay)
             iter_num += 1
             spent += clock() - step_start
-            if iter_num % log_interval == 0 and master:
-                dt = time.time() - t0
-                print(f"iter {iter_num}: loss {loss.item():.4f} (unmask {unmask.item():.4f}, insert {insert.item():.4f}), "
-                      f"lr {lr:.2e}, {tokens_seen * world / dt:.0f} x1 tok/s, {1000 * dt / log_interval:.0f} ms/iter")
-                if wandb_log:
-                    wandb.log({"iter": iter_num, "train/loss": loss.item(), "train/unmask": unmask.item(),
-                               "train/insert": insert.item(), "lr": lr})
+            if iter_num % log_interval == 0:
+                dt, terms = time.time() - t0, dict(loss=loss.item(), unmask=unmask.item(), insert=insert.item())
+                log(master, {"iter": iter_num, "lr": lr, **{f"train/{k}": v for k, v in terms.items()}},
+                    f"iter {iter_num}: loss {terms['loss']:.4f} (unmask {terms['unmask']:.4f}, insert {terms['insert']:.4f}), "
+                    f"lr {lr:.2e}, {tokens_seen * world / dt:.0f} x1 tok/s, {1000 * dt / log_interval:.0f} ms/iter")
                 t0, tokens_seen = time.time(), 0
-    if ddp:  # let gloo's worker threads finish and free DDP while the group lives (else exit can deadlock)
-        checksum = torch.stack([p.detach().double().sum() for p in raw_model.parameters()]).sum().reshape(1)
-        sums = [torch.zeros_like(checksum) for _ in range(world)]
-        dist.all_gather(sums, checksum)
-        if any(not torch.equal(sums[0], s) for s in sums):
-            raise InputError("the DDP processes ended with different parameters")
-        dist.barrier()
-        del model
-        dist.destroy_process_group()
-    return 128 + stop if stop else 0  # the shell's status for a process stopped by that signal
+
+
+def log(master, metrics, line):
+    """On rank 0: print line, and send metrics to wandb (with wandb_log)."""
+    if master:
+        print(line)
+        if wandb_log and metrics:
+            import wandb
+            wandb.log(metrics)
+
+
+def end_ddp(raw_model):
+    """Check that every process ends with the same weights, then leave the process group. The gather and the
+    barrier let gloo's worker threads finish and free DDP while the group lives (else exit can deadlock)."""
+    checksum = torch.stack([p.detach().double().sum() for p in raw_model.parameters()]).sum().reshape(1)
+    sums = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(sums, checksum)
+    if any(not torch.equal(sums[0], s) for s in sums):
+        raise InputError("the DDP processes ended with different parameters")
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -58,8 +58,8 @@ def test_maze_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     """Ctrl-C after the train files were written: neither out_dir nor the temporary directory stays."""
     write_split = prepare_maze.write_split
 
-    def interrupt_at_val(out_dir, split, tokens, fixes):
-        write_split(out_dir, split, tokens, fixes)
+    def interrupt_at_val(out_dir, split, tokens, fixes, vocab_size):
+        write_split(out_dir, split, tokens, fixes, vocab_size)
         assert os.listdir(out_dir)
         if split == "val":
             raise KeyboardInterrupt
