@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import model as model_py
-import train
 from interpolant import Schedule
 from model import DiT, ModelConfig
 
@@ -76,7 +75,7 @@ def test_flex_matches_sdpa_padded(model_type):
 def test_flex_matches_sdpa_packed():
     flex, sdpa = make_model("flexmdm", "flex"), make_model("flexmdm", "sdpa")
     x, t = padded_batch(LENGTHS), times(len(LENGTHS))
-    tokens, seq_ids, positions, where = train.pack(x, torch.tensor(LENGTHS), flex.slot_id, PAD, 24)
+    tokens, seq_ids, positions, where = model_py.pack(x, torch.tensor(LENGTHS), flex.slot_id, PAD, 24)
     assert tokens.shape[0] > 1 and (seq_ids == -1).any()
     with torch.no_grad():
         hf, hs = flex(tokens, seq_ids, positions, t), sdpa(tokens, seq_ids, positions, t)
@@ -110,7 +109,7 @@ def test_flex_gradients_match_sdpa_on_cuda(layout):
     if layout == "padded":
         tokens, seq_ids, positions = flex.padded_layout(x)
     else:
-        tokens, seq_ids, positions, _ = train.pack(x, torch.tensor(LENGTHS), flex.slot_id, PAD, 24)
+        tokens, seq_ids, positions, _ = model_py.pack(x, torch.tensor(LENGTHS), flex.slot_id, PAD, 24)
     args = [z.cuda() for z in (tokens, seq_ids, positions, t)]
     real = args[1] >= 0
     hidden = []
@@ -217,7 +216,7 @@ def test_packed_matches_padded(row_tokens):
     x, t = padded_batch(lengths), times(len(lengths))
     with torch.no_grad():
         logits, g = model.forward_padded(x, t)
-        tokens, seq_ids, positions, where = train.pack(x, torch.tensor(lengths), model.slot_id, PAD, row_tokens)
+        tokens, seq_ids, positions, where = model_py.pack(x, torch.tensor(lengths), model.slot_id, PAD, row_tokens)
         h = model(tokens, seq_ids, positions, t).flatten(0, 1)
     per_row = max(len(set(r[r >= 0].tolist())) for r in seq_ids)
     assert per_row >= 2, "several sequences share a row"

@@ -1,4 +1,4 @@
-"""Packed vs padded FlexMDM training (issue 5): train.pack's layout, the same network outputs,
+"""Packed vs padded FlexMDM training (issue 5): model.pack's layout, the same network outputs,
 losses and gradients in both layouts, the same learning on a tiny maze, and bench.py on CPU."""
 import json
 import os
@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-import train
 from conftest import ROOT, random_dit, run_python, val_losses
-from interpolant import Schedule, flexmdm_interpolant, sample_times
+from interpolant import LossConfig, Schedule, flexmdm_interpolant, flexmdm_loss, sample_times
+from model import network, pack
 
 V, PAD, MASK = 40, 38, 39  # vocab incl. pad and mask; the FlexMDM slot id is V
 LENGTHS = [0, 37, 1, 5, 0, 20, 39, 2]  # very different lengths, empty ones included
@@ -43,7 +43,7 @@ def next_fit_rows(lengths, row_tokens):
 def test_pack_layout(row_tokens):
     x, lengths = padded_batch(LENGTHS, masks=True)  # masks included
     slot = V
-    tokens, seq_ids, positions, where = train.pack(x, lengths, slot, PAD, row_tokens)
+    tokens, seq_ids, positions, where = pack(x, lengths, slot, PAD, row_tokens)
     R, T = tokens.shape
     assert T == row_tokens and seq_ids.shape == positions.shape == (R, T)
     assert R == next_fit_rows(LENGTHS, row_tokens)
@@ -92,14 +92,14 @@ def test_pack_is_next_fit_on_random_batches():
         lengths = torch.randint(0, row_tokens, (B,), generator=g)
         lengths[torch.rand(B, generator=g) < 0.2] = row_tokens - 1  # a sequence and its slot fill a row
         x = torch.randint(0, PAD, (B, max(row_tokens - 1, 1)), generator=g)
-        tokens, _, _, where = train.pack(x, lengths, V, PAD, row_tokens)
+        tokens, _, _, where = pack(x, lengths, V, PAD, row_tokens)
         starts = next_fit_starts(lengths.tolist(), row_tokens)
         assert where[:, 0].tolist() == starts and tokens.shape[0] == starts[-1] // row_tokens + 1
 
 
 def test_pack_single_rows_when_each_sequence_fills_a_row():
     x, lengths = padded_batch([L, L, L])
-    tokens, seq_ids, _, where = train.pack(x, lengths, V, PAD, L + 1)
+    tokens, seq_ids, _, where = pack(x, lengths, V, PAD, L + 1)
     assert tokens.shape == (3, L + 1) and (seq_ids >= 0).all()
     assert torch.equal(where[:, 0], torch.tensor([0, L + 1, 2 * (L + 1)]))
 
@@ -111,7 +111,7 @@ def test_packed_forward_matches_padded():
     t = torch.rand(len(LENGTHS), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, g = model.forward_padded(x, t)
-        tokens, seq_ids, positions, where = train.pack(x, lengths, model.slot_id, PAD, 64)
+        tokens, seq_ids, positions, where = pack(x, lengths, model.slot_id, PAD, 64)
         assert tokens.shape[0] > 1  # several rows, several sequences per row
         h = model(tokens, seq_ids, positions, t).flatten(0, 1)
     for b, n in enumerate(LENGTHS):
@@ -122,10 +122,9 @@ def test_packed_forward_matches_padded():
 
 def loss_and_grads(model, row_tokens, x1, lengths, fixed, t):
     model.zero_grad(set_to_none=True)
-    alpha = beta = Schedule("linear")
     gen = torch.Generator().manual_seed(123)
-    loss, unmask, insert = train.flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, MASK, PAD,
-                                              row_tokens, generator=gen)
+    loss, unmask, insert = flexmdm_loss(network(model, row_tokens), x1, lengths, fixed, t, LossConfig(), MASK, PAD,
+                                        generator=gen)
     loss.backward()
     return torch.stack([loss.detach(), unmask, insert]), [p.grad.clone() for p in model.parameters()]
 

@@ -17,7 +17,10 @@ import train
 from configurator import InputError
 from conftest import (ROOT, TINY_TRAIN_ARGS, make_maze, random_dit, run_python, run_train, start_python,
                       val_losses)
-from interpolant import Schedule, flexmdm_interpolant, sample_times
+from checkpoint import save_checkpoint
+from data import get_batch, load_data
+from interpolant import LossConfig, flexmdm_interpolant, flexmdm_loss, sample_times
+from model import network
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -149,20 +152,21 @@ def test_torchrun_two_processes(tiny_maze, tmp_path):
 # Packed == padded: the same loss and gradients on the same draw
 
 def test_packed_loss_equals_padded_loss(tiny_maze):
-    meta, splits = train.load_data(os.path.join(str(tiny_maze), "data", "tiny"))
+    meta, splits = load_data(os.path.join(str(tiny_maze), "data", "tiny"))
     idx = torch.randperm(len(splits["train"][1]) - 1, generator=torch.Generator().manual_seed(0))[:24].numpy()
-    x1, lengths, fixed = train.get_batch(splits["train"], idx, meta, "flexmdm", meta["max_len"])
+    x1, lengths, fixed = get_batch(splits["train"], idx, meta, "flexmdm", meta["max_len"])
     assert fixed.any() and (fixed.sum(1) == 2).all()  # K = 2: start and goal are fixed
     t = sample_times(len(idx), generator=torch.Generator().manual_seed(1))
     t[0] = 0.0  # x_t holds only the fixed tokens
-    alpha, beta = Schedule("poly", 2.0), Schedule("cosine")
+    cfg = LossConfig(alpha_schedule="poly", beta_schedule="cosine", schedule_exponent=2.0)
+    alpha, beta = cfg.alpha, cfg.beta
     model = random_dit(meta["vocab_size"], meta["pad_id"])
 
     def loss_and_grads(row_tokens):
         model.zero_grad(set_to_none=True)
         g = torch.Generator().manual_seed(5)
-        terms = train.flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
-                                   row_tokens, generator=g)
+        terms = flexmdm_loss(network(model, row_tokens), x1, lengths, fixed, t, cfg, meta["mask_id"], meta["pad_id"],
+                             generator=g)
         terms[0].backward()
         return torch.stack([terms[0].detach(), *terms[1:]]), [p.grad.clone() for p in model.parameters()]
 
@@ -178,21 +182,22 @@ def test_packed_loss_equals_padded_loss(tiny_maze):
     assert any(g.abs().max() > 0 for g in g_pad)
     # a different draw gives a different loss: the equality above compares like with like
     model.zero_grad(set_to_none=True)
-    loss2 = train.flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"], 0,
-                               generator=torch.Generator().manual_seed(6))[0]
+    loss2 = flexmdm_loss(network(model), x1, lengths, fixed, t, cfg, meta["mask_id"], meta["pad_id"],
+                         generator=torch.Generator().manual_seed(6))[0]
     assert abs(loss2.item() - padded[0].item()) > 1e-4
 
 
 def test_flat_time_weighting_drops_the_rate_factors(tiny_maze):
     """At one common time t0, the flat-weighted terms are the eq. 7 terms divided by each term's own
     rate factor: w_beta(t0) for unmasking, w_alpha(t0) for insertion."""
-    meta, splits = train.load_data(os.path.join(str(tiny_maze), "data", "tiny"))
-    x1, lengths, fixed = train.get_batch(splits["train"], range(16), meta, "flexmdm", meta["max_len"])
+    meta, splits = load_data(os.path.join(str(tiny_maze), "data", "tiny"))
+    x1, lengths, fixed = get_batch(splits["train"], range(16), meta, "flexmdm", meta["max_len"])
     t = torch.full((16,), 0.6)
-    alpha, beta = Schedule("poly", 2.0), Schedule("cosine")
     model = random_dit(meta["vocab_size"], meta["pad_id"])
-    terms = {w: train.flexmdm_loss(model, x1, lengths, fixed, t, alpha, beta, meta["mask_id"], meta["pad_id"],
-                                   generator=torch.Generator().manual_seed(3), weighting=w) for w in ("elbo", "flat")}
+    cfgs = {w: LossConfig(alpha_schedule="poly", beta_schedule="cosine", time_weighting=w) for w in ("elbo", "flat")}
+    alpha, beta = cfgs["elbo"].alpha, cfgs["elbo"].beta
+    terms = {w: flexmdm_loss(network(model), x1, lengths, fixed, t, cfg, meta["mask_id"], meta["pad_id"],
+                             generator=torch.Generator().manual_seed(3)) for w, cfg in cfgs.items()}
     _, unmask, insert = terms["elbo"]
     assert unmask > 0 and insert > 0
     torch.testing.assert_close(terms["flat"][1], unmask / beta.rate(t[:1])[0])
@@ -385,7 +390,7 @@ def test_checkpoint_is_synced_to_disk_around_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", replace)
     path = tmp_path / "ckpt.pt"
     path.write_bytes(b"the previous checkpoint")
-    train.save_checkpoint(str(path), {"iter_num": 5})
+    save_checkpoint(str(path), {"iter_num": 5})
     new, directory = os.stat(path).st_ino, os.stat(tmp_path).st_ino
     assert events == [("fsync", new), ("replace", new), ("fsync", directory)]
     assert load(path) == {"iter_num": 5} and os.listdir(tmp_path) == ["ckpt.pt"]
