@@ -3,8 +3,11 @@ nanoGPT's configurator, made strict. A script keeps its settings as module-level
 
     configure(globals(), sys.argv[1:])
 
-Each argument is either a config file (plain Python assignments, run in a scratch namespace) or
---key=value (value parsed as a Python literal, else taken as a string). Every key, from a file or
+Each argument is either a config file or --key=value (value parsed as a Python literal, else taken as a
+string). A config file holds settings, NAME = value, one per line; a name starting with _ is the file's
+own arithmetic (config/maze.py's _iters_per_epoch), and exec(open("config/other.py").read()) includes
+another config file first. Any other statement (an annotation such as `max_iters: 7`, an import, a
+comparison, a syntax error) stops the run with a one-line error naming the file and the line. Every key, from a file or
 from the command line, must already be a global of the script and keep its type (an int may stand
 for a float); anything else stops the run with a one-line error naming the key. --help (or -h)
 prints the first paragraph of the script's docstring and its settings with their defaults.
@@ -14,6 +17,7 @@ message, in the scripts and in every function they share; a script's entry point
 it as `error: ...` and exits with status 1. So a notebook or a fork calling those functions gets an
 exception it can catch, never a SystemExit.
 """
+import ast
 import dataclasses
 import os
 import sys
@@ -64,21 +68,60 @@ def usage(config):
     return f"{about}\n\nSettings: config files (python assignments), then --key=value, in order:\n{keys}"
 
 
+def _included(node):
+    """The path P of a statement exec(open(P).read()), the one way a config file includes another; else None."""
+    match node:
+        case ast.Expr(ast.Call(ast.Name("exec"), [ast.Call(ast.Attribute(ast.Call(ast.Name("open"), [ast.Constant(str(path))]),
+                                                                         "read"), [])])):
+            return path
+    return None
+
+
+def _check_config_file(path, lines, seen=()):
+    """Every statement of a config file (and of the files it includes) must be a setting (NAME = value), a
+    docstring or an include; lines collects where each name is set: {name: "file:line"}."""
+    try:
+        source = open(path).read()
+    except OSError:
+        raise InputError(f"config file {path!r} not found") from None
+    try:
+        tree = ast.parse(source, path)
+    except SyntaxError as e:
+        raise InputError(f"{path}:{e.lineno}: {e.msg} (a config file holds NAME = value lines)") from None
+    for node in tree.body:
+        where = f"{path}:{node.lineno}"
+        if (include := _included(node)) is not None:
+            if include in seen:
+                raise InputError(f"{where}: {include} includes itself")
+            _check_config_file(include, lines, (*seen, path))
+        elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            lines.update({t.id: where for t in node.targets})
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            raise InputError(f"{where}: {ast.unparse(node)!r} is an annotation, not a setting: write {node.target.id} = ...")
+        elif not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            raise InputError(f"{where}: {ast.unparse(node).splitlines()[0]!r} is not a setting (NAME = value)")
+
+
+def _read_config_file(config, path):
+    lines = {}
+    _check_config_file(path, lines)
+    scratch = {}
+    try:
+        exec(compile(open(path).read(), path, "exec"), scratch)
+    except Exception as e:  # a value that does not compute: 1 / 0, an unknown name
+        raise InputError(f"{path}: {type(e).__name__}: {e}") from None
+    for key, value in scratch.items():
+        if not key.startswith("_") and not isinstance(value, _NOT_SETTINGS):
+            _set(config, key, value, lines.get(key, path))
+
+
 def configure(config, argv):
     for arg in argv:
         if arg in ("-h", "--help"):
             print(usage(config))
             sys.exit(0)
         if not arg.startswith("--"):
-            try:
-                code = open(arg).read()
-            except OSError:
-                raise InputError(f"config file {arg!r} not found") from None
-            scratch = {}
-            exec(compile(code, arg, "exec"), scratch)
-            for key, value in scratch.items():
-                if not key.startswith("_") and not isinstance(value, _NOT_SETTINGS):
-                    _set(config, key, value, arg)
+            _read_config_file(config, arg)
             continue
         key, sep, raw = arg[2:].partition("=")
         if not sep:
