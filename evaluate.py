@@ -1,32 +1,37 @@
 """
-Metrics for generated samples, one section of plain functions per task, and a small CLI, e.g.
+Metrics of samples files, one section of plain functions per task, and a small CLI, e.g.
 `python evaluate.py --task=maze --samples=FILE --data_dir=data/maze_k2 --png=FILE`. FILE is JSON
 lines written by sample.py or retrofit_llada.py. The tasks: maze, maze_lengths, length, genppl, calibration,
-text, gsm8k, humaneval_infill. The metrics are printed and written beside the samples as
-FILE.<task>.json (FILE.<task>.<split>.json for length or text with a --data_split other than val),
-so no task replaces another's. An output (metrics file or PNG) that already exists is never
-replaced: evaluate.py refuses, naming it, unless --overwrite=True.
+text, gsm8k, humaneval_infill; `python evaluate.py --help` lists the settings. The metrics are printed and
+written beside the samples as FILE.<task>.json (FILE.<task>.<split>.json, and FILE.<task>.<split>.png, for
+length or text with a --data_split other than val), so no task replaces another's. An output (metrics file
+or PNG) that already exists is never replaced: evaluate.py stops with one line naming it, unless
+--overwrite=True (or another --png). The checks of a checkpoint's g (calibration, and maze_lengths' trace)
+load the model and run the sampler: diagnostics.py does that, the tasks here write what it finds.
 
 Tasks:
   maze  success rate of subgoal-conditioned paths (paper section 5.1.2, appendix F.2). Each line
         holds at least {"tokens": [...], "subgoals": [...]}: `tokens` the generated path as token
         ids (for MDM the part after SEP, pads stripped), `subgoals` the fixed tokens g1..gK. --png
-        draws three solved and three failed samples, each failure named and marked.
+        draws three solved and three failed samples, each failure named and marked (render_maze_png).
   maze_lengths  where the samples' lengths fall among the held-out lengths of their subgoals, and
-        with --ckpt a re-sampled trace of the model's expected insertions (--png draws it).
+        with --ckpt a re-sampled trace of the model's forecast of the insertions to come (--png draws it).
   length  length fidelity of text samples against the data (--data_dir, --data_split=val): total
         variation of the length histograms (exact lengths, and bins of 32), Wasserstein-1, mean
         and quantiles, and a PNG overlaying the histograms (--png, default FILE.<task>.png).
-  genppl  generative perplexity under a reference causal LM (--ref_model=gpt2-large, hub name or
-        local path) of the samples longer than 10 tokens, and the mean unigram entropy.
+  genppl  generative perplexity under a reference causal LM of the samples longer than 10 tokens, and
+        the mean unigram entropy. --ref_model is any hub name or local path that AutoModelForCausalLM
+        loads (bf16 on CUDA), default gpt2-large; the paper's is LLaMA-2-7B
+        (--ref_model=meta-llama/Llama-2-7b-hf).
   text    length and genppl together.
   gsm8k  zero-shot GSM8K accuracy (and its standard error) of retrofit_llada.py's completions: the
         answer extracted from each completion against the number after "####" in the reference.
   humaneval_infill  pass@1 of retrofit_llada.py's infilled middles: prefix + middle + suffix +
         tests run in a subprocess with a timeout (--timeout) and resource limits (--problems FILE).
-  calibration  for a FlexMDM checkpoint (--ckpt) on its data's validation split (--data_dir): g's total
-        against the tokens still to insert, per t and at x_0 (the length prior), on states drawn too
-        early, and along sampling trajectories (section "Calibration of g"); CKPT.calibration.json.
+  calibration  for a FlexMDM checkpoint (--ckpt) on its data's validation split (--data_dir): the
+        forecast sum_j g_j against the tokens still to insert, per t and at x_0 (the length prior), on
+        states drawn too early, and along sampling trajectories (diagnostics.py); written beside the
+        checkpoint as CKPT.calibration.json (ckpt.pt -> ckpt.calibration.json), --png draws three panels.
 """
 import gzip
 import inspect
@@ -41,24 +46,28 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from configurator import InputError, check_choices, configure, run
+from data import SPLITS, atomic_write, decode, gpt2, load_data, read_jsonl, read_meta, sequence_lengths
+from diagnostics import calibrate, insertion_trace, plot_calibration, plot_insertion_trace, pyplot
 
 # -----------------------------------------------------------------------------
 task = ""  # one of TASKS (the CLI section at the end)
 samples = ""  # the samples file, JSON lines
 data_dir = ""  # maze, maze_lengths: the maze dataset (meta.json); length, text: the prepared text dataset
 png = ""  # a figure to write; maze, maze_lengths: none by default; length, text: FILE.<task>.png by default
-data_split = "val"  # length, text: the data split to compare with
+data_split = "val"  # length, text: the data split to compare with (train or val)
 compare = ""  # length, text: more samples files (comma-separated) drawn in the PNG too
 ref_model = "gpt2-large"  # genppl, text: the reference causal LM, hub name or local path
 ref_batch_size = 16  # genppl, text: sequences per reference LM call
-ckpt = ""  # maze_lengths, calibration: a FlexMDM ckpt.pt to trace the expected insertions of
+ckpt = ""  # maze_lengths, calibration: a FlexMDM ckpt.pt to trace the forecast of
 steps = 256  # maze_lengths, calibration: sampler steps of the trace
 temperature = 1.0  # maze_lengths, calibration: temperature of the trace
 trace_samples = 200  # maze_lengths, calibration: samples in the trace
 calibration_samples = 512  # calibration: held-out sequences behind each row of the table
-grid_power = 1.0  # calibration: the trace's time grid (sample.py)
+grid_power = 1.0  # calibration: the trace's time grid (sampler.py)
 problems = ""  # humaneval_infill: the benchmark's .jsonl(.gz) problems
 timeout = 3.0  # humaneval_infill: seconds per program
 workers = 0  # humaneval_infill: programs run at once; 0 = the CPU count
@@ -69,20 +78,6 @@ overwrite = False  # replace an existing metrics file or PNG
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
 
-def read_jsonl(path):
-    if not os.path.exists(path):
-        raise InputError(f"samples file {path!r} not found: run sample.py first or fix --samples")
-    rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path!r} line {number} is not JSON ({e.msg})") from None
-    return rows
-
-
 def require_fields(rows, fields, path, writer):
     """An InputError unless there are rows and each has every field; writer names what writes them."""
     if not rows:
@@ -91,13 +86,6 @@ def require_fields(rows, fields, path, writer):
         missing = [field for field in fields if field not in row]
         if missing:
             raise InputError(f"{path!r} line {number} has no {missing[0]!r}: expected lines of {writer}")
-
-
-def load_meta(data_dir):
-    if not os.path.exists(os.path.join(data_dir, "meta.json")):
-        raise InputError(f"{os.path.join(data_dir, 'meta.json')!r} not found: prepare the data or fix --data_dir")
-    with open(os.path.join(data_dir, "meta.json")) as f:
-        return json.load(f)
 
 
 def output_stem(samples_path, task, data_split="val"):
@@ -118,21 +106,16 @@ def refuse_existing(overwrite, **outputs):
 
 
 def write_metrics(path, metrics):
-    """Write metrics as JSON to path, atomically (a temporary file, then renamed); returns path."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(path + ".tmp", path)
-    return path
+    """Write metrics as JSON to path, atomically (data.atomic_write); returns path."""
+    return atomic_write(path, lambda f: json.dump(metrics, f, indent=2))
 
 
 def save_png(fig, filename):
-    """Save a matplotlib figure as PNG atomically (a temporary file, then renamed) and close it."""
-    import matplotlib.pyplot as plt
-    os.makedirs(os.path.dirname(filename) or ".", exist_ok=True)
-    fig.savefig(filename + ".tmp", dpi=120, format="png")
-    plt.close(fig)
-    os.replace(filename + ".tmp", filename)
-    return filename
+    """Write a matplotlib figure as PNG, atomically (data.atomic_write), and close it; returns filename."""
+    try:
+        return atomic_write(filename, lambda f: fig.savefig(f, dpi=120, format="png"), binary=True)
+    finally:
+        pyplot().close(fig)
 
 
 def rate_and_stderr(successes):
@@ -216,6 +199,9 @@ def maze_success_rate(samples, subgoal_lists, maze):
 
 
 FAILURE_COLOR = "magenta"  # the failure marks (red is the goal's)
+MARK_STYLES = {"cross": dict(marker="X", ms=11, mfc=FAILURE_COLOR, mec="white", mew=1),
+               "square": dict(marker="s", ms=15, mfc="none", mec=FAILURE_COLOR, mew=2.5),
+               "ring": dict(marker="o", ms=15, mfc="none", mec=FAILURE_COLOR, mew=2.5)}
 
 
 def maze_failure_marks(reason, at, path, subgoals):
@@ -241,19 +227,40 @@ def maze_failure_marks(reason, at, path, subgoals):
     return {"empty": "empty path", "bad_subgoals": "bad subgoals"}[reason], []
 
 
+def draw_maze_panel(ax, maze, path, subgoals):
+    """One panel of render_maze_png: the maze, the path, its numbered subgoals, and its failure's title and marks."""
+    H, W = maze.shape
+
+    def cells(tokens):
+        rc = [divmod(int(t), W) for t in tokens if 0 <= int(t) < H * W]
+        return np.array(rc, dtype=float).reshape(-1, 2)
+
+    rc = cells(path)
+    if len(rc):
+        ax.plot(rc[:, 1], rc[:, 0], "-", color="tab:blue", lw=1.5)
+    sg = cells(subgoals)
+    for j, (r, c) in enumerate(sg):
+        color = "tab:green" if j == 0 else "tab:red" if j == len(sg) - 1 else "tab:orange"
+        ax.plot(c, r, "o", color=color, ms=6)
+        ax.annotate(str(j + 1), (c, r), color="k", fontsize=6, ha="center", va="center")
+    reason, at = maze_path_failure(path, subgoals, maze)
+    title, marks = maze_failure_marks(reason, at, path, subgoals)
+    for token, kind in marks:
+        r, c = divmod(token, W)
+        ax.plot(c, r, ls="", zorder=3, **MARK_STYLES[kind])
+    ax.set_title(title if reason == "ok" else "fail, " + title, fontsize=9)
+
+
 def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=6, cols=3):
     """PNG of the maze with up to max_panels paths, one panel each, `cols` panels a row, and a
     legend: walls black, the path as a blue line (non-cell tokens left out), subgoals numbered in
     order (start g1 green, goal gK red, the others orange). A failed panel's title names its failure
-    (maze_path_failure) and a magenta mark shows where it happens: a cross on both cells of the
-    first jump, a square around a repeated cell (a jump of length 0), a cross on the first wall
-    cell, on the first cell of a wrong start, on the last cell of a wrong end, on the cell before a
-    non-cell token; a ring around the first missed subgoal. Returns filename."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    (maze_path_failure: jump, jump (repeat), wall, missed subgoal, wrong start, wrong end, non-cell
+    token, empty) and a magenta mark shows where it happens: a cross on both cells of the first jump,
+    a square around a repeated cell (a jump of length 0), a cross on the first wall cell, on the first
+    cell of a wrong start, on the last cell of a wrong end, on the cell before a non-cell token; a ring
+    around the first missed subgoal. Returns filename."""
     from matplotlib.lines import Line2D
-
     maze = np.asarray(maze)
     H, W = maze.shape
     paths, subgoal_lists = list(paths)[:max_panels], list(subgoal_lists)[:max_panels]
@@ -262,42 +269,20 @@ def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=6, cols=3):
     legend_cols = {1: 1, 2: 3}.get(cols, 4)
     legend_height = 0.15 * -(-7 // legend_cols) + 0.15  # inches below the panels, for the 7 entries
     fig_height = rows * (4 * H / W + 0.4) + legend_height
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, fig_height), squeeze=False)
-
-    def cells(tokens):
-        rc = [divmod(int(t), W) for t in tokens if 0 <= int(t) < H * W]
-        return np.array(rc, dtype=float).reshape(-1, 2)
-
-    mark_styles = {"cross": dict(marker="X", ms=11, mfc=FAILURE_COLOR, mec="white", mew=1),
-                   "square": dict(marker="s", ms=15, mfc="none", mec=FAILURE_COLOR, mew=2.5),
-                   "ring": dict(marker="o", ms=15, mfc="none", mec=FAILURE_COLOR, mew=2.5)}
+    fig, axes = pyplot().subplots(rows, cols, figsize=(4 * cols, fig_height), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.imshow(maze, cmap="gray_r", vmin=0, vmax=1.5, interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
-        if i >= len(paths):
-            continue
-        rc = cells(paths[i])
-        if len(rc):
-            ax.plot(rc[:, 1], rc[:, 0], "-", color="tab:blue", lw=1.5)
-        sg = cells(subgoal_lists[i])
-        for j, (r, c) in enumerate(sg):
-            color = "tab:green" if j == 0 else "tab:red" if j == len(sg) - 1 else "tab:orange"
-            ax.plot(c, r, "o", color=color, ms=6)
-            ax.annotate(str(j + 1), (c, r), color="k", fontsize=6, ha="center", va="center")
-        reason, at = maze_path_failure(paths[i], subgoal_lists[i], maze)
-        title, marks = maze_failure_marks(reason, at, paths[i], subgoal_lists[i])
-        for token, kind in marks:
-            r, c = divmod(token, W)
-            ax.plot(c, r, ls="", zorder=3, **mark_styles[kind])
-        ax.set_title(title if reason == "ok" else "fail, " + title, fontsize=9)
+        if i < len(paths):
+            draw_maze_panel(ax, maze, paths[i], subgoal_lists[i])
     legend = [Line2D([], [], color="tab:blue", lw=1.5, label="path"),
               Line2D([], [], marker="o", ls="", color="tab:green", label="start g1"),
               Line2D([], [], marker="o", ls="", color="tab:orange", label="subgoals g2..g(K-1), in order"),
               Line2D([], [], marker="o", ls="", color="tab:red", label="goal gK"),
               Line2D([], [], ls="", label="failure: jump's two cells, wall cell, wrong start/end cell",
-                     **mark_styles["cross"]),
-              Line2D([], [], ls="", label="repeated cell (a jump of length 0)", **mark_styles["square"]),
-              Line2D([], [], ls="", label="missed subgoal", **mark_styles["ring"])]
+                     **MARK_STYLES["cross"]),
+              Line2D([], [], ls="", label="repeated cell (a jump of length 0)", **MARK_STYLES["square"]),
+              Line2D([], [], ls="", label="missed subgoal", **MARK_STYLES["ring"])]
     fig.legend(handles=legend, loc="lower center", ncol=legend_cols, fontsize=7, markerscale=0.7, frameon=False)
     fig.tight_layout(rect=(0, legend_height / fig_height, 1, 1))
     return save_png(fig, filename)
@@ -310,7 +295,7 @@ def evaluate_maze(samples, data_dir, png="", overwrite=False):
         raise InputError("--task=maze needs --data_dir (for meta.json's maze)")
     metrics_path = output_stem(samples, "maze") + ".json"
     refuse_existing(overwrite, metrics=metrics_path, png=png)
-    meta = load_meta(data_dir)
+    meta = read_meta(data_dir)
     maze = np.asarray(meta["maze"], dtype=np.uint8)
     rows = read_jsonl(samples)
     require_fields(rows, ("tokens", "subgoals"), samples, "maze samples (sample.py on a maze checkpoint)")
@@ -349,11 +334,9 @@ LENGTH_CASES = ("a data length", "between data lengths", "shorter than all", "lo
 
 def held_out_lengths(data_dir, split="val"):
     """{subgoal tuple: sorted distinct lengths of the split's paths through exactly those subgoals}."""
-    path = os.path.join(data_dir, split)
-    if not all(os.path.exists(path + ext) for ext in (".bin", ".idx", ".fix")):
-        raise InputError(f"{path}.bin/.idx/.fix not found: --data_dir must be a prepared maze dataset")
-    tokens, fix = np.fromfile(path + ".bin", dtype=np.uint16), np.fromfile(path + ".fix", dtype=np.uint8)
-    idx = np.fromfile(path + ".idx", dtype=np.int64)
+    tokens, idx, fix = load_data(data_dir)[1][split]
+    if fix is None:
+        raise InputError(f"{os.path.join(data_dir, split)}.fix not found: --data_dir must be a prepared maze dataset")
     lengths = {}
     for a, b in zip(idx[:-1], idx[1:]):
         lengths.setdefault(tuple(tokens[a:b][fix[a:b] == 1].tolist()), set()).add(int(b - a))
@@ -370,63 +353,33 @@ def maze_length_case(path, subgoals, data_lengths_, width):
     return case, (n - 1 - abs(r0 - r1) - abs(c0 - c1)) % 2 == 1
 
 
-def insertion_trace(ckpt_path, data_dir, n, steps, temperature, seed=1337):
-    """Sample n held-out prompts from a FlexMDM checkpoint as sample.py does (vanilla sampler) and
-    record, at each model call, every row's length and the model's own estimate of the tokens still
-    to come, sum_j g_j over its gaps (Prop. 1: g_j is E[gap_j | x_t]). Returns (t [S], lengths
-    [S, n], expected [S, n], final lengths [n], K, leap [S]: tau * w_alpha(t) of each step under the
-    checkpoint's schedule, 0 at the last step, which inserts nothing)."""
-    import torch
-    import sample
-    model_fn, max_len, meta, alpha, beta = load_flexmdm(ckpt_path)
-    prompts = sample.maze_prompts(data_dir, n, meta["maze"])
-    times, lengths, expected, final = sampling_forecast(model_fn, n, steps, max_len, meta["mask_id"], meta["pad_id"],
-                                                        alpha, beta, prompts, temperature,
-                                                        generator=torch.Generator().manual_seed(seed))
-    leap = np.array(sample.time_grid(steps, "flexmdm")[1]) * alpha.rate(torch.tensor(times)).numpy()
-    return times, lengths, expected, final, len(prompts[0]), leap
-
-
-def load_flexmdm(ckpt_path):
-    """A FlexMDM checkpoint's sampler model_fn (EMA weights, CPU), max_len, data meta and its schedules."""
-    import sample
-    model, ckpt = sample.load_model(ckpt_path, "cpu")
-    if ckpt["model_args"]["model_type"] != "flexmdm":
-        raise InputError(f"{ckpt_path!r} is not a FlexMDM checkpoint: this needs g")
-    alpha, beta = sample.schedules(ckpt["config"])
-    return model.sampler_fn(alpha), model.cfg.max_len, ckpt["meta"], alpha, beta
-
-
-def plot_insertion_trace(times, lengths, expected, final, sample_lengths, data_lengths_, filename):
-    """Two panels: the length histograms of samples and data; the mean of sum_j g_j (expected tokens
-    to come) against the mean of the tokens that did come, over the sampling time."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    bins = np.arange(0, max(max(sample_lengths), max(data_lengths_)) + 2) - 0.5
-    left.hist(data_lengths_, bins=bins, density=True, alpha=0.5, label="held-out data")
-    left.hist(sample_lengths, bins=bins, density=True, alpha=0.5, label="samples")
-    left.set_xlabel("path length (cells)"), left.legend()
-    right.plot(times, expected.mean(1), label="model: sum of g (expected to come)")
-    right.plot(times, (final[None] - lengths).mean(1), label="actually inserted after t")
-    right.set_xlabel("sampling time t"), right.set_ylabel("tokens"), right.legend()
-    fig.tight_layout()
-    return save_png(fig, filename)
+def trace_report(rows, by_goals, ckpt, data_dir, png, trace_samples, steps, temperature):
+    """maze_lengths' trace (diagnostics.insertion_trace): the forecast at t = 0 against the tokens then
+    inserted and the compensator sum over steps of tau w_alpha(t) sum_j g_j; with png, its figure."""
+    times, lengths, forecast, final, K, leap = insertion_trace(ckpt, data_dir, trace_samples, steps, temperature)
+    trace = {"n": len(final), "forecast_at_t0": float(forecast[0].mean()), "inserted": float((final - K).mean()),
+             "compensator": float((leap[:, None] * forecast).sum(0).mean())}
+    print(f"trace of {len(final)} samples: sum of g at t=0 {trace['forecast_at_t0']:.2f}, "
+          f"inserted {trace['inserted']:.2f}, sum over steps of tau w(t) sum g {trace['compensator']:.2f}")
+    if png:
+        data = [n for r in rows for n in by_goals[tuple(r["subgoals"])]]
+        fig = plot_insertion_trace(times, lengths, forecast, final, [len(r["tokens"]) for r in rows], data)
+        return trace, save_png(fig, png)
+    return trace, None
 
 
 def evaluate_maze_lengths(samples, data_dir, png="", ckpt="", steps=256, temperature=1.0, trace_samples=200,
                           overwrite=False):
     """Task maze_lengths: where the samples' lengths fall among the lengths of the held-out paths
-    through the same subgoals, and with ckpt a re-sampled trace of the model's expected insertions
-    (drawn to png if given)."""
+    through the same subgoals, and with ckpt a re-sampled trace of the model's forecast of the
+    insertions to come (trace_report; drawn to png if given)."""
     if not data_dir:
         raise InputError("--task=maze_lengths needs --data_dir (for meta.json's maze)")
     if png and not ckpt:
         raise InputError("--task=maze_lengths draws --png from the insertion trace: it needs --ckpt too")
     metrics_path = output_stem(samples, "maze_lengths") + ".json"
     refuse_existing(overwrite, metrics=metrics_path, png=png)
-    meta = load_meta(data_dir)
+    meta = read_meta(data_dir)
     rows = read_jsonl(samples)
     require_fields(rows, ("tokens", "subgoals"), samples, "maze samples (sample.py on a maze checkpoint)")
     by_goals = held_out_lengths(data_dir)
@@ -446,37 +399,24 @@ def evaluate_maze_lengths(samples, data_dir, png="", ckpt="", steps=256, tempera
     print(f"impossible parity: {100 * metrics['wrong_parity']:.1f}%; mean length {metrics['mean_sample_len']:.2f} "
           f"(held-out paths through the same subgoals: {data_mean:.2f})")
     if ckpt:
-        times, lengths, expected, final, K, leap = insertion_trace(ckpt, data_dir, trace_samples, steps, temperature)
-        metrics["trace"] = {"n": len(final), "expected_at_t0": float(expected[0].mean()),
-                            "inserted": float((final - K).mean()),
-                            "compensator": float((leap[:, None] * expected).sum(0).mean())}
-        print(f"trace of {len(final)} samples: sum of g at t=0 {metrics['trace']['expected_at_t0']:.2f}, "
-              f"inserted {metrics['trace']['inserted']:.2f}, sum over steps of tau w(t) sum g "
-              f"{metrics['trace']['compensator']:.2f}")
-        if png:
-            data = [n for r in rows for n in by_goals[tuple(r["subgoals"])]]
-            metrics["png"] = plot_insertion_trace(times, lengths, expected, final, [len(r["tokens"]) for r in rows],
-                                                  data, png)
+        metrics["trace"], figure = trace_report(rows, by_goals, ckpt, data_dir, png, trace_samples, steps, temperature)
+        if figure:
+            metrics["png"] = figure
     print(f"wrote {write_metrics(metrics_path, metrics)}")
     return metrics
 
 
+# ----------------------------------------------------------------------------------------------
+# Text (paper section 5.1.1, appendix F.1)
 #
 # Samples are JSON lines {"tokens": GPT-2 ids, "length": len(tokens), "text": decoded}. Lengths are
-# compared with the data's sequence lengths (data_dir/{split}.idx, default val); text quality is
-# the generative perplexity under a reference causal LM and the unigram entropy of each sample.
+# compared with the data's sequence lengths (data.sequence_lengths of data_dir's split, default val);
+# text quality is the generative perplexity under a reference causal LM and the unigram entropy of
+# each sample.
 
 LENGTH_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 LENGTH_BIN = 32  # the coarse histogram for the total variation: bin k holds lengths 32k..32k+31
 PPL_MIN_TOKENS = 10  # footnote 3: samples of <= 10 tokens are left out of the perplexity
-
-
-def data_lengths(data_dir, split="val"):
-    """Sequence lengths of a prepared dataset split, from its {split}.idx offsets."""
-    path = os.path.join(data_dir, f"{split}.idx")
-    if not os.path.exists(path):
-        raise InputError(f"{path!r} not found: --data_dir must be a prepared dataset (prepare_owt.py)")
-    return np.diff(np.fromfile(path, dtype=np.int64))
 
 
 def total_variation(a, b, bin_width=1):
@@ -519,14 +459,11 @@ def length_metrics(sample_lengths, reference_lengths):
 def plot_lengths(sample_lengths, reference_lengths, filename, labels=("samples", "data"), others=()):
     """PNG overlaying the length histograms (fraction of sequences per bin, about 64 bins) of the
     samples, the data and any other (lengths, label) pairs in `others`."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     series = [(sample_lengths, labels[0]), (reference_lengths, labels[1]), *others]
     top = int(max(np.max(lengths) for lengths, _ in series)) + 1
     width = max(1, -(-top // 64))
     edges = np.arange(0, top + width, width)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     for lengths, label in series:
         weights = np.full(len(lengths), 1.0 / len(lengths))
         ax.hist(lengths, bins=edges, weights=weights, histtype="step", lw=1.5, label=f"{label} (n={len(lengths)})")
@@ -549,7 +486,6 @@ def unigram_entropy(token_lists):
 
 def load_reference(name, device):
     """A reference causal LM and its tokenizer (a hub name or a local path; bf16 on CUDA)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
@@ -580,8 +516,6 @@ def generative_perplexity(model, id_lists, batch_size=16, device="cpu"):
     causal LM; token i >= 1 of a list is scored given tokens 0..i-1 (token 0, the BOS, is only
     context). Batches are right-padded with an attention mask (sorted by length to pad little), so
     padding does not change the result. Returns {"ppl", "nll", "tokens", "sequences"}."""
-    import torch
-    import torch.nn.functional as F
     id_lists = [ids for ids in id_lists if len(ids) >= 2]
     order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
     nll, count = 0.0, 0
@@ -611,7 +545,7 @@ def sample_lengths(rows):
 
 def length_report(rows, samples_path, data_dir, data_split, compare, png):
     """Length fidelity of the samples against data_dir's split, with the overlay PNG."""
-    ref = data_lengths(data_dir, data_split)
+    ref = sequence_lengths(data_dir, data_split)
     lengths = sample_lengths(rows)
     metrics = length_metrics(lengths, ref)
     others = [(sample_lengths(read_jsonl(path)), os.path.basename(os.path.dirname(path)) or path)
@@ -633,13 +567,11 @@ def genppl_report(rows, ref_model, ref_batch_size):
     """Generative perplexity of the samples longer than PPL_MIN_TOKENS under ref_model, and the
     unigram entropy of all samples. The decoded text is re-tokenized with the reference tokenizer
     (the GPT-2 family shares our BPE, so there the ids barely change; any other LM works too)."""
-    import torch
     device = "cuda" if torch.cuda.is_available() else "cpu"
     kept = [r for r, n in zip(rows, sample_lengths(rows)) if n > PPL_MIN_TOKENS]
     if not kept:
         raise InputError(f"no sample has more than {PPL_MIN_TOKENS} tokens: nothing to score")
     if any("text" not in r for r in kept):
-        from prepare_owt import decode, gpt2
         enc = gpt2()
     texts = [r["text"] if "text" in r else decode(enc, r["tokens"]) for r in kept]
     model, tokenizer = load_reference(ref_model, device)
@@ -679,172 +611,34 @@ def evaluate_text(task, samples, data_dir="", png="", data_split="val", compare=
 
 
 # ----------------------------------------------------------------------------------------------
-# Calibration of g: where a FlexMDM's length error comes from
-#
-# g_j(x_t, t) is the model's E[gap_j | x_t] (Prop. 1), so its total sum_j g_j estimates the tokens of x1
-# still to be inserted, n - len(x_t). Three checks, each exact for an exact g:
-# - x_t drawn from the interpolant of held-out x1 at t: the mean of sum_j g_j - (tokens to insert) is 0 at
-#   every t (the bias and its standard error, the ratio of the means, the per-gap Bregman divergence of
-#   eq. 7). t = 0 is the length prior: g at x_0 (empty, or the fixed tokens) against the data's mean length.
-# - states with fewer tokens than t implies (drawn at lag * t, asked at t), weighted back to time t: given
-#   x1, the odds of a state x at t against lag * t are ((1 - alpha(t)) / (1 - alpha(lag t)))^(tokens to
-#   insert) times a factor common to every x1 behind x (a present token's mask/clean odds depend on t
-#   only), so the weighted bias is 0 for the posterior at t: does g recover from an early shortfall as the
-#   posterior would?
-# - along the sampler's own trajectories: the forecast sum_j g_j at each model call against the tokens the
-#   chain then inserts (the tau-leaping discretisation adds its own error here: scripts/length_oracle.py).
-
-CALIBRATION_TIMES = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
-
-
-def heldout_batch(data_dir, n, seed=0):
-    """Up to n sequences of a prepared dataset's validation split, in random order: (x1 [n, L] right-padded,
-    lengths [n], fixed [n, L]) as FlexMDM trains on them, and the meta dict."""
-    from train import get_batch, load_data
-    meta, splits = load_data(data_dir)
-    order = np.random.default_rng(seed).permutation(len(splits["val"][1]) - 1)[:n]
-    return get_batch(splits["val"], order, meta, "flexmdm", meta["max_len"]), meta
-
-
-def g_on_interpolant(model_fn, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, lag=1.0, generator=None):
-    """x_t of every row of x1 drawn from the interpolant at time lag * t, the model asked at t [B]. Returns
-    sum_j g_j over each row's gaps [B], the tokens still to insert [B] and the mean per-gap Bregman
-    divergence phi(gap_j, g_j) [B] (float64)."""
-    import torch
-    from interpolant import bregman, flexmdm_interpolant
-    fb = flexmdm_interpolant(x1, lengths, lag * t, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
-    width = max(1, int(fb.lengths.max()))
-    with torch.no_grad():
-        g = model_fn(fb.xt[:, :width], t, fb.fixed[:, :width])[1][:, : width + 1].double()
-    gaps = torch.arange(width + 1)[None] <= fb.lengths[:, None]
-    target = fb.gaps[:, : width + 1].double()
-    phi = (bregman(target, g) * gaps).sum(1) / gaps.sum(1)
-    return (g * gaps).sum(1), target.sum(1), phi
-
-
-def weighted_mean_and_se(values, weights):
-    """sum w v / sum w and its delta-method standard error, with the effective sample size (sum w)^2 / sum w^2."""
-    w = weights / weights.sum()
-    mean = float((w * values).sum())
-    return mean, float(((w ** 2) * (values - mean) ** 2).sum() ** 0.5), float(1 / (w ** 2).sum())
-
-
-def calibration_table(model_fn, x1, lengths, fixed, alpha, beta, mask_id, pad_id, times=CALIBRATION_TIMES, lag=0.5,
-                      generator=None):
-    """One row per t: the mean tokens to insert and sum_j g_j, the bias (mean difference) with its standard
-    error, their ratio, the per-gap Bregman divergence, and the same bias on states drawn at lag * t and
-    weighted back to t (section comment above) with its standard error and effective sample size."""
-    import torch
-    rows = []
-    for t_value in times:
-        t = torch.full((len(x1),), float(t_value))
-        pred, true, phi = g_on_interpolant(model_fn, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id,
-                                           generator=generator)
-        diff = pred - true
-        row = {"t": t_value, "remaining": float(true.mean()), "sum_g": float(pred.mean()), "bias": float(diff.mean()),
-               "bias_se": float(diff.std() / len(diff) ** 0.5), "ratio": float(pred.mean() / true.mean().clamp_min(1e-12)),
-               "bregman_per_gap": float(phi.mean())}
-        if 0 < t_value and lag < 1:
-            pred, true, _ = g_on_interpolant(model_fn, x1, lengths, fixed, t, alpha, beta, mask_id, pad_id, lag,
-                                             generator)
-            log_odds = torch.log((1 - alpha(t.double())) / (1 - alpha(lag * t.double())))
-            log_w = true * log_odds
-            w = torch.exp(log_w - log_w.max())
-            bias, se, ess = weighted_mean_and_se(pred - true, w)
-            ratio = float((w * pred).sum() / (w * true).sum().clamp_min(1e-12))
-            row.update(lag_bias=bias, lag_bias_se=se, lag_ess=ess, lag_ratio=ratio)
-        rows.append(row)
-    return rows
-
-
-def sampling_forecast(model_fn, n, steps, max_len, mask_id, pad_id, alpha, beta, prompts=None, temperature=1.0,
-                      grid_power=1.0, generator=None):
-    """Sample n sequences with the vanilla sampler, recording at each model call every row's length and its
-    forecast sum_j g_j. Returns (t [S], lengths [S, n], forecast [S, n], final lengths [n]). Rows must not
-    leave the batch early (no early stop; every sample has an open gap), so that row b stays row b."""
-    import torch
-    import sample
-    times, lengths, forecast = [], [], []
-
-    def recording(x, t, fixed):
-        f_at, g = model_fn(x, t, fixed)
-        m = (x != pad_id).sum(1)
-        times.append(float(t[0]))
-        lengths.append(m.numpy())
-        forecast.append((g[:, : x.shape[1] + 1] * (torch.arange(x.shape[1] + 1)[None] <= m[:, None])).sum(1).double().numpy())
-        return f_at, g
-    seqs = sample.generate(recording, n, steps, max_len, mask_id, pad_id, alpha=alpha, beta=beta, temperature=temperature,
-                           prompts=prompts, generator=generator, grid_power=grid_power)
-    return np.array(times), np.stack(lengths), np.stack(forecast), np.array([len(s) for s in seqs])
-
-
-def plot_calibration(rows, trace, filename):
-    """Three panels: tokens to insert and sum_j g_j against t; their ratio (on interpolant states and on
-    states drawn at lag * t); the forecast along the sampler's trajectories against what it then inserted."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    t = np.array([r["t"] for r in rows])
-    axes[0].plot(t, [r["remaining"] for r in rows], "o-", label="tokens to insert (data)")
-    axes[0].errorbar(t, [r["sum_g"] for r in rows], yerr=[2 * r["bias_se"] for r in rows], fmt="s--",
-                     label="model: sum of g")
-    axes[0].set_title(f"x_0: sum of g {rows[0]['sum_g']:.1f}, tokens to insert {rows[0]['remaining']:.1f}", fontsize=9)
-    axes[1].plot(t, [r["ratio"] for r in rows], "o-", label="x_t drawn at t")
-    lagged = [r for r in rows if "lag_ratio" in r]
-    axes[1].plot([r["t"] for r in lagged], [r["lag_ratio"] for r in lagged], "s--", label="x_t drawn earlier, weighted")
-    axes[1].axhline(1.0, color="k", lw=0.8)
-    axes[1].set_ylabel("sum of g / tokens to insert")
-    times, lengths, forecast, final = trace
-    axes[2].plot(times, forecast.mean(1), label="model: sum of g (forecast)")
-    axes[2].plot(times, (final[None] - lengths).mean(1), label="inserted after t (sampler)")
-    for ax in axes:
-        ax.set_xlabel("t"), ax.legend(fontsize=8)
-    for ax in axes[:2]:
-        ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_xlim(left=0)
-    fig.tight_layout()
-    return save_png(fig, filename)
-
+# Calibration of g (Prop. 1): the checks are diagnostics.py's, this task prints and writes them
 
 def evaluate_calibration(ckpt, data_dir, png="", calibration_samples=512, trace_samples=200, steps=256,
                          temperature=1.0, grid_power=1.0, overwrite=False):
-    """Task calibration: the three checks of g above for a FlexMDM checkpoint on data_dir's validation
-    split, written beside it as CKPT.calibration.json (ckpt.pt -> ckpt.calibration.json; and png). The trace starts from the held-out
-    sequences' fixed tokens (maze subgoals), or from the empty sequence."""
-    import torch
+    """Task calibration: diagnostics.calibrate for a FlexMDM checkpoint on data_dir's validation split,
+    printed, and written beside it as CKPT.calibration.json (ckpt.pt -> ckpt.calibration.json; and png)."""
     if not ckpt or not data_dir:
         raise InputError("--task=calibration needs --ckpt (a FlexMDM ckpt.pt) and --data_dir (its prepared dataset)")
     metrics_path = os.path.splitext(ckpt)[0] + ".calibration.json"
     refuse_existing(overwrite, metrics=metrics_path, png=png)
-    model_fn, max_len, meta, alpha, beta = load_flexmdm(ckpt)
-    (x1, lengths, fixed), data_meta = heldout_batch(data_dir, calibration_samples)
-    if data_meta["vocab_size"] != meta["vocab_size"] or data_meta["max_len"] > max_len:
-        raise InputError(f"{data_dir!r} (vocab {data_meta['vocab_size']}, max_len {data_meta['max_len']}) is not the "
-                         f"data of {ckpt!r} (vocab {meta['vocab_size']}, max_len {max_len})")
-    generator = torch.Generator().manual_seed(0)
-    rows = calibration_table(model_fn, x1, lengths, fixed, alpha, beta, meta["mask_id"], meta["pad_id"],
-                             generator=generator)
-    prompts = [x[f].tolist() for x, f in zip(x1[:trace_samples], fixed[:trace_samples])] if fixed.any() else None
-    trace = sampling_forecast(model_fn, min(trace_samples, len(x1)), steps, max_len, meta["mask_id"], meta["pad_id"],
-                              alpha, beta, prompts, temperature, grid_power, generator)
-    times, trace_lengths, forecast, final = trace
-    shortfall = forecast - (final[None] - trace_lengths)
-    metrics = {"task": "calibration", "ckpt": ckpt, "data_dir": data_dir, "n": len(x1), "table": rows,
+    rows, trace, heldout = calibrate(ckpt, data_dir, calibration_samples, trace_samples, steps, temperature, grid_power)
+    times, lengths, forecast, final = trace
+    inserted = final[None] - lengths
+    metrics = {"task": "calibration", "ckpt": ckpt, "data_dir": data_dir, "n": len(heldout), "table": rows,
                "trace": {"n": len(final), "steps": steps, "temperature": temperature, "grid_power": grid_power,
                          "t": times.tolist(), "forecast": forecast.mean(1).tolist(),
-                         "inserted": (final[None] - trace_lengths).mean(1).tolist(),
-                         "forecast_minus_inserted_se": (shortfall.std(1) / np.sqrt(len(final))).tolist()}}
+                         "inserted": inserted.mean(1).tolist(),
+                         "forecast_minus_inserted_se": ((forecast - inserted).std(1) / np.sqrt(len(final))).tolist()}}
     print(f"{'t':>6} {'to insert':>10} {'sum of g':>9} {'bias':>8} {'+-':>6} {'ratio':>6} {'phi/gap':>8} "
           f"{'early-drawn ratio':>18}")
     for r in rows:
-        print(f"{r['t']:6.3f} {r['remaining']:10.2f} {r['sum_g']:9.2f} {r['bias']:8.2f} {r['bias_se']:6.2f} "
+        print(f"{r['t']:6.3f} {r['remaining']:10.2f} {r['forecast']:9.2f} {r['bias']:8.2f} {r['bias_se']:6.2f} "
               f"{r['ratio']:6.3f} {r['bregman_per_gap']:8.3f} " + (f"{r['lag_ratio']:11.3f} (ess {r['lag_ess']:.0f})"
                                                                  if "lag_ratio" in r else ""))
     print(f"trace of {len(final)} samples, {steps} steps: forecast at t=0 {forecast[0].mean():.2f}, then inserted "
-          f"{(final - trace_lengths[0]).mean():.2f}; final length {final.mean():.2f} (held-out {lengths.float().mean():.2f})")
+          f"{inserted[0].mean():.2f}; final length {final.mean():.2f} (held-out {heldout.float().mean():.2f})")
     if png:
-        metrics["png"] = plot_calibration(rows, trace, png)
+        metrics["png"] = save_png(plot_calibration(rows, trace), png)
     print(f"wrote {write_metrics(metrics_path, metrics)}")
     return metrics
 
@@ -992,7 +786,7 @@ def main(argv=None):
     in-process calls (the tests) do not leak settings into each other."""
     config = dict(globals())
     configure(config, sys.argv[1:] if argv is None else argv)
-    check_choices(config, {"task": tuple(TASKS)})
+    check_choices(config, {"task": tuple(TASKS), "data_split": SPLITS})
     evaluate_task = TASKS[config["task"]]
     if "samples" in inspect.signature(evaluate_task).parameters and not config["samples"]:
         raise InputError("--samples is required: the JSON lines to evaluate (sample.py, retrofit_llada.py)")

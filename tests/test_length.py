@@ -1,6 +1,6 @@
 """Length fidelity (issue #18): the length prior term of the loss, the g head options, the sampler's time
 grid, the exact length oracle (i.i.d. tokens, g in closed form) and the calibration diagnostics of
-evaluate.py, each against the math."""
+diagnostics.py, each against the math."""
 import math
 import os
 
@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate
-import train
+import diagnostics
 from conftest import random_dit
-from interpolant import Schedule
-from model import DiT, ModelConfig
-from sample import generate, time_grid
+from interpolant import LossConfig, Schedule, flexmdm_loss
+from model import DiT, ModelConfig, network
+from sampler import SamplerConfig, generate, time_grid
 from scripts.length_oracle import MASK, PAD, distances, oracle
 from test_sampler import DISCRETISATION, P1, flex_oracle, sample_flex, tv_check
 
@@ -42,7 +41,7 @@ def scaled(model_fn, factor):
 
 
 # ---------------------------------------------------------------------------------------------
-# The length prior: flexmdm_loss(prior_weight=w) adds w * phi(gaps of x_0, g(x_0, 0)) per sequence
+# The length prior: LossConfig(prior_weight=w) adds w * phi(gaps of x_0, g(x_0, 0)) per sequence
 
 @pytest.mark.parametrize("row_tokens", [0, 64], ids=["padded", "packed"])
 def test_prior_term_is_the_insertion_loss_at_x0(row_tokens):
@@ -59,8 +58,9 @@ def test_prior_term_is_the_insertion_loss_at_x0(row_tokens):
     gaps0 = torch.tensor([[1.0, 0.0, 2.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
     model = random_dit(V, PAD_ID, seed=3)
     t = torch.ones(2)
-    losses = [train.flexmdm_loss(model, x1, lengths, fixed, t, LINEAR, LINEAR, MASK_ID, PAD_ID, row_tokens,
-                                 gen(0), "flat", w)[0] for w in (0.0, 0.5)]
+    losses = [flexmdm_loss(network(model, row_tokens), x1, lengths, fixed, t,
+                           LossConfig(time_weighting="flat", prior_weight=w), MASK_ID, PAD_ID, gen(0))[0]
+              for w in (0.0, 0.5)]
     with torch.no_grad():
         g1 = model.forward_padded(x1, t, fixed)[1]
         g0 = model.forward_padded(x0, torch.zeros(2), x0 != PAD_ID)[1]
@@ -84,12 +84,13 @@ def test_early_rows_add_the_insertion_term_only():
     model = random_dit(V, PAD_ID, seed=4)
     seen = []
     model.register_forward_hook(lambda m, args, out: seen.append(args[3].clone()))  # the conditioning times
-    loss, unmask, insert = train.flexmdm_loss(model, x1, lengths, fixed, torch.ones(64), LINEAR, LINEAR, MASK_ID,
-                                              PAD_ID, 0, gen(0), "flat", 1.0, prior_time=0.9)
+    loss, unmask, insert = flexmdm_loss(network(model), x1, lengths, fixed, torch.ones(64),
+                                        LossConfig(time_weighting="flat", prior_weight=1.0, prior_time=0.9), MASK_ID,
+                                        PAD_ID, gen(0))
     early = seen[0][64:]
     assert unmask == 0 and (early < 0.9).all() and (early > 0).all() and early.mean() < 0.45  # u^2: mean 0.3
-    alone = train.flexmdm_loss(model, x1, lengths, fixed, torch.ones(64), LINEAR, LINEAR, MASK_ID, PAD_ID, 0, gen(0),
-                               "flat")[2]
+    alone = flexmdm_loss(network(model), x1, lengths, fixed, torch.ones(64), LossConfig(time_weighting="flat"),
+                         MASK_ID, PAD_ID, gen(0))[2]
     assert insert > alone
 
 
@@ -145,7 +146,8 @@ def test_length_oracle_reproduces_the_length_law():
     g scaled by 1.3 is far off."""
     lengths = {}
     for factor in (1.0, 1.3):
-        samples = generate(scaled(oracle(LAW, LINEAR), factor), 3000, 256, 12, MASK, PAD, generator=gen(1))
+        samples = generate(scaled(oracle(LAW, LINEAR), factor), 3000,
+                           SamplerConfig(max_len=12, mask_id=MASK, pad_id=PAD, steps=256), generator=gen(1))
         lengths[factor] = np.array([len(s) for s in samples])
     rng = np.random.default_rng(0)
     noise = np.quantile([distances(rng.choice(13, 3000, p=LAW.numpy()), LAW)["tv_exact"] for _ in range(200)], 0.999)
@@ -156,22 +158,22 @@ def test_length_oracle_reproduces_the_length_law():
 
 
 # ---------------------------------------------------------------------------------------------
-# Calibration diagnostics (evaluate.py) on the exact oracle: no bias within the standard error
+# Calibration diagnostics (diagnostics.py) on the exact oracle: no bias within the standard error
 
 def test_calibration_of_the_exact_oracle_has_no_bias():
     """On interpolant states at every t (and at x_0: g = the mean length), and on states drawn at t / 2 and
     weighted back to t, the exact g has no bias beyond 4 standard errors; g scaled by 1.1 does."""
     x1, lengths, fixed = law_batch(4000)
-    rows = evaluate.calibration_table(oracle(LAW, LINEAR), x1, lengths, fixed, LINEAR, LINEAR, MASK, PAD,
+    rows = diagnostics.calibration_table(oracle(LAW, LINEAR), x1, lengths, fixed, LINEAR, LINEAR, MASK, PAD,
                                       generator=gen(2))
     mean_length = float((LAW * torch.arange(13)).sum())
-    assert rows[0]["t"] == 0.0 and rows[0]["sum_g"] == pytest.approx(mean_length, rel=1e-5)
+    assert rows[0]["t"] == 0.0 and rows[0]["forecast"] == pytest.approx(mean_length, rel=1e-5)
     for r in rows:
         assert abs(r["bias"]) <= 4 * r["bias_se"], r
         if "lag_bias" in r:
             assert abs(r["lag_bias"]) <= 4 * r["lag_bias_se"] and r["lag_ess"] > 300, r
-    wrong = evaluate.calibration_table(scaled(oracle(LAW, LINEAR), 1.1), x1, lengths, fixed, LINEAR, LINEAR, MASK,
-                                       PAD, generator=gen(2))
+    wrong = diagnostics.calibration_table(scaled(oracle(LAW, LINEAR), 1.1), x1, lengths, fixed, LINEAR, LINEAR,
+                                          MASK, PAD, generator=gen(2))
     assert max(abs(r["bias"]) / r["bias_se"] for r in wrong) > 6
     assert max(abs(r["lag_bias"]) / r["lag_bias_se"] for r in wrong if "lag_bias" in r) > 6
 
@@ -187,7 +189,7 @@ def test_lagged_check_sees_a_g_that_ignores_the_shortfall():
         g = mean_length * (1 - LINEAR(t)) / (m + 1)
         return None, g[:, None].expand(-1, x.shape[1] + 1)
     x1, lengths, fixed = law_batch(4000, seed=1)
-    rows = evaluate.calibration_table(blind, x1, lengths, fixed, LINEAR, LINEAR, MASK, PAD, generator=gen(3))
+    rows = diagnostics.calibration_table(blind, x1, lengths, fixed, LINEAR, LINEAR, MASK, PAD, generator=gen(3))
     assert all(abs(r["bias"]) <= 4 * r["bias_se"] for r in rows), rows
     assert max(abs(r["lag_bias"]) / r["lag_bias_se"] for r in rows if "lag_bias" in r) > 6, rows
 
@@ -197,8 +199,8 @@ def test_sampling_forecast_of_the_exact_oracle():
     call matches the tokens the chain then inserts, on average over 1000 samples, within 4 standard errors
     plus 0.1 token; it starts at the mean length. A g read off a clock running at half speed (the exact g
     of time t / 2: it expects too many tokens to come, and then the chain inserts even more) fails."""
-    times, lengths, forecast, final = evaluate.sampling_forecast(oracle(LAW, LINEAR), 1000, 512, 12, MASK, PAD,
-                                                                 LINEAR, LINEAR, generator=gen(4))
+    cfg = SamplerConfig(max_len=12, mask_id=MASK, pad_id=PAD, steps=512, alpha=LINEAR, beta=LINEAR)
+    times, lengths, forecast, final = diagnostics.sampling_forecast(oracle(LAW, LINEAR), 1000, cfg, generator=gen(4))
     assert times[0] == 0.0 and times[-1] == 1.0 and forecast.shape == lengths.shape == (512, 1000)
     assert forecast[0].mean() == pytest.approx(float((LAW * torch.arange(13)).sum()), rel=1e-5)
     gap = forecast - (final[None] - lengths)
@@ -206,13 +208,12 @@ def test_sampling_forecast_of_the_exact_oracle():
         assert abs(gap[k].mean()) <= 4 * gap[k].std() / math.sqrt(1000) + 0.1, (k, gap[k].mean())
     exact = oracle(LAW, LINEAR)
     slow = lambda x, t, fixed: exact(x, t / 2, fixed)
-    times, lengths, forecast, final = evaluate.sampling_forecast(slow, 1000, 512, 12, MASK, PAD, LINEAR, LINEAR,
-                                                                 generator=gen(4))
+    times, lengths, forecast, final = diagnostics.sampling_forecast(slow, 1000, cfg, generator=gen(4))
     gap = forecast - (final[None] - lengths)
     assert abs(gap[0].mean()) > 4 * gap[0].std() / math.sqrt(1000) + 0.1, gap[0].mean()
 
 
 def test_heldout_batch_reads_the_validation_split(tiny_maze):
-    (x1, lengths, fixed), meta = evaluate.heldout_batch(os.path.join(str(tiny_maze), "data", "tiny"), 50)
+    (x1, lengths, fixed), meta = diagnostics.heldout_batch(os.path.join(str(tiny_maze), "data", "tiny"), 50)
     assert x1.shape == (50, meta["max_len"]) and fixed.sum(1).eq(2).all()  # K = 2: start and goal fixed
     assert ((x1 != meta["pad_id"]).sum(1) == lengths).all()

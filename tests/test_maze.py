@@ -1,4 +1,5 @@
-"""Maze data (prepare_maze.py), the maze metric and figure (evaluate.py), the maze configs."""
+"""Maze data (prepare_maze.py), the maze metric and figure (evaluate.py), the maze configs, and the insertion
+trace of a maze checkpoint (diagnostics.py)."""
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import diagnostics  # noqa: E402
 import evaluate  # noqa: E402
 from configurator import InputError  # noqa: E402
 import prepare_maze as pm  # noqa: E402
@@ -613,17 +615,54 @@ def test_configs(monkeypatch, name, dataset, model_type):
                ("warmup_iters", "max_iters", "eval_interval", "eval_iters", "log_interval"))
 
 
-def test_insertion_trace(tiny_maze, tmp_path):
-    """The trace on a briefly trained FlexMDM: it starts from the K subgoals at t = 0, ends at t = 1
-    on the final lengths (the last step inserts nothing), and its expected counts are g's sums."""
+# ---------------------------------------------------------------------------- a checkpoint's g (diagnostics.py)
+
+@pytest.fixture(scope="module")
+def tiny_flexmdm(tiny_maze, tmp_path_factory):
+    """(ckpt.pt of a FlexMDM briefly trained on the tiny maze, its data directory)."""
     from conftest import TINY_TRAIN_ARGS, run_train
-    out = tmp_path / "run"
+    out = tmp_path_factory.mktemp("run")
     run_train(["--dataset=tiny", f"--out_dir={out}", "--max_iters=20", "--eval_interval=20", "--batch_size=16",
                "--learning_rate=3e-3", *TINY_TRAIN_ARGS], tiny_maze)
-    data_dir = str(tiny_maze / "data" / "tiny")
-    times, lengths, expected, final, K, leap = evaluate.insertion_trace(str(out / "ckpt.pt"), data_dir, 12, 16, 1.0)
+    return str(out / "ckpt.pt"), str(tiny_maze / "data" / "tiny")
+
+
+def test_insertion_trace(tiny_flexmdm):
+    """The trace on a briefly trained FlexMDM: it starts from the K subgoals at t = 0, ends at t = 1
+    on the final lengths (the last step inserts nothing), and its forecasts are g's sums."""
+    ckpt, data_dir = tiny_flexmdm
+    times, lengths, forecast, final, K, leap = diagnostics.insertion_trace(ckpt, data_dir, 12, 16, 1.0)
     assert K == 2 and times[0] == 0.0 and times[-1] == 1.0 and len(times) == 16
     np.testing.assert_allclose(leap[:-1], (1 / 15) / (1 - times[:-1]), rtol=1e-4)  # linear: tau / (1 - t)
     assert leap[-1] == 0
     assert (lengths[0] == K).all() and np.array_equal(lengths[-1], final)
-    assert (np.diff(lengths, axis=0) >= 0).all() and (expected >= 0).all() and expected[0].mean() > 0
+    assert (np.diff(lengths, axis=0) >= 0).all() and (forecast >= 0).all() and forecast[0].mean() > 0
+
+
+def test_trace_and_calibration_tasks(tiny_flexmdm, tmp_path):
+    """The tasks that call diagnostics.py, on a trained checkpoint: maze_lengths --ckpt adds the trace (the
+    forecast at t = 0, the tokens inserted) and draws it; calibration writes CKPT.calibration.json, one
+    table row per t with the forecast at x_0 first, the trace to t = 1 (where nothing is left to insert),
+    and draws its three panels."""
+    ckpt, data_dir = tiny_flexmdm
+    tok, idx, fix = read_split(data_dir, "val")
+    rows = [{"tokens": tok[a:b].tolist(), "subgoals": tok[a:b][fix[a:b] == 1].tolist()}
+            for a, b in zip(idx[:-1], idx[1:])]
+    samples, png = str(tmp_path / "samples.jsonl"), str(tmp_path / "trace.png")
+    write_rows(samples, rows)
+    m = evaluate.main(["--task=maze_lengths", f"--samples={samples}", f"--data_dir={data_dir}", f"--ckpt={ckpt}",
+                       f"--png={png}", "--trace_samples=8", "--steps=16"])
+    assert m["trace"]["n"] == 8 and m["trace"]["forecast_at_t0"] > 0 and m["trace"]["inserted"] >= 0
+    assert m["png"] == png and os.path.getsize(png) > 0
+    with open(samples + ".maze_lengths.json") as f:
+        assert json.load(f)["trace"] == m["trace"]
+    png = str(tmp_path / "calibration.png")
+    m = evaluate.main(["--task=calibration", f"--ckpt={ckpt}", f"--data_dir={data_dir}", f"--png={png}",
+                       "--calibration_samples=64", "--trace_samples=8", "--steps=16"])
+    assert [r["t"] for r in m["table"]] == list(diagnostics.CALIBRATION_TIMES) and m["table"][0]["forecast"] > 0
+    trace = m["trace"]
+    assert trace["n"] == 8 and len(trace["t"]) == len(trace["forecast"]) == len(trace["inserted"]) == 16
+    assert trace["t"][-1] == 1.0 and trace["inserted"][-1] == 0
+    with open(os.path.splitext(ckpt)[0] + ".calibration.json") as f:
+        assert json.load(f)["table"] == m["table"]
+    assert m["png"] == png and os.path.getsize(png) > 0
