@@ -6,17 +6,18 @@ not wall time, is what this counts, and interleaving spreads any drift in their 
 
     OMP_NUM_THREADS=1 python scripts/compile_bench.py --rounds=3 --iters=300
 
-Per run, a global optimizer-step hook records the main process's CPU time after every step, and the
-parent reads the CPU time of the whole process tree (gcc and inductor's compile workers included)
-from its rusage. Reported: steady ms/iter (CPU per iteration over the second half of the run, all of
-the loop included), fixed CPU (tree total minus iters x steady: start-up, data, the two evaluations,
-compiling), compile CPU (fixed minus eager's in the same round), and the iterations that fit a budget
-of 300 CPU-s once compiling is paid: (300 - compile) / steady. Needs data/maze_cpu (README).
+Each run is train.py in a child process, with --budget_clock=cpu: its checkpoint's train_seconds is then
+the CPU time of its training steps (train.py's budget clock), and a copy kept at half the iterations
+(--keep_at) gives the same at the midpoint. The CPU time of the whole process tree (gcc and inductor's
+compile workers included) is the children's rusage. Reported: steady ms/iter (step CPU per iteration
+over the second half of the run), fixed CPU (tree total minus iters x steady: start-up, data, the two
+evaluations, compiling), compile CPU (fixed minus eager's in the same round), and the iterations that
+fit a budget of 300 CPU-s once compiling is paid: (300 - compile) / steady. Every other --key=value is
+passed to train.py after the config file (e.g. --dataset=NAME). Needs data/maze_cpu (README).
 """
 import json
 import os
 import resource
-import runpy
 import shutil
 import statistics
 import subprocess
@@ -25,54 +26,38 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from checkpoint import load_checkpoint  # noqa: E402
+
 VARIANTS = ("eager", "compiled, cold cache", "compiled, warm cache")
 BUDGET = 300.0
 
 
-def child(out_json, argv):
-    """Run train.py (argv) in this process, recording the process CPU time after each optimizer step."""
-    import torch
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-    steps = []
-    sys.path.insert(0, ROOT)
-    register_optimizer_step_post_hook(lambda optimizer, args, kwargs: steps.append(time.process_time()))
-    sys.argv = argv
-    try:
-        runpy.run_path(argv[0], run_name="__main__")
-    except SystemExit as e:
-        if e.code:
-            raise
-    with open(out_json, "w") as f:
-        json.dump({"steps": steps, "torch": torch.__version__}, f)
-
-
 def tree_cpu():
+    """The CPU time of this process's finished children and their descendants."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def run(variant, iters, cache_dir, work):
-    out_dir, out_json = tempfile.mkdtemp(dir=work), os.path.join(work, "steps.json")
-    args = [sys.executable, os.path.abspath(__file__), f"--child={out_json}", "train.py", "config/maze_cpu.py",
-            f"--max_iters={iters}", "--max_seconds=0.0", "--eval_interval=1000000", "--log_interval=1000000",
-            f"--compile={variant != 'eager'}", f"--out_dir={out_dir}"]
+def run(variant, iters, cache_dir, work, extra):
+    out_dir, half = tempfile.mkdtemp(dir=work), iters // 2
+    args = [sys.executable, "train.py", "config/maze_cpu.py", f"--max_iters={iters}", "--max_seconds=0.0",
+            "--eval_interval=1000000", "--log_interval=1000000", "--budget_clock=cpu", f"--keep_at=({half},)",
+            f"--compile={variant != 'eager'}", f"--out_dir={out_dir}", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TORCHINDUCTOR_CACHE_DIR=cache_dir)
     before, wall = tree_cpu(), time.time()
     subprocess.run(args, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     total, wall = tree_cpu() - before, time.time() - wall
-    with open(out_json) as f:
-        steps = json.load(f)["steps"]
-    assert len(steps) == iters, (variant, len(steps))
-    half = iters // 2
-    steady = (steps[-1] - steps[half]) / (iters - 1 - half)
+    end, mid = (load_checkpoint(os.path.join(out_dir, name)) for name in ("ckpt.pt", f"ckpt_{half}.pt"))
+    assert (end["iter_num"], mid["iter_num"]) == (iters, half), (variant, end["iter_num"], mid["iter_num"])
+    steady = (end["train_seconds"] - mid["train_seconds"]) / (iters - half)
     return {"variant": variant, "steady_ms": 1000 * steady, "tree_cpu_s": total, "fixed_s": total - iters * steady,
-            "main_cpu_at_last_step_s": steps[-1], "wall_s": wall}
+            "step_cpu_s": end["train_seconds"], "wall_s": wall}
 
 
 def main():
-    if len(sys.argv) > 1 and sys.argv[1].startswith("--child="):
-        return child(sys.argv[1].partition("=")[2], sys.argv[2:])
-    opts = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+    opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith(("--rounds=", "--iters=")))
+    extra = [a for a in sys.argv[1:] if not a.startswith(("--rounds=", "--iters="))]
     rounds, iters = int(opts.get("rounds", 3)), int(opts.get("iters", 300))
     work = tempfile.mkdtemp(prefix="compile_bench_")
     results = []
@@ -80,7 +65,7 @@ def main():
         cache = os.path.join(work, f"inductor_cache_{r}")  # cold for the first compiled run, warm for the second
         order = VARIANTS if r % 2 == 0 else VARIANTS[1:] + VARIANTS[:1]
         for variant in order:
-            res = dict(run(variant, iters, cache, work), round=r)
+            res = dict(run(variant, iters, cache, work, extra), round=r)
             results.append(res)
             print(json.dumps(res), flush=True)
     shutil.rmtree(work)

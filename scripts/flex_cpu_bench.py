@@ -6,6 +6,8 @@ of 16). CPU time per call, the three interleaved over rounds; the compile time i
 with a cold inductor cache, TORCHINDUCTOR_CACHE_DIR=an empty folder, for the first-run cost).
 
     OMP_NUM_THREADS=1 TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python scripts/flex_cpu_bench.py --rounds=5 --calls=20
+
+--data=DIR takes the batch from another prepared dataset (default data/maze_cpu).
 """
 import os
 import statistics
@@ -17,27 +19,28 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import model as model_py  # noqa: E402
-import train  # noqa: E402
+from data import get_batch, load_data  # noqa: E402
 from interpolant import Schedule, flexmdm_interpolant, sample_times  # noqa: E402
+from model import DiT, ModelConfig, compiled_flex_attention, flex_attention, pack  # noqa: E402
 
 
 def main():
     opts = dict(a[2:].split("=", 1) for a in sys.argv[1:])
     rounds, calls = int(opts.get("rounds", 5)), int(opts.get("calls", 20))
     torch.set_num_threads(1)
-    meta, splits = train.load_data("data/maze_cpu")
-    x1, lengths, fixed = train.get_batch(splits["train"], np.random.default_rng(0).integers(0, 17000, 128), meta,
-                                         "flexmdm", meta["max_len"])
+    meta, splits = load_data(opts.get("data", "data/maze_cpu"))
+    n_seq = len(splits["train"][1]) - 1
+    x1, lengths, fixed = get_batch(splits["train"], np.random.default_rng(0).integers(0, n_seq, 128), meta, "flexmdm",
+                                   meta["max_len"])
     g = torch.Generator().manual_seed(0)
     fb = flexmdm_interpolant(x1, lengths, sample_times(128, generator=g), Schedule(), Schedule(), meta["mask_id"],
                              meta["pad_id"], fixed=fixed, generator=g)
-    _, seq_ids, _, _ = train.pack(fb.xt, fb.lengths, meta["vocab_size"], meta["pad_id"], 128)
+    _, seq_ids, _, _ = pack(fb.xt, fb.lengths, meta["vocab_size"], meta["pad_id"], 128)
     cfg = dict(vocab_size=meta["vocab_size"], n_layer=1, n_head=4, n_embd=64, pad_id=meta["pad_id"])
-    block_mask = model_py.DiT(model_py.ModelConfig(**cfg, attention="flex")).attention_mask(seq_ids)
-    dense = model_py.DiT(model_py.ModelConfig(**cfg, attention="sdpa")).attention_mask(seq_ids)
+    block_mask = DiT(ModelConfig(**cfg, attention="flex")).attention_mask(seq_ids)
+    dense = DiT(ModelConfig(**cfg, attention="sdpa")).attention_mask(seq_ids)
     q, k, v = (torch.randn(seq_ids.shape[0], 4, 128, 16, generator=g) for _ in range(3))
-    compiled = model_py.compiled_flex_attention()
+    compiled = compiled_flex_attention()
     start, children = time.process_time(), os.times().children_user + os.times().children_system
     out = compiled(q, k, v, block_mask=block_mask)
     compile_s, gcc_s = time.process_time() - start, os.times().children_user + os.times().children_system - children
@@ -46,7 +49,7 @@ def main():
     print(f"{seq_ids.shape[0]} rows of 128, {int((seq_ids >= 0).sum())} real positions; compiled flex compile: "
           f"{compile_s:.1f} CPU-s in this process, {gcc_s:.1f} in its children (gcc); max |compiled flex - sdpa| at real positions "
           f"{(out - ref)[real].abs().max().item():.1e}")
-    fns = {"eager flex_attention": lambda: model_py.flex_attention(q, k, v, block_mask=block_mask),
+    fns = {"eager flex_attention": lambda: flex_attention(q, k, v, block_mask=block_mask),
            "compiled flex": lambda: compiled(q, k, v, block_mask=block_mask),
            "sdpa, dense mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense)}
     times = {name: [] for name in fns}

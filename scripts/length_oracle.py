@@ -1,5 +1,5 @@
 """
-The sampler's own length error: sample.generate driven by the EXACT f and g of a length law p(n) whose
+The sampler's own length error: sampler.generate driven by the EXACT f and g of a length law p(n) whose
 tokens are i.i.d. and independent of the length (interpolant.length_posterior_insertions), so every
 difference between the samples' lengths and p(n) is the sampler's (tau-leaping discretisation and the
 max_len cap), none the model's. Prints a table of length TV (exact and bins of 32) and W1 against p(n)
@@ -23,15 +23,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configurator import InputError, configure, run  # noqa: E402
+from configurator import configure, run  # noqa: E402
+from data import load_data  # noqa: E402
 from interpolant import Schedule, length_posterior_insertions  # noqa: E402
-from sample import generate  # noqa: E402
+from sampler import SamplerConfig, generate  # noqa: E402
 
 laws = "wikitext128,wikitext128drop,lognormal"
 steps = (16, 64, 256, 1024)  # --steps=64,256 (--steps=64, for one)
 num_samples = 2000
 batch_size = 500
-grid_power = 1.0  # sample.generate's time grid t_k = (k / (N - 1)) ** grid_power
+grid_power = 1.0  # the sampler's time grid t_k = (k / (N - 1)) ** grid_power
 lognormal_median = 64.0
 lognormal_sigma = 1.0
 out = "results/length_oracle"  # .json and .png
@@ -43,13 +44,9 @@ BIN = 32
 
 def data_law(name):
     """p(n) of a prepared dataset's validation lengths, n = 0..max_len."""
-    path = os.path.join("data", name)
-    if not os.path.exists(os.path.join(path, "val.idx")):
-        raise InputError(f"{path}/val.idx not found: prepare the dataset first (README, text section)")
-    with open(os.path.join(path, "meta.json")) as f:
-        max_len = json.load(f)["max_len"]
-    lengths = np.diff(np.fromfile(os.path.join(path, "val.idx"), dtype=np.int64))
-    return torch.tensor(np.bincount(lengths, minlength=max_len + 1) / len(lengths))
+    meta, splits = load_data(os.path.join("data", name))
+    lengths = np.diff(splits["val"][1])
+    return torch.tensor(np.bincount(lengths, minlength=meta["max_len"] + 1) / len(lengths))
 
 
 def lognormal_law(max_len=1024):
@@ -117,9 +114,9 @@ def main():
                         "floor": floor(probs, num_samples, rng), "runs": []}
         for n_steps in steps:
             start = time.time()
-            samples = generate(oracle(probs, alpha), num_samples, n_steps, max_len, MASK, PAD, alpha=alpha,
-                               batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-                               grid_power=grid_power)
+            cfg = SamplerConfig(max_len=max_len, mask_id=MASK, pad_id=PAD, steps=n_steps, alpha=alpha,
+                                batch_size=batch_size, grid_power=grid_power)
+            samples = generate(oracle(probs, alpha), num_samples, cfg, generator=torch.Generator().manual_seed(seed))
             row = {"steps": n_steps, **distances(np.array([len(s) for s in samples]), probs),
                    "seconds": time.time() - start}
             results[law]["runs"].append(row)

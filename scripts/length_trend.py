@@ -13,9 +13,8 @@ import os
 import re
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from checkpoint import load_checkpoint  # noqa: E402
 from configurator import InputError, configure, run  # noqa: E402
 
 trend_dir = "out/trend"
@@ -33,7 +32,7 @@ def rows():
         match = re.fullmatch(r"(ckpt(?:_([\d.]+))?)_s(\d+)_g([\d.]+)\.jsonl\.length\.json", name)
         if not match:
             continue
-        ckpt = torch.load(os.path.join(run_dir, match[1] + ".pt"), map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(os.path.join(run_dir, match[1] + ".pt"))
         model, data = os.path.basename(run_dir).split("_")
         with open(path) as f:
             metrics = json.load(f)["length"]
@@ -48,17 +47,18 @@ def rows():
 
 
 def calibration_rows():
-    """Per FlexMDM checkpoint: g at x_0 against the tokens to insert, and the mean ratio of the sum of g to
-    the truth at t >= 0.2 on interpolant states and on states drawn at t/2 (evaluate.calibration_table)."""
+    """Per FlexMDM checkpoint: g's forecast at x_0 (the sum of g) against the tokens to insert, and the mean
+    ratio of the forecast to the truth at t >= 0.2 on interpolant states and on states drawn at t/2 (the
+    table of evaluate.py --task=calibration)."""
     found = []
     for path in sorted(glob.glob(os.path.join(trend_dir, "*", "*.calibration.json"))):
         with open(path) as f:
             rows = json.load(f)["table"]
-        ckpt = torch.load(path.replace(".calibration.json", ".pt"), map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(path.replace(".calibration.json", ".pt"))
         model, data = os.path.basename(os.path.dirname(path)).split("_")
         late = [r for r in rows if r["t"] >= 0.2]
         found.append({"model": model, "data": data, "budget": round(ckpt["train_seconds"]), "iters": ckpt["iter_num"],
-                      "x0": rows[0]["sum_g"] / rows[0]["remaining"],
+                      "x0": rows[0]["forecast"] / rows[0]["remaining"],
                       "late": sum(r["ratio"] for r in late) / len(late),
                       "late_lagged": sum(r["lag_ratio"] for r in late) / len(late)})
     return found

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The length-fidelity trend of RESULTS.md (issue #18): FlexMDM and the padded MDM on WikiText-2 paragraphs
+# The length-fidelity trend of RESULTS.md: FlexMDM and the padded MDM on WikiText-2 paragraphs
 # (max_len 128, long paragraphs chunked, and dropped), each trained for BUDGET s of CPU time on one thread
 # (config/wikitext_cpu*.py) with copies of the checkpoint kept at 150, 300 and 600 s (train.py keep_at);
 # every checkpoint sampled SAMPLES times with the vanilla sampler at 64 and 256 steps (FlexMDM also on the

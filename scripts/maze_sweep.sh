@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The K sweep of RESULTS.md (issue #12): FlexMDM, FlexMDM + fixed_embedding and the MDM on the 11x11
+# The K sweep of RESULTS.md: FlexMDM, FlexMDM + fixed_embedding and the MDM on the 11x11
 # maze for K = 5, 7, 2, each run with the same budget of BUDGET seconds of CPU time on one thread
 # (the three runs of one K side by side, so any other load on the machine hits them alike), then
 # 500 held-out samples per run with the vanilla sampler at temperature 1 and at temperature 0.

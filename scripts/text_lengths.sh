@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The WikiText-2 length comparison of RESULTS.md (issue #12): FlexMDM and the padded MDM trained side by
+# The WikiText-2 length comparison of RESULTS.md: FlexMDM and the padded MDM trained side by
 # side with the same budget (300 s of CPU time on one thread each, config/wikitext_cpu*.py), 200 samples
 # each with the vanilla sampler (64 steps, temperature 1), length TV / W1 against the validation split and
 # one PNG with both models and the data (out/wikitext_cpu$TAG/lengths.png). 8.5 minutes on 2 cores.
