@@ -1,12 +1,14 @@
 """
-Sample from a trained FlexMDM (or the MDM baseline) and write the samples as JSON lines, one per sample:
-{"tokens", "length"}, plus "subgoals" for a maze model and "text" for a GPT-2 BPE one. The sampler itself,
-its settings and their meaning are sampler.py's.
+Sample from a trained FlexMDM (or the MDM baseline) and write the samples as JSON lines:
 
     python sample.py --out_dir=out/maze_cpu                        # EMA weights of out_dir/ckpt.pt
     python sample.py --out_dir=out/wikitext --num_samples=256 --steps=256 --sampler=adaptive
     python sample.py --out_dir=out/wikitext --target_len=100 --early_stop=0.01 --samples_file=out/wikitext/len100.jsonl
     torchrun --standalone --nproc_per_node=8 sample.py --out_dir=out/owt --num_samples=1024   # the same samples, 8 GPUs
+
+One line per sample: {"tokens", "length"}, plus "subgoals" for a maze model and "text" for a GPT-2 BPE one.
+The sampler settings below are sampler.SamplerConfig's fields of the same names (their meaning is there):
+a field added there is set from here by a global of its name, nothing else.
 
 A maze model samples paths through the held-out subgoal sets of its dataset (data/<dataset>, val split:
 distinct sets in file order, cycled), and never generates SEP. An existing samples file is never replaced
@@ -35,6 +37,11 @@ ckpt_file = ""  # default: out_dir/ckpt.pt (another checkpoint of the run: train
 samples_file = ""  # default: out_dir/samples.jsonl
 overwrite = False  # replace an existing samples_file
 num_samples = 64
+seed = 1337
+use_ema = True
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+# the sampler: sampler.SamplerConfig's fields of these names
 batch_size = 64  # the unit of work: one random stream per batch; the samples depend on seed and batch_size
 steps = 256  # model calls per sample
 grid_power = 1.0  # the calls at t_k = (k / (N - 1))^grid_power; 1 = the paper's uniform grid
@@ -45,14 +52,10 @@ gamma1 = 0.0  # adaptive sliding window: the leftmost min(floor(gamma1 * K), gam
 gamma2 = 64
 temperature = 1.0  # 0 = argmax
 final = "draw"  # last step: draw the remaining masks from f, or take the argmax
-use_ema = True
-device = "cuda" if torch.cuda.is_available() else "cpu"
-dtype = "bfloat16" if torch.cuda.is_available() else "float32"
 early_stop = 0.0  # FlexMDM: a row without masks stops once its expected future insertions are below this; 0 = off
 min_len = 0  # FlexMDM length control (prompt included): every sample at least this long; 0 = off
 target_len = 0  # FlexMDM: every sample exactly this long (conditioned on the length); 0 = off
-progress = True  # a progress bar (steps, samples/s) on a terminal
-seed = 1337
+progress = True  # a progress bar (steps, samples/s) on a terminal (rank 0's)
 # -----------------------------------------------------------------------------
 
 
@@ -88,7 +91,7 @@ def main():
     cfg = pick(SamplerConfig, globals(), max_len=model.cfg.max_len, mask_id=meta["mask_id"], pad_id=meta["pad_id"],
                model_type=model_type, alpha=alpha, beta=beta, device=dev, progress=progress and rank == 0,
                banned=(meta["sep_id"],) if "sep_id" in meta else ())  # SEP only ever ends a prompt
-    with autocast(dev, dtype):
+    with autocast(dev, dtype if "cuda" in dev else "float32"):  # on a CPU sample.py has always run in float32
         seqs = generate(model.sampler_fn(alpha if model_type == "flexmdm" else beta),  # conditioned as in training
                         num_samples, cfg, prompts=prompts, seed=seed, rank=rank, world=world)
     seqs = gather_samples(seqs, world)

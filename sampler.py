@@ -111,9 +111,11 @@ class SamplerConfig:
         if (self.min_len or self.target_len) and self.model_type != "flexmdm":
             raise InputError("min_len and target_len are FlexMDM options (the MDM's canvas is max_len)")
         if self.min_len < 0 or self.target_len < 0 or max(self.min_len, self.target_len) > self.max_len:
-            raise InputError(f"need 0 <= min_len, target_len <= max_len {self.max_len} (got {self.min_len}, {self.target_len})")
+            raise InputError(f"need 0 <= min_len, target_len <= max_len {self.max_len} "
+                             f"(got {self.min_len}, {self.target_len})")
         if self.target_len and self.min_len > self.target_len:
             raise InputError(f"min_len {self.min_len} > target_len {self.target_len}")
+        # every token never drawn, as the index f_reader fills with -inf: mask, banned, and pad for FlexMDM
         banned = {self.mask_id, *self.banned} | ({self.pad_id} if self.model_type == "flexmdm" else set())
         self.banned_ids = torch.tensor(sorted(banned), device=self.device)
 
@@ -128,9 +130,10 @@ class State:
     lengths: torch.Tensor  # [B]
     prompt_len: torch.Tensor  # [B]
     index: torch.Tensor  # [B] the row's sample, its position in the output
-    to_come: torch.Tensor  # [B] insertions still to come, estimated from the last g (early_stop); inf before it
+    to_come: torch.Tensor  # [B] expected insertions still to come, from the last g (early_stop); inf before it
 
     def rows(self, keep):
+        """The rows where keep [B] (bool) holds."""
         return State(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
@@ -236,7 +239,8 @@ def open_gap_mask(fixed, open_left, open_end, lengths):
     real = j[None, :L] < lengths[:, None]  # the end gap's right neighbour is the end, not a pad slot
     right_fixed = torch.cat([fixed | ~real, torch.ones_like(fixed[:, :1])], 1)
     left_fixed = torch.cat([torch.ones_like(fixed[:, :1]), fixed], 1)
-    opened = torch.cat([open_left & real, torch.zeros_like(open_left[:, :1])], 1) | ((j == lengths[:, None]) & open_end[:, None])
+    opened_end = (j == lengths[:, None]) & open_end[:, None]  # the end gap, where the prompt opened it
+    opened = torch.cat([open_left & real, torch.zeros_like(open_left[:, :1])], 1) | opened_end
     return (opened | ~right_fixed | ~left_fixed) & (j <= lengths[:, None])
 
 
@@ -376,6 +380,8 @@ def retire(state, done, samples, cfg):
 
 @torch.no_grad()
 def generate_batch(model_fn, n, cfg, prompts, open_gaps, generator, bar):
+    """n samples (lists) from one random stream: the steps of Algorithm 1 on the live rows (module docstring),
+    the model called once per step on the rows' current width; bar advances one step at a time."""
     state = initial_state(prompts, open_gaps, n, cfg)
     times, taus = time_grid(cfg.steps, cfg.model_type, cfg.grid_power)
     tail = insertion_tail(cfg.alpha, times, taus).to(cfg.device)
@@ -445,13 +451,13 @@ def generate(model_fn, num_samples, cfg, prompts=None, open_gaps=None, seed=None
     mine = range(rank, math.ceil(num_samples / batch_size), world)  # the batches this process makes
     samples, made, t0 = [None] * num_samples, 0, time.perf_counter()
     with tqdm(total=cfg.steps * len(mine), unit="step", disable=None if cfg.progress else True) as bar:
-        for done, i in enumerate(mine, 1):
+        for batches_made, i in enumerate(mine, 1):
             chunk = slice(i * batch_size, min(num_samples, (i + 1) * batch_size))
             rng = generator if seed is None else torch.Generator(device=cfg.device).manual_seed(batch_seed(seed, i))
             samples[chunk] = generate_batch(model_fn, chunk.stop - chunk.start, cfg,
                                             prompts[chunk] if prompts is not None else None,
                                             open_gaps[chunk] if open_gaps is not None else None, rng, bar)
             made += chunk.stop - chunk.start
-            bar.update(cfg.steps * done - bar.n)  # a batch whose rows all finished early stopped short
+            bar.update(cfg.steps * batches_made - bar.n)  # a batch whose rows all finished early stopped short
             bar.set_postfix_str(f"{made / (time.perf_counter() - t0):.2f} samples/s")
     return samples

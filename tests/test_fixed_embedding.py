@@ -3,11 +3,10 @@ model is exactly the one without the option; on, the packed and padded layouts s
 sampler tells the model which tokens are fixed."""
 import torch
 
-import train
 from conftest import random_dit
-from interpolant import Schedule, sample_times
-from model import DiT, ModelConfig
-from sample import generate
+from interpolant import LossConfig, flexmdm_loss, mdm_loss, sample_times
+from model import DiT, ModelConfig, network
+from sampler import SamplerConfig, generate
 
 V, PAD, MASK = 40, 38, 39
 LENGTHS = [0, 17, 1, 5, 20, 2]
@@ -58,8 +57,8 @@ def test_on_reads_the_fixed_flags():
 
 def loss_and_grads(model, row_tokens, x1, lengths, fixed, t):
     model.zero_grad(set_to_none=True)
-    loss = train.flexmdm_loss(model, x1, lengths, fixed, t, Schedule(), Schedule(), MASK, PAD, row_tokens,
-                              generator=torch.Generator().manual_seed(5))[0]
+    loss = flexmdm_loss(network(model, row_tokens), x1, lengths, fixed, t, LossConfig(), MASK, PAD,
+                        generator=torch.Generator().manual_seed(5))[0]
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -80,7 +79,7 @@ def test_mdm_trains_the_vector_on_its_prompt():
     model = random_dit(V, PAD, max_len=32, model_type="mdm", fixed_embedding=True)
     x1, lengths, fixed = batch(seed=4)
     t = torch.full((len(LENGTHS),), 0.5)
-    loss = train.mdm_loss(model, x1, lengths, fixed, t, Schedule(), MASK)[0]
+    loss = mdm_loss(network(model), x1, lengths, fixed, t, LossConfig(model_type="mdm"), MASK)[0]
     loss.backward()
     assert model.fixed_emb.grad.abs().max() > 0
 
@@ -97,5 +96,6 @@ def test_sampler_marks_the_prompt_as_fixed():
         calls.append(int((x != PAD).sum()))
         logits = torch.zeros(*x.shape, V)
         return logits, torch.full((x.shape[0], x.shape[1] + 1), 5.0)  # P(a row gets no insertion) < e^-10
-    out = generate(model_fn, 3, 16, 24, MASK, PAD, prompts=prompts, generator=torch.Generator().manual_seed(0))
+    cfg = SamplerConfig(max_len=24, mask_id=MASK, pad_id=PAD, steps=16)
+    out = generate(model_fn, 3, cfg, prompts=prompts, generator=torch.Generator().manual_seed(0))
     assert calls[-1] > calls[0] == 6 and all(len(s) > len(p) for s, p in zip(out, prompts))

@@ -1,4 +1,4 @@
-"""sample.generate driven by exact oracles. For a tiny p1 (sequences of length 0..4 over three
+"""sampler.generate driven by exact oracles. For a tiny p1 (sequences of length 0..4 over three
 symbols) the unmasking posterior f and the insertion expectation g are computed by enumeration
 (Prop. 1, appendix E.2.1); with them every sampler must reproduce p1 up to sampling noise and the
 tau-leaping error (Prop. 2, Prop. 3), and a wrong g must visibly fail the same check. The MDM baseline
@@ -24,7 +24,7 @@ import sample as sample_module
 from configurator import InputError
 from conftest import ROOT, random_dit, run_python
 from interpolant import Schedule, flexmdm_interpolant
-from sample import generate
+from sampler import SamplerConfig, draw, generate
 
 PAD, MASK, V = 3, 4, 5  # data symbols 0, 1, 2
 P1 = {(): 0.10, (0,): 0.05, (1, 2): 0.15, (2, 1): 0.10, (0, 0, 1): 0.15, (1, 0, 2): 0.10,
@@ -160,10 +160,10 @@ def draw_p1(num, generator):
 
 
 # ---------------------------------------------------------------------------------------------
-# The exact MDM oracle: p1 right-padded with PAD to max_len, pad an ordinary token (SPEC section 1)
+# The exact MDM oracle: p1 right-padded with PAD to max_len, pad an ordinary token (the MDM baseline of sampler.py)
 
 def mdm_oracle(max_len):
-    """model_fn for generate(model_type="mdm"): f[b, j] = P(y_j = v | y agrees with x[b] off the
+    """model_fn for generate() with model_type="mdm": f[b, j] = P(y_j = v | y agrees with x[b] off the
     masks), y ~ p1 padded to max_len; it does not depend on t. g is None."""
     seqs = torch.tensor([list(s) + [PAD] * (max_len - len(s)) for s in P1])
     prob = torch.tensor(list(P1.values()), dtype=torch.float64)
@@ -221,7 +221,7 @@ def conditional(p1, keep):
 
 # Tau-leaping error of generate() with the exact oracle at STEPS steps, measured once with 40000 samples
 # per setting (sampling noise ~0.006): the total TV is 0.028-0.037 for linear schedules and 0.050-0.063
-# for poly2-cosine (with sample.py's grid and with one ending at t = 1, see test_time_grid_reaches_one),
+# for poly2-cosine (with sampler.py's grid and with one ending at t = 1, see test_time_grid_reaches_one),
 # almost all of it mass outside the support of p1 (a Poisson leap inserts one token too many or too few
 # where the rate 1/(1-t) is large: the error is ~ E[n] log(N) / N). Restricted to the support, the
 # renormalised TV is <= 0.015 (0.017 for the adaptive MDM). The MDM at 64 steps: 0.019 (vanilla), 0.036
@@ -239,10 +239,16 @@ def tv_check(samples, p1, allowance):
             noise_tv(max(inside, 1), p1) + DISCRETISATION_IN_SUPPORT)
 
 
-def sample_flex(model_fn, num, pair, seed=0, steps=STEPS, max_len=MAX_LEN, **options):
+def config(steps, max_len=MAX_LEN, **options):
+    """The sampler's settings for this file's vocabulary: steps, max_len and the options given."""
+    return SamplerConfig(max_len=max_len, mask_id=MASK, pad_id=PAD, steps=steps, **options)
+
+
+def sample_flex(model_fn, num, pair, seed=0, steps=STEPS, max_len=MAX_LEN, prompts=None, open_gaps=None, **options):
+    """num FlexMDM samples under the schedule pair, from the generator seeded with seed."""
     alpha, beta = SCHEDULE_PAIRS[pair]
-    return generate(model_fn, num, steps, max_len, MASK, PAD, alpha=alpha, beta=beta, generator=gen(seed),
-                    **options)
+    cfg = config(steps, max_len, alpha=alpha, beta=beta, **options)
+    return generate(model_fn, num, cfg, prompts=prompts, open_gaps=open_gaps, generator=gen(seed))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +339,7 @@ def test_oracle_matches_the_interpolant(pair, t_value):
 # Prop. 3 / Theorem E.1: any unmasking order that draws the revealed tokens from the exact posterior f,
 # with insertion by the exact rate matrix, samples p1. The index choice may depend on the current state
 # (Def. E.1: "pick an arbitrary index ... possibly probabilistically", Lemma E.1: any distribution pi over
-# the masks), so every confidence of sample.py (all functions of x_t) and the sliding window are covered;
+# the masks), so every confidence of sampler.py (all functions of x_t) and the sliding window are covered;
 # so is K (E.1: "the choice of K does not affect the theoretical guarantees"). generate() departs from
 # Def. E.1 only by discretisation: K masks revealed at once from one f (not one at a time) and tau-leaped
 # insertions, errors that vanish as steps grows, hence the DISCRETISATION allowance.
@@ -374,8 +380,7 @@ def test_wrong_oracle_fails_the_check(wrong):
 def test_exact_mdm_oracle_reproduces_p1(options):
     """The MDM baseline: p1 padded to MAX_LEN, pad an ordinary token, no insertion. Its only error is K
     masks revealed at once from one f."""
-    samples = generate(mdm_oracle(MAX_LEN), 4000, 64, MAX_LEN, MASK, PAD, model_type="mdm", generator=gen(0),
-                       **options)
+    samples = generate(mdm_oracle(MAX_LEN), 4000, config(64, model_type="mdm", **options), generator=gen(0))
     tv, bound, tv_in, bound_in = tv_check(samples, P1, DISCRETISATION["mdm"])
     assert tv <= bound, (tv, bound)
     assert tv_in <= bound_in, (tv_in, bound_in)
@@ -432,7 +437,7 @@ def test_closed_gaps_get_nothing(open_gaps):
     every gap open each gap does get insertions. The batch mixes lengths: a closed end gap must stay
     closed also in a row shorter than the longest one."""
     n, prompt = 200, [1, 2, 1]
-    samples = generate(greedy_inserter, n, 16, 12, MASK, PAD, prompts=[prompt] * n,
+    samples = generate(greedy_inserter, n, config(16, 12), prompts=[prompt] * n,
                        open_gaps=None if open_gaps is None else [open_gaps] * n, generator=gen(0))
     assert all([v for v in s if v != 0] == prompt for s in samples)
     texts = ["".join(map(str, s)) for s in samples]
@@ -455,8 +460,8 @@ def test_mdm_prompt_conditional(kind):
     """The MDM with a prefix prompt, and with mask_id inside the prompt (infilling): the exact oracle
     conditions on the prompt, so the samples follow p1 conditioned on it."""
     prompt, keep = MDM_PROMPTS[kind]
-    samples = generate(mdm_oracle(MAX_LEN), 2000, 64, MAX_LEN, MASK, PAD, model_type="mdm",
-                       prompts=[prompt] * 2000, generator=gen(0))
+    samples = generate(mdm_oracle(MAX_LEN), 2000, config(64, model_type="mdm"), prompts=[prompt] * 2000,
+                       generator=gen(0))
     assert all(len(s) >= len(prompt) and MASK not in s and all(p in (MASK, v) for v, p in zip(s, prompt))
                for s in samples)
     tv, bound, _, _ = tv_check(samples, conditional(P1, keep), DISCRETISATION["mdm"])
@@ -495,7 +500,7 @@ def test_batch_size_splits():
                                      dict(final="best"), dict(model_type="ar")], ids=lambda o: next(iter(o)))
 def test_bad_option_is_a_one_line_error(options):
     with pytest.raises(InputError, match=f"^{next(iter(options))}="):
-        generate(greedy_inserter, 2, 4, MAX_LEN, MASK, PAD, **options)
+        config(4, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,12 +575,15 @@ def test_min_len_floors_the_length(min_len):
     assert tv <= MIN_LEN_TV[min_len], tv
 
 
-@pytest.mark.parametrize("options", [dict(early_stop=-0.1), dict(target_len=MAX_LEN + 1), dict(min_len=3, target_len=2),
-                                     dict(model_type="mdm", target_len=3), dict(target_len=1, prompts=[[0, 1]] * 2)],
+@pytest.mark.parametrize("options, call", [(dict(early_stop=-0.1), {}), (dict(target_len=MAX_LEN + 1), {}),
+                                           (dict(min_len=3, target_len=2), {}),
+                                           (dict(model_type="mdm", target_len=3), {}),
+                                           (dict(target_len=1), dict(prompts=[[0, 1]] * 2))],
                          ids=["early_stop", "target_len", "min_len", "mdm", "prompt"])
-def test_bad_length_option_is_a_one_line_error(options):
+def test_bad_length_option_is_a_one_line_error(options, call):
+    """The settings' errors come from SamplerConfig, a prompt longer than target_len from generate."""
     with pytest.raises(InputError):
-        generate(greedy_inserter, 2, 4, MAX_LEN, MASK, PAD, **options)
+        generate(greedy_inserter, 2, config(4, **options), **call)
 
 
 def test_full_width_layout_gives_the_same_samples():
@@ -623,9 +631,8 @@ def test_f_read_where_needed_gives_the_same_samples(sampler):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_draw_follows_the_tempered_f(temperature):
-    """sample.draw's inverse-CDF draw: the frequencies of 200k draws match softmax(logits / T) within 5
+    """sampler.draw's inverse-CDF draw: the frequencies of 200k draws match softmax(logits / T) within 5
     standard errors, and a banned token (-inf), first or last, is never drawn."""
-    from sample import draw
     logits = torch.tensor([-math.inf, 0.0, 1.0, -2.0, 0.5, -math.inf]).repeat(200_000, 1)
     tokens = draw(logits, temperature, False, gen(3))
     p = torch.softmax(logits[0] / temperature, -1).double()
@@ -635,7 +642,6 @@ def test_draw_follows_the_tempered_f(temperature):
 
 
 def test_draw_refuses_a_nan_f():
-    from sample import draw
     logits = torch.tensor([[0.0, 1.0], [math.nan, 0.0]])
     with pytest.raises(InputError, match="not a distribution"):
         draw(logits, 1.0, False, gen(0))
@@ -649,23 +655,25 @@ def test_seeded_batches_do_not_depend_on_the_process_count():
     one process makes none), each process returns its own batches' samples (None elsewhere), and merged
     they are the samples of one process. Another seed gives other samples."""
     oracle = flex_oracle(SCHEDULE_PAIRS["linear"][0])
-    whole = generate(oracle, 11, 32, MAX_LEN, MASK, PAD, batch_size=3, seed=3)
+    cfg = config(32, batch_size=3)
+    whole = generate(oracle, 11, cfg, seed=3)
     assert all(s is not None for s in whole)
     for world in (2, 3, 5):
-        parts = [generate(oracle, 11, 32, MAX_LEN, MASK, PAD, batch_size=3, seed=3, rank=r, world=world)
-                 for r in range(world)]
+        parts = [generate(oracle, 11, cfg, seed=3, rank=r, world=world) for r in range(world)]
         for r, part in enumerate(parts):
             assert [s is not None for s in part] == [(i // 3) % world == r for i in range(11)], (world, r)
         assert [next(s for s in copies if s is not None) for copies in zip(*parts)] == whole, world
-    assert generate(oracle, 11, 32, MAX_LEN, MASK, PAD, batch_size=3, seed=4) != whole
+    assert generate(oracle, 11, cfg, seed=4) != whole
 
 
-@pytest.mark.parametrize("options", [dict(seed=1, generator=gen(1)), dict(seed=-1), dict(world=2),
-                                     dict(seed=1, rank=2, world=2), dict(batch_size=-1)],
+@pytest.mark.parametrize("options, call", [({}, dict(seed=1, generator=gen(1))), ({}, dict(seed=-1)),
+                                           ({}, dict(world=2)), ({}, dict(seed=1, rank=2, world=2)),
+                                           (dict(batch_size=-1), {})],
                          ids=["seed-and-generator", "negative-seed", "world-without-seed", "rank", "batch_size"])
-def test_bad_stream_option_is_a_one_line_error(options):
+def test_bad_stream_option_is_a_one_line_error(options, call):
+    """The random streams are generate's arguments (per call), batch_size a setting (SamplerConfig)."""
     with pytest.raises(InputError, match=r"^[^\n]+$"):
-        generate(greedy_inserter, 2, 4, MAX_LEN, MASK, PAD, **options)
+        generate(greedy_inserter, 2, config(4, **options), **call)
 
 
 @pytest.fixture(scope="module")
