@@ -8,7 +8,8 @@ What this repo keeps on disk, one home for each piece (checkpoints are checkpoin
     {split}.fix  uint8, one per token, 1 where the token is fixed (maze subgoals); only some datasets
     meta.json    vocab_size, pad_id, mask_id (sep_id), max_len, tokenizer ("maze", "gpt2"), what
                  the prepare script was asked, and a record of each file (data_files below)
-  prepare_maze.py and prepare_owt.py write it (SplitWriter, in a directory made by atomic_dir);
+  The vocabulary is the data's tokens, then pad_id, then mask_id (and sep_id, which ends the maze MDM's
+  prompt). prepare_maze.py and prepare_owt.py write it (SplitWriter, in a directory made by atomic_dir);
   train.py, sample.py and evaluate.py read it (load_data), checked against the record at every start.
 - The GPT-2 BPE (tiktoken "gpt2"), read from tiktoken's cache: offline, TIKTOKEN_CACHE_DIR must name
   a cache that holds it.

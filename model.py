@@ -55,8 +55,9 @@ class ModelConfig:
     model_type: str = "flexmdm"  # flexmdm | mdm
     pad_id: int = 0
     attention: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | flex | sdpa
-    fixed_embedding: bool = False  # add a learned vector to fixed tokens (subgoals, prompts)
-    insert_head: str = "linear"  # g's head on the final hidden state: linear | mlp (Linear, GELU, Linear)
+    fixed_embedding: bool = False  # add a learned vector to fixed tokens (subgoals, prompts); RESULTS.md: no gain
+    insert_head: str = "linear"  # g's head on the final adaLN output: linear (one zero-initialised layer) | mlp
+    # (Linear, GELU, Linear: the published code's length head); g = insert_scale * softplus(head)
     insert_scale: float = 1.0  # g = insert_scale * softplus(head); the published code uses max_len
 
 
@@ -220,7 +221,7 @@ class DiT(nn.Module):
         return h[:, : x.shape[1]], (self.insertion_rates(h) if self.insert_head is not None else None)
 
     def forward_padded(self, x, cond_time, fixed=None):
-        """The sampler's contract (SPEC section 2): (logits [B, L, V], g [B, L+1] or None)."""
+        """The sampler's model function of dense logits (sampler.py): (logits [B, L, V], g [B, L+1] or None)."""
         h, g = self.padded_states(x, cond_time, fixed)
         return self.unmask_head(h).float(), g
 

@@ -8,7 +8,10 @@ Settings are the globals below, overridden by config files then --key=value (con
 
 Checkpoints (out_dir/ckpt.pt: weights, EMA, optimiser, RNG states, iteration, time spent) are written at
 every eval_interval, every save_interval iterations, every save_seconds of wall time, at the end, and
-when SIGINT (Ctrl-C) or SIGTERM stops the run; each write replaces the previous one atomically.
+when SIGINT (Ctrl-C) or SIGTERM stops the run; each write replaces the previous one atomically. A run
+stopped by a signal finishes its iteration, saves, prints one line naming the resume command and exits
+with status 130 (SIGINT) or 143 (SIGTERM), so a following `&&` does not run; under torchrun every rank
+stops at the same iteration. Resumed with an iteration budget, a run ends bit for bit as the uncut run.
 """
 import math
 import os

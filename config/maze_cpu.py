@@ -8,7 +8,7 @@
 # (RESULTS.md): packing (x_t holds about half of each path, so padded rows would be mostly padding) and
 # the flat time weighting (the same minimisers as eq. 7, without its 1 / (1 - t) gradient spikes).
 # torch.compile does not pay here: a first run spends about a third of the budget compiling, for steps
-# 20 % cheaper (BENCHMARKS.md, issue 19), so compile stays off.
+# 20 % cheaper (BENCHMARKS.md), so compile stays off.
 # The MDM baseline, config/maze_cpu_mdm.py, gets the same budget.
 dataset = "maze_cpu"
 out_dir = "out/maze_cpu"

@@ -1,5 +1,7 @@
 """Shared test setup: the repo on sys.path, offline tokenizer cache, one CPU thread, and fixtures
-for a tiny maze dataset and for running train.py (in-process, or as a subprocess)."""
+for a tiny maze dataset and for running train.py (in-process, or as a subprocess). The tests never touch
+the network: the real data they read (WikiText-2, WebText, GSM8K, ...) are the small public files of
+../shared/data beside the repo."""
 import contextlib
 import importlib
 import io
@@ -15,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# Offline: tiktoken reads the GPT-2 BPE from the shared cache, never from the network (SPEC 5), and
+# Offline: tiktoken reads the GPT-2 BPE from the shared cache, never from the network, and
 # the Hugging Face libraries may not download either. A missing cache stops the run here, by name:
 # tiktoken would otherwise go and fetch it.
 os.environ["TIKTOKEN_CACHE_DIR"] = os.path.abspath(os.path.join(ROOT, "..", "shared", "tiktoken_cache"))

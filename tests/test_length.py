@@ -1,4 +1,4 @@
-"""Length fidelity (issue #18): the length prior term of the loss, the g head options, the sampler's time
+"""Length fidelity: the length prior term of the loss, the g head options, the sampler's time
 grid, the exact length oracle (i.i.d. tokens, g in closed form) and the calibration diagnostics of
 diagnostics.py, each against the math."""
 import math

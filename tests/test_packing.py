@@ -1,4 +1,4 @@
-"""Packed vs padded FlexMDM training (issue 5): model.pack's layout, the same network outputs,
+"""Packed vs padded FlexMDM training: model.pack's layout, the same network outputs,
 losses and gradients in both layouts, the same learning on a tiny maze, and bench.py on CPU."""
 import json
 import os

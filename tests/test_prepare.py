@@ -1,4 +1,4 @@
-"""prepare_maze.py and prepare_owt.py as scripts (issue 19): the configurator settings, atomic output
+"""prepare_maze.py and prepare_owt.py as scripts: the configurator settings, atomic output
 directories (a failed or interrupted run leaves nothing, an existing out_dir is refused unless
 --overwrite=True), the length histogram's bins, the tokenizer's offline error."""
 import json

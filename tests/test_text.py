@@ -1,4 +1,4 @@
-"""Text data and metrics (issue 3): prepare_owt.py's paragraphs, chunks and files on local sources
+"""Text data and metrics: prepare_owt.py's paragraphs, chunks and files on local sources
 through `datasets`; evaluate.py's length fidelity, generative perplexity and unigram entropy; and a
 tiny WikiText-2 run through prepare -> train -> sample -> evaluate."""
 import json
