@@ -18,6 +18,7 @@ What this repo keeps on disk, one home for each piece (checkpoints are checkpoin
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -27,6 +28,7 @@ from configurator import InputError
 
 GPT2_VOCAB = 50257  # ids 0..50256 (50256 = <|endoftext|>); our pad and mask follow
 SPLITS = ("train", "val")
+PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,6 +209,19 @@ def maze_prompts(data_dir, n, maze):
         raise InputError(f"{data_dir!r} holds another maze than the one this checkpoint was trained on")
     goals = list(dict.fromkeys(tuple(tokens[a:b][fix[a:b] == 1].tolist()) for a, b in zip(idx[:-1], idx[1:])))
     return [list(goals[i % len(goals)]) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Paragraphs and chunks
+
+def split_paragraphs(text):
+    """The paragraphs of a text: pieces between blank lines, stripped, empty ones dropped."""
+    return [p for p in (p.strip() for p in PARAGRAPH_BREAK.split(text)) if p]
+
+
+def chunk(ids, max_len):
+    """Consecutive pieces of at most max_len tokens (one piece if it already fits)."""
+    return [ids[i:i + max_len] for i in range(0, len(ids), max_len)]
 
 
 # ----------------------------------------------------------------------------------------------

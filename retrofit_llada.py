@@ -1,7 +1,7 @@
 """
 Retrofit LLaDA-8B-Base into a FlexMDM (paper section 5.2, appendix F.3), instruction-fine-tune it and
 sample the benchmarks. One stage per run, chosen by config/llada_*.py (the commands, for 16 GPUs
-under torchrun with FSDP or one CPU process, are in those files and in the README):
+under torchrun with FSDP or one CPU process, are in those files and in docs/llada.md):
 
     python retrofit_llada.py config/llada_cpu.py --base_model=DIR --stage=pretrain
 
@@ -24,7 +24,8 @@ import os
 import re
 import sys
 import time
-from contextlib import nullcontext
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -33,13 +34,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from configurator import InputError, check_choices, check_device, configure, run
-from interpolant import (Schedule, flexmdm_interpolant, insertion_loss, mdm_interpolant, num_targets, sample_times,
-                         unmasking_loss)
-from model import TimeEmbedding, modulate, rotary
-from prepare_owt import chunk, split_paragraphs
-from sample import generate, write_jsonl
-from train import init_distributed, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from configurator import InputError, check_choices, check_device, configure, init_distributed, pick, run
+from data import chunk, split_paragraphs, write_jsonl
+from interpolant import LossConfig, batch_loss
+from model import TimeEmbedding, autocast, modulate, rotary
+from sampler import SamplerConfig, generate
 
 # -----------------------------------------------------------------------------
 stage = "pretrain"  # pretrain | ift_math | ift_code | generate | bench
@@ -87,7 +87,7 @@ samples_file = ""  # default out_dir/<task>.jsonl
 num_problems = 0  # 0 = all
 samples_per_problem = 1
 steps = 256
-sampler = "adaptive"  # sample.generate's options; F.3: top-prob confidence with a sliding window
+sampler = "adaptive"  # sampler.SamplerConfig's options; F.3: top-prob confidence with a sliding window
 confidence = "top_prob"
 gamma1 = 5.0
 gamma2 = 64
@@ -101,11 +101,17 @@ dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # frozen weights
 seed = 1337
 # -----------------------------------------------------------------------------
 
-ALPHA = BETA = Schedule("linear")  # the paper's schedules
 NEW_MODULES = ("time_emb", "ada", "ada_out", "slot_emb", "insert_head")
 LORA_TARGETS = r"transformer\.(blocks\.\d+\.(q_proj|k_proj|v_proj)|ff_out)"  # peft: a full match of the module name
 CHOICES = dict(stage=("pretrain", "ift_math", "ift_code", "generate", "bench"), model_type=("flexmdm", "mdm"),
                task=("gsm8k", "humaneval_infill"), dtype=("float32", "bfloat16"))
+
+
+def settings():
+    """The settings above as they stand (after configure): one object, s.stage, s.max_len, ..., that main
+    passes to the functions below."""
+    return SimpleNamespace(**{k: v for k, v in globals().items()
+                              if k.islower() and not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))})
 
 
 # -----------------------------------------------------------------------------
@@ -168,10 +174,10 @@ class LLaDA(nn.Module):
         angles = torch.arange(T, device=device, dtype=torch.float)[:, None] * inv_freq
         return angles.cos(), angles.sin()
 
-    def forward(self, x, lengths=None, cond_time=None, select=None):
+    def forward(self, x, lengths=None, cond_time=None, at=None):
         """x [B, L]. FlexMDM: right-padded, lengths [B] real tokens, cond_time [B] = alpha(t); the slot
         sits at position lengths[b]. MDM: every position is a token (pads included), full attention.
-        Returns (logits [B, L, V], or [M, V] at the positions where select [B, L] is true;
+        Returns (logits [B, L, V], or [M, V] at the positions at = (rows [M], positions [M]);
         g [B, L+1] for FlexMDM, else None)."""
         B, L = x.shape
         tr, cond, mask = self.transformer, None, None
@@ -194,7 +200,7 @@ class LLaDA(nn.Module):
             h = modulate(h, *self.ada_out(cond)[:, None].chunk(2, dim=-1))
             g = F.softplus(self.insert_head(h).squeeze(-1).float())
         h = h[:, :L]
-        return tr.ff_out(h if select is None else h[select]).float(), g
+        return tr.ff_out(h if at is None else h[at]).float(), g
 
 
 def is_new(name):
@@ -265,11 +271,11 @@ def load_base_weights(model, model_dir):
                 params[name].copy_(t)
 
 
-def build_llada(arch, model_type, device, dtype, model_dir=None, lora=True):
-    """LLaDA (+ the retrofit modules for flexmdm, + LoRA): frozen weights in dtype, from model_dir or
-    random (std 0.02); LoRA and the new modules trainable, in fp32."""
+def build_llada(s, arch, device, dtype, model_dir=None, lora=True):
+    """LLaDA (+ the retrofit modules for s.model_type="flexmdm", + LoRA): frozen weights in dtype, from
+    model_dir or random (std 0.02); LoRA and the new modules trainable, in fp32."""
     with torch.device("meta"):
-        model = LLaDA(arch, model_type, cond_dim).to(dtype)
+        model = LLaDA(arch, s.model_type, s.cond_dim).to(dtype)
     model = model.to_empty(device=device)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -279,18 +285,18 @@ def build_llada(arch, model_type, device, dtype, model_dir=None, lora=True):
                 nn.init.ones_(p) if p.dim() == 1 else nn.init.normal_(p, std=0.02)
         if model_dir:
             load_base_weights(model, model_dir)
-        if model_type == "flexmdm":  # time MLP as usual; adaLN zero (starts as LLaDA); g = insert_init; slot = EOS
+        if s.model_type == "flexmdm":  # time MLP as usual; adaLN zero (starts as LLaDA); g = insert_init; slot = EOS
             for m in model.time_emb.modules():
                 if isinstance(m, nn.Linear):
                     m.reset_parameters()
             for m in [b.ada for b in model.transformer.blocks] + [model.ada_out]:
                 nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
             nn.init.zeros_(model.insert_head.weight)
-            model.insert_head.bias.fill_(math.log(math.expm1(insert_init)))
+            model.insert_head.bias.fill_(math.log(math.expm1(s.insert_init)))
             model.slot_emb.copy_(model.transformer.wte.weight[arch["eos_id"]])
     if lora:
         from peft import LoraConfig, inject_adapter_in_model
-        model = inject_adapter_in_model(LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        model = inject_adapter_in_model(LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
                                                    target_modules=LORA_TARGETS), model)
     for name, p in model.named_parameters():
         p.requires_grad_(is_new(name) or "lora_" in name)
@@ -308,22 +314,17 @@ def shard(model, param_dtype):
     fully_shard(model, mp_policy=mp)
 
 
-def load_ckpt(model, path, arch):
+def load_ckpt(model, path, arch, model_type):
     """A stage's checkpoint (its trainable tensors) into the model; returns the checkpoint dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    if not os.path.exists(path):
-        raise InputError(f"checkpoint {path!r} not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 (a torn or foreign file fails in many ways; the user needs one line)
-        raise InputError(f"cannot read checkpoint {path!r}: {(str(e) or type(e).__name__).splitlines()[0]}")
-    if not isinstance(ck, dict) or "trainable" not in ck:
+    ck = load_checkpoint(path, hint="--init_from is base, resume (out_dir/ckpt.pt) or the ckpt.pt of an earlier stage")
+    if "trainable" not in ck:
         raise InputError(f"{path} is not a checkpoint of retrofit_llada.py (it has no 'trainable' tensors)")
     shapes = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
     bad = sorted(set(shapes) ^ set(ck["trainable"])) or [n for n in shapes if ck["trainable"][n].shape != shapes[n]]
     if ck.get("model_type") != model_type or ck.get("arch") != arch or bad:
         raise InputError(f"{path} ({ck.get('model_type')}) does not match this {model_type} model: base model, "
-                 f"cond_dim or lora_r differ{f' (tensor {bad[0]})' if bad else ''}")
+                         f"cond_dim or lora_r differ{f' (tensor {bad[0]})' if bad else ''}")
     set_model_state_dict(model, ck["trainable"], options=StateDictOptions(full_state_dict=True, strict=False))
     return ck
 
@@ -344,7 +345,7 @@ def load_rows(source, config="", split="train", streaming=False):
         raise InputError(f"cannot load dataset {source!r}: {(str(e) or type(e).__name__).splitlines()[0]}")
 
 
-def paragraph_stream(source, fields, tok, rank, world, stream_seed):
+def paragraph_stream(source, fields, tok, max_len, rank, world, stream_seed):
     """Endless token lists: the paragraphs of a shuffled stream of rows (split over the processes),
     tokenised and chunked to max_len (appendix F.1)."""
     from datasets.distributed import split_dataset_by_node
@@ -368,113 +369,113 @@ def gsm8k_prompt(question):
     return f"Question: {question.strip()}\nAnswer:"
 
 
-def math_pairs(tok):
+def math_pairs(tok, source, max_len):
     """GSM8K train as (prompt, answer) token lists, the answer's calculator notes <<...>> removed."""
-    rows = load_rows(gsm8k_source, "main", "train")
+    rows = load_rows(source, "main", "train")
     prompts = tok([gsm8k_prompt(q) for q in rows["question"]], add_special_tokens=False)["input_ids"]
     answers = tok([" " + re.sub(r"<<[^>]*>>", "", a) for a in rows["answer"]], add_special_tokens=False)["input_ids"]
     pairs = [(p, a) for p, a in zip(prompts, answers) if len(p) + len(a) <= max_len]
     if not pairs:
-        raise InputError(f"no GSM8K pair of {gsm8k_source!r} fits max_len={max_len}")
+        raise InputError(f"no GSM8K pair of {source!r} fits max_len={max_len}")
     return pairs
 
 
-def infill_split(code, rng, tok):
+def infill_split(code, rng, tok, max_lines, middle_tokens, max_len):
     """An infilling example from a piece of code: (prefix, middle, suffix) token lists, the middle
-    1..infill_max_lines random whole lines, each part tokenised on its own (as the benchmark's prefix
-    and suffix are); None unless the middle is non-blank and fits infill_middle_tokens, and prefix +
-    infill_middle_tokens + suffix fits max_len."""
+    1..max_lines random whole lines, each part tokenised on its own (as the benchmark's prefix and
+    suffix are); None unless the middle is non-blank and fits middle_tokens, and prefix +
+    middle_tokens + suffix fits max_len."""
     lines = code.splitlines(keepends=True)
-    n = int(rng.integers(1, min(infill_max_lines, len(lines)) + 1))
+    n = int(rng.integers(1, min(max_lines, len(lines)) + 1))
     i = int(rng.integers(0, len(lines) - n + 1))
     middle = "".join(lines[i:i + n])
     pre, mid, suf = tok(["".join(lines[:i]), middle, "".join(lines[i + n:])], add_special_tokens=False)["input_ids"]
-    fits = middle.strip() and len(mid) <= infill_middle_tokens and len(pre) + infill_middle_tokens + len(suf) <= max_len
+    fits = middle.strip() and len(mid) <= middle_tokens and len(pre) + middle_tokens + len(suf) <= max_len
     return (pre, mid, suf) if fits else None
 
 
-def stage_data(tok, rank, world, iter_num):
-    if stage == "pretrain":
-        return [paragraph_stream(source, fields, tok, rank, world, seed + iter_num)
-                for source, fields in ((owt_source, owt_fields), (math_source, math_fields))]
-    if stage == "ift_math":
-        return math_pairs(tok)
-    if stage == "ift_code":
-        rows = load_rows(code_source, code_config)
+def stage_data(s, tok, rank, world, iter_num):
+    """What draw_example draws from: pretrain, the two paragraph streams; ift_math, the GSM8K pairs;
+    ift_code, the pieces of code; bench, nothing."""
+    if s.stage == "pretrain":
+        return [paragraph_stream(source, fields, tok, s.max_len, rank, world, s.seed + iter_num)
+                for source, fields in ((s.owt_source, s.owt_fields), (s.math_source, s.math_fields))]
+    if s.stage == "ift_math":
+        return math_pairs(tok, s.gsm8k_source, s.max_len)
+    if s.stage == "ift_code":
+        rows = load_rows(s.code_source, s.code_config)
         if "code" not in rows.column_names:
-            raise InputError(f"rows of {code_source!r} have no 'code' field (they have {', '.join(rows.column_names)})")
+            raise InputError(f"rows of {s.code_source!r} have no 'code' field (they have {', '.join(rows.column_names)})")
         return [c for c in rows["code"] if c and c.strip()]
     return None
 
 
-def draw_example(data, tok, rng, arch):
+def draw_example(s, data, tok, rng, arch):
     """One training sequence of the stage: (tokens, fixed flags)."""
-    if stage == "pretrain":
-        ids = next(data[0] if rng.random() < owt_fraction else data[1])
+    if s.stage == "pretrain":
+        ids = next(data[0] if rng.random() < s.owt_fraction else data[1])
         return ids, [False] * len(ids)
-    if stage == "bench":
-        return rng.integers(0, arch["vocab"] - 2, size=max_len).tolist(), [False] * max_len
-    if stage == "ift_math":
+    if s.stage == "bench":
+        return rng.integers(0, arch["vocab"] - 2, size=s.max_len).tolist(), [False] * s.max_len
+    if s.stage == "ift_math":
         p, a = data[int(rng.integers(len(data)))]
         return p + a, [True] * len(p) + [False] * len(a)
     for _ in range(100):
-        parts = infill_split(data[int(rng.integers(len(data)))], rng, tok)
+        parts = infill_split(data[int(rng.integers(len(data)))], rng, tok, s.infill_max_lines, s.infill_middle_tokens, s.max_len)
         if parts is not None:
             break
     else:
-        raise InputError(f"no infilling example from 100 rows of {code_source!r} fits max_len={max_len}")
+        raise InputError(f"no infilling example from 100 rows of {s.code_source!r} fits max_len={s.max_len}")
     pre, mid, suf = parts
-    if model_type == "mdm":  # a middle of fixed width: the MDM predicts pads where the FlexMDM inserts nothing
-        mid = mid + [arch["pad_id"]] * (infill_middle_tokens - len(mid))
+    if s.model_type == "mdm":  # a middle of fixed width: the MDM predicts pads where the FlexMDM inserts nothing
+        mid = mid + [arch["pad_id"]] * (s.infill_middle_tokens - len(mid))
     return pre + mid + suf, [True] * len(pre) + [False] * len(mid) + [True] * len(suf)
 
 
-def make_batch(examples, arch, dev):
+def make_batch(s, examples, arch, dev):
     """x1 [B, W], lengths [B], fixed [B, W]. FlexMDM: W = the longest example. MDM: pads are tokens;
     GSM8K answers are padded to max_len (pads to predict), other rows' padding is fixed."""
-    answer_pads = model_type == "mdm" and stage == "ift_math"
-    width = max_len if answer_pads else max(len(s) for s, _ in examples)
+    answer_pads = s.model_type == "mdm" and s.stage == "ift_math"
+    width = s.max_len if answer_pads else max(len(x) for x, _ in examples)
     x1 = torch.full((len(examples), width), arch["pad_id"], dtype=torch.long)
     fixed = torch.full((len(examples), width), not answer_pads, dtype=torch.bool)
-    for b, (s, f) in enumerate(examples):
-        x1[b, :len(s)], fixed[b, :len(s)] = torch.tensor(s), torch.tensor(f)
-    lengths = torch.tensor([width if model_type == "mdm" else len(s) for s, _ in examples])
+    for b, (x, f) in enumerate(examples):
+        x1[b, :len(x)], fixed[b, :len(x)] = torch.tensor(x), torch.tensor(f)
+    lengths = torch.tensor([width if s.model_type == "mdm" else len(x) for x, _ in examples])
     return x1.to(dev), lengths.to(dev), fixed.to(dev)
 
 
 # -----------------------------------------------------------------------------
-# Losses (eq. 7 for FlexMDM; the MDM loss for the baseline), per non-fixed token of x1
+# The loss (eq. 7 for FlexMDM; the MDM loss for the baseline) and the optimiser
 
-def batch_loss(model, arch, x1, lengths, fixed, generator=None):
-    """(loss, unmasking part, insertion part) of a batch at low-discrepancy times."""
-    t = sample_times(x1.shape[0], device=x1.device, generator=generator)
-    rows = torch.arange(x1.shape[0], device=x1.device)[:, None]
-    if model_type == "mdm":
-        xt, masked = mdm_interpolant(x1, t, BETA, arch["mask_id"], fixed=fixed, generator=generator)
-        logits, _ = model(xt, select=masked)
-        unmask = unmasking_loss(logits, x1[masked], BETA.rate(t)[rows.expand_as(masked)[masked]])
-        n = num_targets(lengths, fixed)  # lengths = the width: pads are the MDM's tokens
-        return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
-    fb = flexmdm_interpolant(x1, lengths, t, ALPHA, BETA, arch["mask_id"], arch["pad_id"], fixed=fixed, generator=generator)
-    L = max(1, int(fb.lengths.max()))
-    masked = fb.masked[:, :L]
-    logits, g = model(fb.xt[:, :L], fb.lengths, ALPHA(t), select=masked)
-    unmask = unmasking_loss(logits, fb.targets[:, :L][masked], BETA.rate(t)[rows.expand_as(masked)[masked]])
-    valid = torch.arange(L + 1, device=x1.device)[None] <= fb.lengths[:, None]
-    insert = insertion_loss(g[valid], fb.gaps[:, :L + 1][valid], ALPHA.rate(t)[rows.expand_as(valid)[valid]])
-    n = num_targets(lengths, fixed)
-    return (unmask + insert) / n, unmask.detach() / n, insert.detach() / n
+def loss_config(model_type):
+    """The paper's loss for the retrofit (F.3): linear schedules, eq. 7's weighting, no prior term."""
+    return LossConfig(model_type=model_type, alpha_schedule="linear", beta_schedule="linear", time_weighting="elbo")
 
 
-def get_lr(it):
+def llada_net(model):
+    """LLaDA as interpolant.batch_loss calls a network: net(xt [B, L], lengths [B] or None (the MDM),
+    cond_time [B], fixed [B, L], at=(rows, positions)) -> (logits at those positions, g [B, L+1] or None).
+    FlexMDM: x_t cut to its longest row for the forward, g padded back to L+1 columns with zeros. The MDM
+    has no time input (LLaDA's design) and ignores cond_time; neither reads fixed."""
+    def net(xt, lengths, cond_time, fixed, at):
+        if lengths is None:
+            return model(xt, at=at)
+        L = max(1, int(lengths.max()))
+        logits, g = model(xt[:, :L], lengths, cond_time, at=at)
+        return logits, F.pad(g, (0, xt.shape[1] - L))
+    return net
+
+
+def get_lr(s, it):
     """Linear warmup, then cosine from learning_rate to min_lr, restarting every restart_iters (F.3)."""
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    ratio = ((it - warmup_iters) % restart_iters) / restart_iters
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+    if it < s.warmup_iters:
+        return s.learning_rate * (it + 1) / (s.warmup_iters + 1)
+    ratio = ((it - s.warmup_iters) % s.restart_iters) / s.restart_iters
+    return s.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (s.learning_rate - s.min_lr)
 
 
-def make_optimizer(model):
+def make_optimizer(model, learning_rate, weight_decay):
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
@@ -482,138 +483,167 @@ def make_optimizer(model):
 
 
 # -----------------------------------------------------------------------------
-# Training and generation
+# Training
 
-def train_loop(model, arch, tok, rank, world, dev, autocast, ck):
-    """AdamW on the LoRA and new parameters; a checkpoint of them (+ optimizer, rng) every save_interval."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
-    from torch.distributed.tensor import DTensor
-    if global_batch_size % (micro_batch_size * world):
-        raise InputError(f"global_batch_size={global_batch_size} is not a multiple of micro_batch_size={micro_batch_size} x {world} processes")
-    accum = global_batch_size // (micro_batch_size * world)
-    optimizer = make_optimizer(model)
-    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    iter_num, data_rng = 0, np.random.default_rng(seed + rank)
-    cuda = dev.startswith("cuda")
-    if init_from == "resume":
-        set_optimizer_state_dict(model, optimizer, ck["optimizer"], options=StateDictOptions(full_state_dict=True))
-        iter_num, saved_world = ck["iter_num"], len(ck["rng"])
-        if saved_world == world:  # every process continues its own streams: the run goes on as if never cut
-            torch.set_rng_state(ck["rng"][rank]["torch"])
-            if cuda and ck["rng"][rank]["cuda"] is not None:  # None: written on a CPU
-                torch.cuda.set_rng_state(ck["rng"][rank]["cuda"])
-            data_rng.bit_generator.state = ck["rng"][rank]["data"]
-        else:  # the trainable state is full tensors, but the per-process streams cannot be split or merged
-            data_rng = np.random.default_rng([seed, rank, iter_num])  # new streams, not the start's again
-            torch.manual_seed(int(data_rng.integers(2**62)))
-            if rank == 0:
-                print(f"{os.path.join(out_dir, 'ckpt.pt')} was written by {saved_world} process(es), this run has {world}: "
-                      f"weights, optimizer state and schedule continue; the random streams (data order, times, masks, "
-                      f"dropout) start anew, not as the {saved_world}-process run would have drawn them", flush=True)
-    data = stage_data(tok, rank, world, iter_num)
-    n_iters = max_iters
-    if epochs > 0 and stage in ("ift_math", "ift_code"):
-        n_iters = math.ceil(epochs * len(data) / global_batch_size)
+def restore(s, model, optimizer, ck, rank, world, dev):
+    """(iter_num, data_rng) to start from: 0 and a fresh stream, or with init_from=resume the checkpoint's
+    iteration and optimizer state, and with as many processes as wrote it every process's own streams."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    data_rng = np.random.default_rng(s.seed + rank)
+    if s.init_from != "resume":
+        return 0, data_rng
+    set_optimizer_state_dict(model, optimizer, ck["optimizer"], options=StateDictOptions(full_state_dict=True))
+    iter_num, saved_world = ck["iter_num"], len(ck["rng"])
+    if saved_world == world:  # every process continues its own streams: the run goes on as if never cut
+        torch.set_rng_state(ck["rng"][rank]["torch"])
+        if dev.startswith("cuda") and ck["rng"][rank]["cuda"] is not None:  # None: written on a CPU
+            torch.cuda.set_rng_state(ck["rng"][rank]["cuda"])
+        data_rng.bit_generator.state = ck["rng"][rank]["data"]
+        return iter_num, data_rng
+    # the trainable state is full tensors, but the per-process streams cannot be split or merged
+    data_rng = np.random.default_rng([s.seed, rank, iter_num])  # new streams, not the start's again
+    torch.manual_seed(int(data_rng.integers(2**62)))
     if rank == 0:
-        print(f"{stage}: {n_iters} iterations of {global_batch_size} sequences ({micro_batch_size} x {accum} accumulation"
-              f" x {world} processes)" + (f", {len(data)} training examples" if stage in ("ift_math", "ift_code") else ""))
-    config = {k: v for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str))}
-    config["max_iters"] = n_iters
-    step_times = []
+        print(f"{os.path.join(s.out_dir, 'ckpt.pt')} was written by {saved_world} process(es), this run has {world}: "
+              f"weights, optimizer state and schedule continue; the random streams (data order, times, masks, "
+              f"dropout) start anew, not as the {saved_world}-process run would have drawn them", flush=True)
+    return iter_num, data_rng
+
+
+def save_state(path, model, optimizer, data_rng, record, rank, world, dev):
+    """The trainable tensors and the optimizer state, gathered whole (by every rank), every process's random
+    streams and record (iter_num, model_type, arch, config): written by rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
+    state = {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().float().cpu()
+             for n, p in model.named_parameters() if p.requires_grad}
+    optim = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    rngs = [{"torch": torch.get_rng_state(), "data": data_rng.bit_generator.state,
+             "cuda": torch.cuda.get_rng_state() if dev.startswith("cuda") else None}] * world
+    if world > 1:
+        dist.all_gather_object(rngs, rngs[rank])
+    if rank == 0:
+        save_checkpoint(path, dict(trainable=state, optimizer=optim, iter_num=record["iter_num"], rng=rngs,
+                                   model_type=record["model_type"], arch=record["arch"], config=record["config"]))
+
+
+def memory(dev):
+    return f", max memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if dev.startswith("cuda") else ""
+
+
+def train_loop(s, model, arch, tok, rank, world, dev, ck):
+    """AdamW on the LoRA and new parameters, at get_lr's rate; a checkpoint of them (+ optimizer, rng)
+    every save_interval and at the end. stage=bench: no checkpoint, the median step time."""
+    if s.global_batch_size % (s.micro_batch_size * world):
+        raise InputError(f"global_batch_size={s.global_batch_size} is not a multiple of "
+                         f"micro_batch_size={s.micro_batch_size} x {world} processes")
+    accum = s.global_batch_size // (s.micro_batch_size * world)
+    optimizer = make_optimizer(model, s.learning_rate, s.weight_decay)
+    iter_num, data_rng = restore(s, model, optimizer, ck, rank, world, dev)
+    data, ift = stage_data(s, tok, rank, world, iter_num), s.stage in ("ift_math", "ift_code")
+    n_iters = math.ceil(s.epochs * len(data) / s.global_batch_size) if s.epochs > 0 and ift else s.max_iters
+    if rank == 0:
+        print(f"{s.stage}: {n_iters} iterations of {s.global_batch_size} sequences ({s.micro_batch_size} x {accum} accumulation"
+              f" x {world} processes)" + (f", {len(data)} training examples" if ift else ""))
+    config = dict({k: v for k, v in vars(s).items() if isinstance(v, (int, float, bool, str))}, max_iters=n_iters)
+    net, loss_cfg, step_times = llada_net(model), loss_config(s.model_type), []
     while iter_num < n_iters:
-        t0, lr = time.time(), get_lr(iter_num)
+        t0, lr = time.time(), get_lr(s, iter_num)
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro in range(accum):
             if world > 1:
                 model.set_requires_gradient_sync(micro == accum - 1)
-            x1, lengths, fixed = make_batch([draw_example(data, tok, data_rng, arch) for _ in range(micro_batch_size)], arch, dev)
-            with autocast:
-                loss, unmask, insert = batch_loss(model, arch, x1, lengths, fixed)
+            examples = [draw_example(s, data, tok, data_rng, arch) for _ in range(s.micro_batch_size)]
+            x1, lengths, fixed = make_batch(s, examples, arch, dev)
+            with autocast(dev, s.dtype):
+                loss, unmask, insert = batch_loss(net, x1, lengths, fixed, loss_cfg, arch["mask_id"], arch["pad_id"])
             (loss / accum).backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+        if s.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], s.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
-        timed = stage == "bench" or iter_num % log_interval == 0
-        if cuda and timed:  # let the CPU run ahead of the GPU on the other steps
+        timed = s.stage == "bench" or iter_num % s.log_interval == 0
+        if dev.startswith("cuda") and timed:  # let the CPU run ahead of the GPU on the other steps
             torch.cuda.synchronize()
         step_times.append(time.time() - t0)
-        mem = f", max memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else ""
         if rank == 0 and timed:
             print(f"iter {iter_num}: loss {loss.item():.4f} (unmask {unmask.item():.4f}, insert {insert.item():.4f}), "
-                  f"lr {lr:.2e}, {1000 * step_times[-1]:.0f} ms/iter{mem}", flush=True)
-        if stage != "bench" and (iter_num % save_interval == 0 or iter_num == n_iters):
-            state = {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().float().cpu()  # every rank gathers
-                     for n, p in model.named_parameters() if p.requires_grad}
-            optim = get_optimizer_state_dict(model, optimizer, options=full)
-            rngs = [{"torch": torch.get_rng_state(), "data": data_rng.bit_generator.state,
-                     "cuda": torch.cuda.get_rng_state() if cuda else None}] * world
-            if world > 1:
-                dist.all_gather_object(rngs, rngs[rank])
-            if rank == 0:
-                os.makedirs(out_dir, exist_ok=True)
-                save_checkpoint(os.path.join(out_dir, "ckpt.pt"), dict(trainable=state, optimizer=optim, iter_num=iter_num, rng=rngs,
-                                                                        model_type=model_type, arch=arch, config=config))
-    if rank == 0 and stage == "bench" and step_times:
+                  f"lr {lr:.2e}, {1000 * step_times[-1]:.0f} ms/iter{memory(dev)}", flush=True)
+        if s.stage != "bench" and (iter_num % s.save_interval == 0 or iter_num == n_iters):
+            record = dict(iter_num=iter_num, model_type=s.model_type, arch=arch, config=config)
+            save_state(os.path.join(s.out_dir, "ckpt.pt"), model, optimizer, data_rng, record, rank, world, dev)
+    if rank == 0 and s.stage == "bench" and step_times:
         steady = step_times[2:] or step_times
         print(f"bench: median step {1000 * float(np.median(steady)):.0f} ms over {len(steady)} steps "
-              f"({micro_batch_size * accum} x {max_len} tokens per process per step){mem}")
+              f"({s.micro_batch_size * accum} x {s.max_len} tokens per process per step){memory(dev)}")
 
 
-def load_problems(tok, arch):
+# -----------------------------------------------------------------------------
+# Generation
+
+def load_problems(s, tok, arch):
     """The benchmark as (record, prompt ids, prefix length, suffix length); insertion only happens
     between the prefix and the suffix (for GSM8K: after the question)."""
-    if task == "gsm8k":
-        rows = load_rows(eval_source or "openai/gsm8k", "main", "test")
+    if s.task == "gsm8k":
+        rows = load_rows(s.eval_source or "openai/gsm8k", "main", "test")
         prompts = tok([gsm8k_prompt(q) for q in rows["question"]], add_special_tokens=False)["input_ids"]
         return [({"question": q, "answer": a}, p, len(p), 0) for q, a, p in zip(rows["question"], rows["answer"], prompts)]
-    if not eval_source:
+    if not s.eval_source:
         raise InputError("task=humaneval_infill needs --eval_source=PATH/HumanEval-SingleLineInfilling.jsonl.gz")
     problems = []
-    for row in load_rows(eval_source):
+    for row in load_rows(s.eval_source):
         pre, suf = tok([row["prompt"], row["suffix"]], add_special_tokens=False)["input_ids"]
-        middle = [arch["mask_id"]] * infill_middle_tokens if model_type == "mdm" else []
+        middle = [arch["mask_id"]] * s.infill_middle_tokens if s.model_type == "mdm" else []
         problems.append(({"task_id": row["task_id"]}, pre + middle + suf, len(pre), len(suf)))
     return problems
 
 
-def generate_sequences(model, arch, items, dev, autocast, generator):
-    """The final sequence of each (record, prompt, n_pre, n_suf) item: insertion only happens between
-    the prefix and the suffix (and next to generated tokens), which stay fixed."""
+def sampler_config(s, arch, dev):
+    """The sampler's settings (sampler.SamplerConfig) from the run's (steps, sampler, confidence, gamma1,
+    gamma2, temperature, max_len), with the paper's schedules."""
+    loss = loss_config(s.model_type)
+    return pick(SamplerConfig, vars(s), mask_id=arch["mask_id"], pad_id=arch["pad_id"], alpha=loss.alpha,
+                beta=loss.beta, device=dev)
+
+
+def generate_sequences(s, model, items, cfg, generator):
+    """The final sequence of each (record, prompt, n_pre, n_suf) item, sampled with cfg (SamplerConfig) in
+    batches of gen_batch_size prompts of similar length: insertion only happens between the prefix and the
+    suffix (and next to generated tokens), which stay fixed. A GSM8K sample is at most cfg.max_len long;
+    an infilling batch's at most its longest prompt + infill_middle_tokens."""
 
     @torch.no_grad()
     def model_fn(x, t, fixed):  # the MDM returns (logits, None); it has no time input (LLaDA's design)
-        with autocast:
-            return model(x) if model_type == "mdm" else model(x, (x != arch["pad_id"]).sum(1), ALPHA(t))
+        with autocast(cfg.device, s.dtype):
+            return model(x) if cfg.model_type == "mdm" else model(x, (x != cfg.pad_id).sum(1), cfg.alpha(t))
 
-    infill_mdm = task == "humaneval_infill" and model_type == "mdm"  # its prompts hold the masks: one length per batch
+    infill_mdm = s.task == "humaneval_infill" and cfg.model_type == "mdm"  # its prompts hold the masks: one length per batch
     batches = []
     for i in sorted(range(len(items)), key=lambda i: len(items[i][1])):
-        if batches and len(batches[-1]) < gen_batch_size and (not infill_mdm or len(items[batches[-1][0]][1]) == len(items[i][1])):
+        if batches and len(batches[-1]) < s.gen_batch_size and (not infill_mdm or len(items[batches[-1][0]][1]) == len(items[i][1])):
             batches[-1].append(i)
         else:
             batches.append([i])
     seqs = [None] * len(items)
     for batch in batches:
         prompts = [items[i][1] for i in batch]
-        length = max_len if task == "gsm8k" else max(map(len, prompts)) + (0 if infill_mdm else infill_middle_tokens)
-        out = generate(model_fn, len(batch), steps, length, arch["mask_id"], arch["pad_id"], model_type=model_type,
-                       alpha=ALPHA, beta=BETA, sampler=sampler, confidence=confidence, gamma1=gamma1, gamma2=gamma2,
-                       temperature=temperature, prompts=prompts, open_gaps=[[items[i][2]] for i in batch],
-                       generator=generator, device=dev)
+        length = cfg.max_len if s.task == "gsm8k" else max(map(len, prompts)) + (0 if infill_mdm else s.infill_middle_tokens)
+        out = generate(model_fn, len(batch), replace(cfg, max_len=length), prompts=prompts,
+                       open_gaps=[[items[i][2]] for i in batch], generator=generator)
         for i, seq in zip(batch, out):
             seqs[i] = seq
     return seqs
 
 
-def generate_stage(model, arch, tok, rank, world, dev, autocast):
+def generate_stage(s, model, arch, tok, rank, world, dev):
     """Samples for the benchmark, the problems split over the processes; JSON lines in samples_file."""
-    problems = load_problems(tok, arch)[:num_problems or None]
-    items = [p for p in problems for _ in range(samples_per_problem)][rank::world]
-    generator = torch.Generator(device=dev).manual_seed(seed + rank)
-    seqs = generate_sequences(model, arch, items, dev, autocast, generator)
+    cfg = sampler_config(s, arch, dev)
+    problems = load_problems(s, tok, arch)[:s.num_problems or None]
+    items = [p for p in problems for _ in range(s.samples_per_problem)][rank::world]
+    generator = torch.Generator(device=dev).manual_seed(s.seed + rank)
+    seqs = generate_sequences(s, model, items, cfg, generator)
     middles = [[v for v in seq[n_pre:len(seq) - n_suf] if v != arch["pad_id"]] for seq, (_, _, n_pre, n_suf) in zip(seqs, items)]
     records = [dict(item[0], completion=tok.decode(m, skip_special_tokens=True), tokens=m) for item, m in zip(items, middles)]
     if world > 1:
@@ -621,11 +651,13 @@ def generate_stage(model, arch, tok, rank, world, dev, autocast):
         dist.all_gather_object(gathered, records)
         records = [r for part in gathered for r in part]
     if rank == 0:
-        path = samples_file or os.path.join(out_dir, f"{task}.jsonl")
+        path = s.samples_file or os.path.join(s.out_dir, f"{s.task}.jsonl")
         write_jsonl(path, records)
-        print(f"wrote {len(records)} samples to {path}: python evaluate.py --task={task} --samples={path}"
-              + (f" --problems={eval_source}" if task == "humaneval_infill" else ""))
+        print(f"wrote {len(records)} samples to {path}: python evaluate.py --task={s.task} --samples={path}"
+              + (f" --problems={s.eval_source}" if s.task == "humaneval_infill" else ""))
 
+
+# -----------------------------------------------------------------------------
 
 def load_tokenizer(name, arch):
     from transformers import AutoTokenizer
@@ -638,40 +670,45 @@ def load_tokenizer(name, arch):
     return tok
 
 
+def build(s, dev, ptdtype):
+    """(model, arch, tokenizer): base_model with its tokenizer, or for stage=bench a random LLaDA-shaped
+    model of bench_arch and no tokenizer."""
+    if s.stage == "bench":
+        arch = dict(zip(("d_model", "n_layers", "n_heads", "mlp", "vocab"), s.bench_arch), rope_theta=500000.0, eps=1e-5)
+        arch.update(mask_id=arch["vocab"] - 1, eos_id=arch["vocab"] - 2, pad_id=arch["vocab"] - 2)
+        return build_llada(s, arch, dev, ptdtype), arch, None
+    model_dir = resolve_model_dir(s.base_model)
+    arch = read_arch(model_dir)
+    tok = load_tokenizer(s.tokenizer_name or model_dir, arch)
+    return build_llada(s, arch, dev, ptdtype, model_dir), arch, tok
+
+
 def main():
     configure(globals(), sys.argv[1:])
-    check_choices(globals(), CHOICES)
-    check_device(device)
-    if model_type == "mdm" and stage in ("pretrain", "bench"):
-        raise InputError(f"stage={stage} is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base itself (ift stages, generate)")
-    ddp, rank, _, world, dev = init_distributed(device)
-    torch.manual_seed(seed)  # the same LoRA and new-module initialisation on every process
-    ptdtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    autocast = torch.autocast(dev.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
-    if stage == "bench":
-        arch = dict(zip(("d_model", "n_layers", "n_heads", "mlp", "vocab"), bench_arch), rope_theta=500000.0, eps=1e-5)
-        arch.update(mask_id=arch["vocab"] - 1, eos_id=arch["vocab"] - 2, pad_id=arch["vocab"] - 2)
-        model, tok = build_llada(arch, model_type, dev, ptdtype), None
-    else:
-        model_dir = resolve_model_dir(base_model)
-        arch = read_arch(model_dir)
-        tok = load_tokenizer(tokenizer_name or model_dir, arch)
-        model = build_llada(arch, model_type, dev, ptdtype, model_dir)
-    model.grad_ckpt = activation_checkpointing
+    s = settings()
+    check_choices(vars(s), CHOICES)
+    check_device(s.device)
+    if s.model_type == "mdm" and s.stage in ("pretrain", "bench"):
+        raise InputError(f"stage={s.stage} is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base itself (ift stages, generate)")
+    ddp, rank, _, world, dev = init_distributed(s.device)
+    torch.manual_seed(s.seed)  # the same LoRA and new-module initialisation on every process
+    ptdtype = torch.bfloat16 if s.dtype == "bfloat16" else torch.float32
+    model, arch, tok = build(s, dev, ptdtype)
+    model.grad_ckpt = s.activation_checkpointing
     if rank == 0:
         count = [sum(p.numel() for n, p in model.named_parameters() if keep(n)) / 1e6 for keep in (str, is_new, lambda n: "lora_" in n)]
-        print(f"LLaDA {model_type}: {count[0]:.1f}M parameters, trainable: new modules {count[1]:.1f}M + LoRA {count[2]:.1f}M; "
+        print(f"LLaDA {s.model_type}: {count[0]:.1f}M parameters, trainable: new modules {count[1]:.1f}M + LoRA {count[2]:.1f}M; "
               f"{world} process(es) on {dev}", flush=True)
-    if world > 1 and stage != "generate":  # generation splits the problems over full copies instead
+    if world > 1 and s.stage != "generate":  # generation splits the problems over full copies instead
         shard(model, ptdtype)
     ck = None
-    if init_from != "base":
-        ck = load_ckpt(model, os.path.join(out_dir, "ckpt.pt") if init_from == "resume" else init_from, arch)
-    torch.manual_seed(seed + rank)  # different times, masks and dropout on every process
-    if stage == "generate":
-        generate_stage(model.eval(), arch, tok, rank, world, dev, autocast)
+    if s.init_from != "base":
+        ck = load_ckpt(model, os.path.join(s.out_dir, "ckpt.pt") if s.init_from == "resume" else s.init_from, arch, s.model_type)
+    torch.manual_seed(s.seed + rank)  # different times, masks and dropout on every process
+    if s.stage == "generate":
+        generate_stage(s, model.eval(), arch, tok, rank, world, dev)
     else:
-        train_loop(model.train(), arch, tok, rank, world, dev, autocast, ck)
+        train_loop(s, model.train(), arch, tok, rank, world, dev, ck)
     if ddp:
         dist.barrier()
         dist.destroy_process_group()

@@ -18,6 +18,7 @@ import torch
 
 from conftest import ROOT, run_python, subprocess_env
 from configurator import InputError, configure
+from interpolant import batch_loss
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
 GSM8K = os.path.join(DATA, "gsm8k")
@@ -141,8 +142,9 @@ def run_main(llada_dir, *args):
 
 
 def tiny_model(R, llada_dir, model_type="flexmdm", lora=True):
-    arch = R.read_arch(llada_dir)
-    return R.build_llada(arch, model_type, "cpu", torch.float32, llada_dir, lora=lora), arch
+    arch, s = R.read_arch(llada_dir), R.settings()
+    s.model_type = model_type
+    return R.build_llada(s, arch, "cpu", torch.float32, llada_dir, lora=lora), arch
 
 
 def reference_llada(tensors, cfg, x):
@@ -226,6 +228,29 @@ def test_retrofit_starts_as_llada(llada_dir):
     torch.testing.assert_close(mdm(x[:1])[0][0], reference_llada(tensors, CONFIG, x[0]), atol=2e-5, rtol=1e-4)
 
 
+def test_network_is_the_losses_contract(llada_dir):
+    """llada_net(model) as interpolant.batch_loss calls it: the logits at the positions asked for, and for
+    FlexMDM g over the L+1 gaps of x_t's width, the forward run on x_t cut to its longest row (the columns
+    past it are zero); the MDM ignores cond_time and has no g."""
+    R = retrofit(llada_dir)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randint(3, 300, (2, 12), generator=gen)
+    lengths, t = torch.tensor([9, 5]), torch.tensor([0.3, 0.8])
+    x[0, 9:], x[1, 5:] = 0, 0
+    at = (torch.tensor([0, 0, 1]), torch.tensor([2, 8, 4]))
+    model, _ = tiny_model(R, llada_dir)
+    model.eval()
+    logits, g = R.llada_net(model)(x, lengths, t, torch.zeros_like(x, dtype=torch.bool), at)
+    ref_logits, ref_g = model(x[:, :9], lengths, t)
+    torch.testing.assert_close(logits, ref_logits[at], atol=1e-6, rtol=1e-5)
+    assert g.shape == (2, 13) and torch.equal(g[:, :10], ref_g) and not g[:, 10:].any()
+    mdm, _ = tiny_model(R, llada_dir, model_type="mdm")
+    mdm.eval()
+    logits, g = R.llada_net(mdm)(x, None, t, torch.zeros_like(x, dtype=torch.bool), at)
+    assert g is None
+    torch.testing.assert_close(logits, mdm(x)[0][at], atol=1e-6, rtol=1e-5)
+
+
 def test_lora_exactly_on_qkv_and_output_head(llada_dir):
     R = retrofit(llada_dir, "--lora_r=4", "--lora_alpha=8")
     expected = {f"transformer.blocks.{i}.{p}" for i in range(CONFIG["n_layers"]) for p in ("q_proj", "k_proj", "v_proj")}
@@ -251,18 +276,19 @@ def test_lora_exactly_on_qkv_and_output_head(llada_dir):
 def test_steps_lower_the_loss_on_a_repeated_batch(llada_dir, stage, model_type):
     R = retrofit(llada_dir, f"--stage={stage}", f"--model_type={model_type}", "--learning_rate=1e-2", "--weight_decay=0.0")
     model, arch = tiny_model(R, llada_dir, model_type)
-    tok = R.load_tokenizer(llada_dir, arch)
+    tok, s = R.load_tokenizer(llada_dir, arch), R.settings()
     rng = __import__("numpy").random.default_rng(0)
-    batch = R.make_batch([R.draw_example(R.stage_data(tok, 0, 1, 0), tok, rng, arch) for _ in range(4)], arch, "cpu")
+    batch = R.make_batch(s, [R.draw_example(s, R.stage_data(s, tok, 0, 1, 0), tok, rng, arch) for _ in range(4)], arch, "cpu")
     x1, lengths, fixed = batch
     real = torch.arange(x1.shape[1])[None] < lengths[:, None]
     assert (fixed & real).any() == (stage != "pretrain") and (fixed & real).sum() < real.sum()
 
     def loss(train):
         model.train(train)
-        return R.batch_loss(model, arch, *batch, generator=torch.Generator().manual_seed(0))[0]
+        return batch_loss(R.llada_net(model), *batch, R.loss_config(model_type), arch["mask_id"], arch["pad_id"],
+                          torch.Generator().manual_seed(0))[0]
 
-    optimizer = R.make_optimizer(model)
+    optimizer = R.make_optimizer(model, s.learning_rate, s.weight_decay)
     with torch.no_grad():
         before = loss(False).item()
     for _ in range(8):
@@ -312,9 +338,9 @@ def test_infilling_keeps_prefix_and_suffix_intact(llada_dir, model_type):
     if model_type == "flexmdm":
         with torch.no_grad():
             model.insert_head.bias.fill_(4.0)
-    tok = R.load_tokenizer(llada_dir, arch)
-    items = R.load_problems(tok, arch)[:40:8]
-    seqs = R.generate_sequences(model.eval(), arch, items, "cpu", contextlib.nullcontext(), torch.Generator().manual_seed(0))
+    tok, s = R.load_tokenizer(llada_dir, arch), R.settings()
+    items = R.load_problems(s, tok, arch)[:40:8]
+    seqs = R.generate_sequences(s, model.eval(), items, R.sampler_config(s, arch, "cpu"), torch.Generator().manual_seed(0))
     for (_, prompt, n_pre, n_suf), seq in zip(items, seqs):
         assert seq[:n_pre] == prompt[:n_pre] and seq[len(seq) - n_suf:] == prompt[len(prompt) - n_suf:]
         middle = seq[n_pre:len(seq) - n_suf]
