@@ -39,13 +39,12 @@ holds it (../shared/tiktoken_cache, or one that a first online run filled).
 import glob
 import json
 import os
-import re
 import sys
 
 import numpy as np
 
 from configurator import InputError, configure, run
-from data import GPT2_VOCAB, SplitWriter, atomic_dir, gpt2
+from data import GPT2_VOCAB, SplitWriter, atomic_dir, chunk, gpt2, split_paragraphs
 
 # -----------------------------------------------------------------------------
 source = "Skylion007/openwebtext"  # hub dataset name, or a local .txt/.jsonl file, folder or glob
@@ -65,22 +64,11 @@ revision = ""  # hub dataset revision (branch, tag or commit)
 # -----------------------------------------------------------------------------
 
 PAD_ID, MASK_ID = GPT2_VOCAB, GPT2_VOCAB + 1
-PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 
 
 # ----------------------------------------------------------------------------------------------
-# Paragraphs and chunks
-
-def split_paragraphs(text):
-    """The paragraphs of a text: pieces between blank lines, stripped, empty ones dropped."""
-    return [p for p in (p.strip() for p in PARAGRAPH_BREAK.split(text)) if p]
-
-
-def chunk(ids, max_len):
-    """Consecutive pieces of at most max_len tokens (one piece if it already fits)."""
-    return [ids[i:i + max_len] for i in range(0, len(ids), max_len)]
-
+# Documents to sequences
 
 def encode_document(text, max_len, enc=None, long="chunk"):
     """Token sequences of one document: its paragraphs, encoded, long ones chunked (or dropped, with

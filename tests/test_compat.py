@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 
-import pytest
 import torch
 
 from conftest import ROOT, subprocess_env

@@ -11,6 +11,7 @@ import pytest
 import tiktoken
 import torch
 
+import data
 import evaluate
 from configurator import InputError
 import prepare_owt
@@ -60,13 +61,13 @@ def check_files(out, meta, max_len):
 
 
 def test_split_paragraphs_and_chunk():
-    assert prepare_owt.split_paragraphs(DOCS[0]) == [
+    assert data.split_paragraphs(DOCS[0]) == [
         "First paragraph, one line.", "Second paragraph\nspans two lines.", "Third, after blank lines holding spaces."]
-    assert prepare_owt.split_paragraphs(DOCS[2]) == []
-    assert prepare_owt.split_paragraphs(DOCS[1])[0] == "<|endoftext|> is plain text here; café, 日本語."
+    assert data.split_paragraphs(DOCS[2]) == []
+    assert data.split_paragraphs(DOCS[1])[0] == "<|endoftext|> is plain text here; café, 日本語."
     ids = list(range(10))
-    assert prepare_owt.chunk(ids, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert prepare_owt.chunk(ids, 10) == [ids]
+    assert data.chunk(ids, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert data.chunk(ids, 10) == [ids]
     seqs, n_par, n_chunked = prepare_owt.encode_document(DOCS[1], 40)
     assert n_par == 2 and n_chunked == 1 and list(map(len, seqs)) == [22, 40, 40]
     assert ENC.decode(seqs[0]) == "<|endoftext|> is plain text here; café, 日本語."  # ordinary text, not EOT
@@ -87,14 +88,14 @@ def test_prepare_local_txt_documents(tmp_path):
     out, meta = prepare(tmp_path, "txt", source=str(src), val_source=str(tmp_path / "val.txt"), max_len=max_len)
     seqs = check_files(out, meta, max_len)
     for split, docs in (("train", DOCS), ("val", [VAL_DOC])):
-        paragraphs = [p for d in docs for p in prepare_owt.split_paragraphs(d)]
+        paragraphs = [p for d in docs for p in data.split_paragraphs(d)]
         assert meta["num_documents"][split] == len(docs) and meta["num_paragraphs"][split] == len(paragraphs)
         stored = iter(seqs[split])
         for p in paragraphs:
             ids = ENC.encode_ordinary(p)
             pieces = [next(stored) for _ in range(-(-len(ids) // max_len))]
             assert ENC.decode([t for piece in pieces for t in piece]) == p
-            assert all(prepare_owt.PARAGRAPH_BREAK.search(ENC.decode(piece)) is None for piece in pieces)
+            assert all(data.PARAGRAPH_BREAK.search(ENC.decode(piece)) is None for piece in pieces)
         assert next(stored, None) is None
         assert meta["num_chunked_paragraphs"][split] == sum(len(ENC.encode_ordinary(p)) > max_len for p in paragraphs)
     assert meta["num_chunked_paragraphs"]["train"] >= 2
@@ -113,7 +114,7 @@ def test_prepare_wikitext_lines_and_webtext_jsonl(tmp_path):
     assert "= Homarus gammarus =" in [ENC.decode(s) for s in seqs["train"]]
     with open(WEBTEXT) as f:
         texts = [json.loads(line)["text"] for line in f][:n_lines]
-    assert [ENC.decode(s) for s in seqs["val"]] == [p for t in texts for p in prepare_owt.split_paragraphs(t)]
+    assert [ENC.decode(s) for s in seqs["val"]] == [p for t in texts for p in data.split_paragraphs(t)]
 
 
 def test_prepare_val_frac_split_same_when_streaming(tmp_path):
