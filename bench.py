@@ -420,7 +420,7 @@ def sample_setup():
         meta, mt, config = state["meta"], state["model_args"]["model_type"], state["config"]
         mask_id, pad_id = meta["mask_id"], meta["pad_id"]
         if meta.get("tokenizer") == "maze":
-            goals = maze_prompts(os.path.join("data", config["dataset"]), sample_batch, meta["maze"])
+            goals = maze_prompts(os.path.join("data", config["dataset"]), sample_batch, meta)
             prompts, banned = [g + [meta["sep_id"]] for g in goals] if mt == "mdm" else goals, (meta["sep_id"],)
     else:
         mt, config, mask_id, pad_id = model_type, globals(), vocab_size - 1, vocab_size - 2

@@ -31,12 +31,22 @@ class InputError(Exception):
     """Bad input from the user; the message is one line naming the problem."""
 
 
-def run(main):
-    """A script's entry point: main(), with an InputError printed as `error: ...` and exit status 1."""
+def run(main, interrupted="nothing was written; run the command again"):
+    """A script's entry point: main() (an int it returns is the exit status), with one line on stderr instead
+    of a traceback for what the user can mend: an InputError (`error: ...`, status 1) and Ctrl-C
+    (`interrupted: ...`, status 130; `interrupted` says what was kept and how to go on). Under torchrun only
+    rank 0 prints the line; every rank exits with the status."""
     try:
-        main()
+        status = main()
     except InputError as e:
-        sys.exit(f"error: {e}")
+        status, line = 1, f"error: {e}"
+    except KeyboardInterrupt:
+        status, line = 130, f"interrupted: {interrupted}"
+    else:
+        sys.exit(status if isinstance(status, int) else 0)
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+    sys.exit(status)
 
 
 def _coerce(key, value, default, source):
@@ -110,18 +120,21 @@ def _read_config_file(config, path):
         exec(compile(open(path).read(), path, "exec"), scratch)
     except Exception as e:  # a value that does not compute: 1 / 0, an unknown name
         raise InputError(f"{path}: {type(e).__name__}: {e}") from None
-    for key, value in scratch.items():
-        if not key.startswith("_") and not isinstance(value, _NOT_SETTINGS):
-            _set(config, key, value, lines.get(key, path))
+    settings = {key: value for key, value in scratch.items() if not key.startswith("_") and not isinstance(value, _NOT_SETTINGS)}
+    for key, value in settings.items():
+        _set(config, key, value, lines.get(key, path))
+    return set(settings)
 
 
 def configure(config, argv):
+    """Apply argv (config files and --key=value, in order) to the settings in config; returns the names set."""
+    given = set()
     for arg in argv:
         if arg in ("-h", "--help"):
             print(usage(config))
             sys.exit(0)
         if not arg.startswith("--"):
-            _read_config_file(config, arg)
+            given |= _read_config_file(config, arg)
             continue
         key, sep, raw = arg[2:].partition("=")
         if not sep:
@@ -131,6 +144,8 @@ def configure(config, argv):
         except (SyntaxError, ValueError):
             value = raw
         _set(config, key, value, "the command line")
+        given.add(key)
+    return given
 
 
 def pick(cls, settings, **given):
@@ -140,6 +155,19 @@ def pick(cls, settings, **given):
     a loss or a sampler from its settings builds the same one."""
     names = {f.name for f in dataclasses.fields(cls)} - set(given)
     return cls(**{k: settings[k] for k in names if k in settings}, **given)
+
+
+RANGES = {">0": (lambda v: v > 0, "> 0"), ">=0": (lambda v: v >= 0, ">= 0"),
+          "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"), "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+
+
+def check_ranges(config, rules):
+    """An InputError for the first setting outside its range, rules {name: one of RANGES}, naming the key, its
+    value and the rule."""
+    for name, rule in rules.items():
+        within, says = RANGES[rule]
+        if not within(config[name]):
+            raise InputError(f"{name}={config[name]!r} must be {says}")
 
 
 def check_choices(config, choices):

@@ -7,7 +7,8 @@ What this repo keeps on disk, one home for each piece (checkpoints are checkpoin
     {split}.idx  int64 start offsets, one more than the sequences (0 first, the .bin's length last)
     {split}.fix  uint8, one per token, 1 where the token is fixed (maze subgoals); only some datasets
     meta.json    vocab_size, pad_id, mask_id (sep_id), max_len, tokenizer ("maze", "gpt2"), what
-                 the prepare script was asked, and a record of each file (data_files below)
+                 the prepare script was asked, num_sequences per split, and "files": each file's bytes
+                 and SHA-256 (record_files; datasets prepared before that record load without it)
   The vocabulary is the data's tokens, then pad_id, then mask_id (and sep_id, which ends the maze MDM's
   prompt). prepare_maze.py and prepare_owt.py write it (SplitWriter, in a directory made by atomic_dir);
   train.py, sample.py and evaluate.py read it (load_data), checked against the record at every start.
@@ -16,6 +17,7 @@ What this repo keeps on disk, one home for each piece (checkpoints are checkpoin
 - Samples and metrics: JSON lines / JSON, written whole or not at all (atomic_write).
 """
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -37,18 +39,22 @@ PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 def atomic_write(path, write, binary=False):
     """Call write(f) on a temporary file beside path, force it to disk, rename it over path, then force
     the directory entry to disk: a crash, a kill -9 or a power cut at any moment leaves the old file or
-    the new one, whole. A failed write removes the temporary file. Returns path."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    the new one, whole. A failed write (a full disk, no permission) removes the temporary file and is one
+    line naming path. Returns path."""
     tmp = path + ".tmp"
     try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(tmp, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            kept = "the file there is as it was" if os.path.exists(path) else "nothing was written"
+            raise InputError(f"could not write {path} ({e.strerror or e}): {kept}") from None
         raise
     directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
@@ -62,19 +68,22 @@ def atomic_write(path, write, binary=False):
 def atomic_dir(out_dir, overwrite=False):
     """A new temporary directory beside out_dir to write into. When the block completes it is renamed
     to out_dir; when it raises (or is interrupted) it is removed, and out_dir is left as it was. An
-    existing out_dir is refused, or with overwrite replaced, only once the new one is complete."""
+    existing out_dir is refused, or with overwrite replaced once the new one is complete, and only when it
+    is a dataset of ours (dataset_dir_problem): never a directory holding anything else."""
     out_dir = os.path.normpath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise InputError(f"{out_dir} already exists: give --overwrite=True to replace it, or another --out_dir")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise InputError(f"{out_dir} is a file, not a dataset directory: give another --out_dir")
+    if os.path.exists(out_dir) and (problem := dataset_dir_problem(out_dir)):
+        raise InputError(f"{out_dir} is not replaced: {problem}; give another --out_dir")
     parent = os.path.dirname(out_dir) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp", dir=parent)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk, no permission: one line, and nothing left behind
+            raise InputError(f"could not write {out_dir} ({e.strerror or e}): nothing was written") from None
         raise
     if os.path.exists(out_dir):  # overwrite: the old one goes only now
         os.rename(out_dir, tmp + ".old")
@@ -82,6 +91,62 @@ def atomic_dir(out_dir, overwrite=False):
         shutil.rmtree(tmp + ".old")
     else:
         os.rename(tmp, out_dir)
+
+
+DATASET_FILES = {f"{split}.{ext}" for split in ("train", "val") for ext in ("bin", "idx", "fix")} | {"meta.json", "lengths.png"}
+
+
+def dataset_dir_problem(path):
+    """Why the existing path is not a dataset directory that a prepare script wrote (None if it is one): the
+    working directory or a folder above it, a file, anything in it besides the dataset's own files, or a
+    meta.json that is not a dataset's."""
+    here = os.path.realpath(os.getcwd())
+    if here == os.path.realpath(path) or here.startswith(os.path.realpath(path) + os.sep):
+        return "it is the working directory or a folder above it"
+    if not os.path.isdir(path):
+        return "it is a file, not a dataset directory"
+    foreign = sorted(set(os.listdir(path)) - DATASET_FILES)
+    if foreign:
+        return f"it holds {foreign[0]!r}, which is not a file of a prepared dataset"
+    try:
+        read_meta(path)
+    except InputError:
+        return "its meta.json is not a prepared dataset's"
+    return None
+
+
+def output_problem(path):
+    """Why the existing file at path is not an output of this repo (None if it is one), by its content: a PNG,
+    a JSON object (a metrics file) or JSON lines whose first line is an object (a samples file)."""
+    if os.path.isdir(path):
+        return "it is a directory"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(0)
+        first = f.readline()
+    if head == b"\x89PNG\r\n\x1a\n":
+        return None
+    for text in (first, open(path, "rb").read() if first.strip() == b"{" else b""):
+        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError):
+            if isinstance(json.loads(text), dict):
+                return None
+    return "it is not a samples, metrics or PNG file of this repo"
+
+
+def check_output(path, overwrite, setting=None, inputs=()):
+    """Before any work: an InputError unless path may be written by this command (setting: the setting that
+    names it, None for a path derived from another). It may not be a file the command reads (inputs); an
+    existing file is refused without overwrite, and with it replaced only when it is one of ours
+    (output_problem)."""
+    if not path:
+        return
+    other = f", or another --{setting}" if setting else ""
+    if any(i and os.path.abspath(i) == os.path.abspath(path) for i in inputs):
+        raise InputError(f"{path!r} is also a file this command reads: it is not written over{other}")
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{path!r} already exists: pass --overwrite=True to replace it{other}")
+    if os.path.exists(path) and (problem := output_problem(path)):
+        raise InputError(f"{path!r} is not replaced: {problem}{other}")
 
 
 def write_jsonl(path, records):
@@ -153,21 +218,81 @@ def read_meta(data_dir):
     return meta
 
 
-def load_data(data_dir):
-    """meta.json and, per split, (tokens, start offsets, fixed flags or None), memory-mapped."""
+def file_record(path):
+    """{"bytes", "sha256"} of a file, for meta.json's record of a dataset's files (prepare scripts)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def record_files(data_dir):
+    """meta.json's "files": the record of each token, offset and flag file of a dataset being prepared."""
+    return {name: file_record(os.path.join(data_dir, name)) for name in sorted(os.listdir(data_dir))
+            if name.endswith((".bin", ".idx", ".fix"))}
+
+
+def read_split(data_dir, split, meta, checksums=False):
+    """(tokens, start offsets, fixed flags or None) of a split, memory-mapped, after the checks that cost
+    little: the sizes of the files against their dtype and meta.json's record, the offsets against the
+    tokens, the flags against the tokens, the lengths against max_len (and, with checksums, every byte
+    against the recorded SHA-256). A damaged file is one line naming it."""
+    path, record = os.path.join(data_dir, split), meta.get("files", {})
+    damaged = lambda name, why: InputError(f"{os.path.join(data_dir, name)} {why}: a damaged dataset, prepare it again")
+    dtypes = {"bin": token_dtype(meta["vocab_size"]), "idx": np.int64, "fix": np.uint8}
+    arrays = {}
+    for ext, dtype in dtypes.items():
+        name = f"{split}.{ext}"
+        if not os.path.exists(path + "." + ext):
+            if ext == "fix" and name not in record:
+                continue
+            raise InputError(f"missing data file {path + '.' + ext!r}: prepare the dataset again")
+        size = os.path.getsize(path + "." + ext)
+        if name in record and size != record[name]["bytes"]:
+            raise damaged(name, f"has {size} bytes where meta.json records {record[name]['bytes']}")
+        if size % np.dtype(dtype).itemsize:
+            raise damaged(name, f"has {size} bytes, not a whole number of {np.dtype(dtype).name} values")
+        if checksums and name in record and file_record(path + "." + ext)["sha256"] != record[name]["sha256"]:
+            raise damaged(name, "does not match the SHA-256 that meta.json records")
+        arrays[ext] = np.memmap(path + "." + ext, dtype=dtype, mode="r") if size else np.zeros(0, dtype)
+    tokens, idx, fix = arrays["bin"], np.asarray(arrays["idx"]), arrays.get("fix")
+    if len(idx) < 2:
+        raise InputError(f"{path}.idx holds no sequence: the {split} split is empty")
+    lengths = np.diff(idx)
+    if idx[0] != 0 or idx[-1] != len(tokens) or (lengths < 0).any():
+        raise damaged(f"{split}.idx", f"does not index {split}.bin ({len(idx) - 1} sequences ending at token {idx[-1]} "
+                                      f"of {len(tokens)})")
+    if fix is not None and len(fix) != len(tokens):
+        raise damaged(f"{split}.fix", f"has {len(fix)} flags for the {len(tokens)} tokens of {split}.bin")
+    if lengths.max() > meta["max_len"] or meta.get("num_sequences", {}).get(split, len(lengths)) != len(lengths):
+        raise damaged(f"{split}.idx", f"holds {len(lengths)} sequences of up to {lengths.max()} tokens where meta.json "
+                                      f"says {meta.get('num_sequences', {}).get(split, '?')} of up to {meta['max_len']}")
+    return tokens, idx, fix
+
+
+def load_data(data_dir, checksums=False):
+    """meta.json and, per split, (tokens, start offsets, fixed flags or None), memory-mapped and checked
+    (read_split)."""
     meta = read_meta(data_dir)
-    for name in ("train.bin", "train.idx", "val.bin", "val.idx"):
-        if not os.path.exists(os.path.join(data_dir, name)):
-            raise InputError(f"missing data file {os.path.join(data_dir, name)!r}: prepare the dataset again")
-    splits = {}
-    for split in SPLITS:
-        path = os.path.join(data_dir, split)
-        fix = np.memmap(path + ".fix", dtype=np.uint8, mode="r") if os.path.exists(path + ".fix") else None
-        splits[split] = (np.memmap(path + ".bin", dtype=token_dtype(meta["vocab_size"]), mode="r"),
-                         np.fromfile(path + ".idx", dtype=np.int64), fix)
-        if len(splits[split][1]) < 2:
-            raise InputError(f"{path}.idx holds no sequence: the {split} split is empty")
-    return meta, splits
+    return meta, {split: read_split(data_dir, split, meta, checksums) for split in SPLITS}
+
+
+BOOKKEEPING = ("files", "num_sequences", "num_tokens", "num_documents", "num_paragraphs", "num_chunked_paragraphs",
+               "lengths", "num_split_pairs", "cache_dir")
+
+
+def check_same_data(trained, meta, data_dir):
+    """An InputError naming the first setting in which the dataset in data_dir (meta) differs from the one a
+    checkpoint was trained on (trained: its meta.json, which the checkpoint keeps): the maze, K, the source,
+    max_len... (a source file by its name: a checkout may have moved)."""
+    name = lambda key, v: os.path.basename(v) if key in ("source", "val_source") and isinstance(v, str) else v
+    for key in sorted(set(trained) & set(meta) - set(BOOKKEEPING)):
+        if name(key, trained[key]) != name(key, meta[key]):
+            shown = ("another maze" if key == "maze" else f"{key}={meta[key]!r} where the checkpoint's data had "
+                     f"{key}={trained[key]!r}")
+            raise InputError(f"{data_dir} is not the data the checkpoint was trained on ({shown}): prepare it as it "
+                             "was, or use that dataset")
 
 
 def sequence_lengths(data_dir, split="val"):
@@ -199,14 +324,14 @@ def get_batch(split_data, indices, meta, model_type, seq_len):
     return torch.from_numpy(x1), torch.from_numpy(lengths), torch.from_numpy(fixed)
 
 
-def maze_prompts(data_dir, n, maze):
-    """Subgoal lists g1..gK of the held-out (val) paths, distinct, in file order, cycled to n."""
+def maze_prompts(data_dir, n, trained):
+    """Subgoal lists g1..gK of the held-out (val) paths, distinct, in file order, cycled to n; the data must be
+    the one a checkpoint was trained on (trained: the meta.json it keeps)."""
     meta, splits = load_data(data_dir)
+    check_same_data(trained, meta, data_dir)
     tokens, idx, fix = splits["val"]
     if fix is None:
         raise InputError(f"{os.path.join(data_dir, 'val.fix')!r} not found: the maze data for the held-out subgoals is missing")
-    if meta.get("maze") != maze:
-        raise InputError(f"{data_dir!r} holds another maze than the one this checkpoint was trained on")
     goals = list(dict.fromkeys(tuple(tokens[a:b][fix[a:b] == 1].tolist()) for a, b in zip(idx[:-1], idx[1:])))
     return [list(goals[i % len(goals)]) for i in range(n)]
 

@@ -158,7 +158,7 @@ def insertion_trace(ckpt_path, data_dir, n, steps, temperature, seed=1337):
     last step, which inserts nothing), so that sum_k leap_k forecast_k is the chain's compensator, the
     insertions it expects over the whole run."""
     model_fn, cfg, meta = load_flexmdm(ckpt_path, steps=steps, temperature=temperature)
-    prompts = maze_prompts(data_dir, n, meta["maze"])
+    prompts = maze_prompts(data_dir, n, meta)
     times, lengths, forecast, final = sampling_forecast(model_fn, n, cfg, prompts,
                                                         torch.Generator().manual_seed(seed))
     leap = np.array(time_grid(cfg.steps, "flexmdm", cfg.grid_power)[1]) * cfg.alpha.rate(torch.tensor(times)).numpy()

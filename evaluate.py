@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from configurator import InputError, check_choices, configure, run
-from data import SPLITS, atomic_write, decode, gpt2, load_data, read_jsonl, read_meta, sequence_lengths
+from data import SPLITS, atomic_write, check_output, decode, gpt2, load_data, read_jsonl, read_meta, sequence_lengths
 from diagnostics import calibrate, insertion_trace, plot_calibration, plot_insertion_trace, pyplot
 
 # -----------------------------------------------------------------------------
@@ -96,13 +96,15 @@ def output_stem(samples_path, task, data_split="val"):
     return f"{samples_path}.{task}{split}"
 
 
-def refuse_existing(overwrite, **outputs):
-    """An InputError naming the first output {setting: path} that exists, unless overwrite; called
-    before any work, so a refused run costs nothing."""
+def refuse_existing(overwrite, inputs, **outputs):
+    """Before any work, so a refused run costs nothing: an InputError naming the first output {setting: path}
+    that may not be written (data.check_output: it exists and overwrite is off, it is not ours, or it is one
+    of the inputs the task reads), or two outputs that are one file."""
+    paths = [os.path.abspath(p) for p in outputs.values() if p]
+    if len(set(paths)) < len(paths):
+        raise InputError(f"two outputs of this task are the same file ({', '.join(f'--{k}={v}' for k, v in outputs.items() if v)})")
     for setting, path in outputs.items():
-        if path and os.path.exists(path) and not overwrite:
-            other = f" or another --{setting}" if setting != "metrics" else ""
-            raise InputError(f"{path!r} already exists: pass --overwrite=True to replace it{other}")
+        check_output(path, overwrite, None if setting == "metrics" else setting, inputs)
 
 
 def write_metrics(path, metrics):
@@ -294,11 +296,12 @@ def evaluate_maze(samples, data_dir, png="", overwrite=False):
     if not data_dir:
         raise InputError("--task=maze needs --data_dir (for meta.json's maze)")
     metrics_path = output_stem(samples, "maze") + ".json"
-    refuse_existing(overwrite, metrics=metrics_path, png=png)
+    refuse_existing(overwrite, (samples,), metrics=metrics_path, png=png)
     meta = read_meta(data_dir)
     maze = np.asarray(meta["maze"], dtype=np.uint8)
     rows = read_jsonl(samples)
     require_fields(rows, ("tokens", "subgoals"), samples, "maze samples (sample.py on a maze checkpoint)")
+    check_held_out(rows, held_out_lengths(data_dir), samples, data_dir)
     paths = [r["tokens"] for r in rows]
     subgoals = [r["subgoals"] for r in rows]
     reasons = [maze_path_check(p, s, maze) for p, s in zip(paths, subgoals)]
@@ -343,6 +346,15 @@ def held_out_lengths(data_dir, split="val"):
     return {k: sorted(v) for k, v in lengths.items()}
 
 
+def check_held_out(rows, by_goals, samples, data_dir):
+    """The samples were drawn for this dataset: each sample's subgoals are a held-out subgoal set of data_dir
+    (sample.py takes them from its val split), else the samples are of another maze or K."""
+    foreign = sum(tuple(r["subgoals"]) not in by_goals for r in rows)
+    if foreign:
+        raise InputError(f"{foreign} of the {len(rows)} samples in {samples!r} have subgoals that are not a held-out set "
+                         f"of {data_dir!r}: samples of another maze or K? Give the --data_dir they were sampled from")
+
+
 def maze_length_case(path, subgoals, data_lengths_, width):
     """(where len(path) falls among the data lengths of its subgoals: one of LENGTH_CASES, whether
     its parity is impossible for its start and goal)."""
@@ -378,13 +390,12 @@ def evaluate_maze_lengths(samples, data_dir, png="", ckpt="", steps=256, tempera
     if png and not ckpt:
         raise InputError("--task=maze_lengths draws --png from the insertion trace: it needs --ckpt too")
     metrics_path = output_stem(samples, "maze_lengths") + ".json"
-    refuse_existing(overwrite, metrics=metrics_path, png=png)
+    refuse_existing(overwrite, (samples, ckpt), metrics=metrics_path, png=png)
     meta = read_meta(data_dir)
     rows = read_jsonl(samples)
     require_fields(rows, ("tokens", "subgoals"), samples, "maze samples (sample.py on a maze checkpoint)")
     by_goals = held_out_lengths(data_dir)
-    if not all(tuple(r["subgoals"]) in by_goals for r in rows):
-        raise InputError(f"{samples!r} has samples whose subgoals are not a held-out set of {data_dir!r}")
+    check_held_out(rows, by_goals, samples, data_dir)
     maze = np.asarray(meta["maze"])
     cases = [maze_length_case(r["tokens"], r["subgoals"], by_goals[tuple(r["subgoals"])], maze.shape[1]) for r in rows]
     ok = [maze_path_ok(r["tokens"], r["subgoals"], maze) for r in rows]
@@ -598,7 +609,7 @@ def evaluate_text(task, samples, data_dir="", png="", data_split="val", compare=
         raise InputError(f"--task={task} needs --data_dir (the prepared dataset to compare lengths with)")
     stem = output_stem(samples, task, data_split)
     png = (png or stem + ".png") if lengths else ""
-    refuse_existing(overwrite, metrics=stem + ".json", png=png)
+    refuse_existing(overwrite, (samples, *compare.split(",")), metrics=stem + ".json", png=png)
     rows = read_jsonl(samples)
     require_fields(rows, ("tokens",), samples, "text samples (sample.py on a text checkpoint)")
     metrics = {"task": task, "samples": samples, "n": len(rows)}
@@ -620,7 +631,7 @@ def evaluate_calibration(ckpt, data_dir, png="", calibration_samples=512, trace_
     if not ckpt or not data_dir:
         raise InputError("--task=calibration needs --ckpt (a FlexMDM ckpt.pt) and --data_dir (its prepared dataset)")
     metrics_path = os.path.splitext(ckpt)[0] + ".calibration.json"
-    refuse_existing(overwrite, metrics=metrics_path, png=png)
+    refuse_existing(overwrite, (ckpt,), metrics=metrics_path, png=png)
     rows, trace, heldout = calibrate(ckpt, data_dir, calibration_samples, trace_samples, steps, temperature, grid_power)
     times, lengths, forecast, final = trace
     inserted = final[None] - lengths
@@ -683,7 +694,7 @@ def gsm8k_extract(completion):
 def evaluate_gsm8k(samples, overwrite=False):
     """Task gsm8k: zero-shot GSM8K accuracy of the completions, with its standard error."""
     metrics_path = output_stem(samples, "gsm8k") + ".json"
-    refuse_existing(overwrite, metrics=metrics_path)
+    refuse_existing(overwrite, (samples,), metrics=metrics_path)
     rows = read_jsonl(samples)
     require_fields(rows, ("answer", "completion"), samples, "retrofit_llada.py --stage=generate")
     predicted = [gsm8k_extract(r["completion"]) for r in rows]
@@ -757,7 +768,7 @@ def evaluate_humaneval_infill(samples, problems, timeout=3.0, workers=0, overwri
     if not problems:
         raise InputError("--task=humaneval_infill needs --problems=HumanEval-SingleLineInfilling.jsonl.gz")
     metrics_path = output_stem(samples, "humaneval_infill") + ".json"
-    refuse_existing(overwrite, metrics=metrics_path)
+    refuse_existing(overwrite, (samples, problems), metrics=metrics_path)
     by_id = read_problems(problems)
     rows = read_jsonl(samples)
     require_fields(rows, ("task_id", "completion"), samples, "retrofit_llada.py --stage=generate")
@@ -794,4 +805,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, interrupted="no metrics were written; run the command again")

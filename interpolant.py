@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from configurator import InputError
+from configurator import InputError, check_ranges
 
 
 SCHEDULES = ("linear", "poly", "cosine")
@@ -192,6 +192,7 @@ class LossConfig:
                               ("beta_schedule", SCHEDULES), ("time_weighting", TIME_WEIGHTINGS)):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        check_ranges(vars(self), dict(schedule_exponent=">0"))
         if self.prior_time < 0 or self.prior_weight < 0 or (self.prior_weight and self.model_type == "mdm"):
             raise InputError(f"prior_weight={self.prior_weight} and prior_time={self.prior_time} must be >= 0, "
                              "prior_weight 0 for the MDM (it has no insertion head)")

@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from configurator import InputError, check_choices, check_ranges
+
 _compiled_flex = None
 
 
@@ -59,6 +61,16 @@ class ModelConfig:
     insert_head: str = "linear"  # g's head on the final adaLN output: linear (one zero-initialised layer) | mlp
     # (Linear, GELU, Linear: the published code's length head); g = insert_scale * softplus(head)
     insert_scale: float = 1.0  # g = insert_scale * softplus(head); the published code uses max_len
+
+
+    def __post_init__(self):
+        check_choices(vars(self), dict(model_type=("flexmdm", "mdm"), insert_head=("linear", "mlp"),
+                                       attention=("auto", "flex", "sdpa")))
+        check_ranges(vars(self), dict(vocab_size=">0", max_len=">0", n_layer=">0", n_head=">0", n_embd=">0",
+                                      cond_dim=">0", dropout="[0,1)", insert_scale=">0"))
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise InputError(f"n_embd={self.n_embd} must be n_head={self.n_head} times an even head size (rotary "
+                             "positions rotate pairs of dimensions)")
 
 
 def rotary(x, cos, sin):
@@ -122,10 +134,6 @@ class Block(nn.Module):
 class DiT(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        if cfg.model_type not in ("flexmdm", "mdm"):
-            raise ValueError(f"unknown model_type {cfg.model_type!r}: expected flexmdm or mdm")
-        if cfg.insert_head not in ("linear", "mlp"):
-            raise ValueError(f"unknown insert_head {cfg.insert_head!r}: expected linear or mlp")
         self.cfg = cfg
         self.slot_id = cfg.vocab_size if cfg.model_type == "flexmdm" else None
         self.tok_emb = nn.Embedding(cfg.vocab_size + (cfg.model_type == "flexmdm"), cfg.n_embd)

@@ -21,9 +21,10 @@ vocab_size = H*W+3. Files in out_dir (default data/maze_k{K}), for split in trai
   {split}.fix  uint8, one per token: 1 where the token is a subgoal (fixed), K per path,
                always including the first and the last position of the path
   meta.json    vocab and special ids, max_len (longest path), tokenizer "maze", grid [H, W],
-               the maze itself, and the build arguments.
+               the maze itself, the build arguments, and each file's size and SHA-256 (data.py).
 The files are written into a temporary directory beside out_dir, renamed to out_dir at the end (a
-failed or interrupted run leaves nothing); an existing out_dir is refused unless --overwrite=True.
+failed or interrupted run leaves nothing); an existing out_dir is refused, and with --overwrite=True
+replaced only if it is a dataset that a prepare script wrote, holding nothing else (data.atomic_dir).
 FlexMDM trains on a path with its fixed tokens exempt from the interpolant. The MDM baseline's
 sequence `g1..gK [SEP] path [PAD]...` is NOT stored: the training loader derives it from the same
 files (the fixed tokens, in order, are the prompt; its length is K + 1 + max_len).
@@ -40,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from configurator import InputError, configure, run
-from data import SplitWriter, atomic_dir
+from data import SplitWriter, atomic_dir, record_files
 
 # -----------------------------------------------------------------------------
 m = 20  # maze rows in cells (bitmap 2m+1)
@@ -306,7 +307,7 @@ def build(m=20, n=20, K=2, num_pairs=15000, paths_per_pair=10, seed=2025, extra_
             "num_pairs": num_pairs, "paths_per_pair": paths_per_pair, "seed": seed,
             "extra_door_frac": extra_door_frac, "m": m, "n": n, "detour_slack": detour_slack,
             "num_sequences": {s: int(len(l)) for s, l in lengths.items()},
-            "num_split_pairs": {s: int(len(p)) for s, p in split_pairs.items()},
+            "num_split_pairs": {s: int(len(p)) for s, p in split_pairs.items()}, "files": record_files(tmp),
         }
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f)
@@ -326,4 +327,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, interrupted="the dataset was not written (its temporary directory is removed); run the command again")

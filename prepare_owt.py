@@ -25,10 +25,11 @@ Files in out_dir (default data/owt), for split in train, val:
   {split}.bin  uint16 token stream, all sequences concatenated
   {split}.idx  int64 start offsets, num_sequences+1 entries (0 first, len(.bin) last)
   meta.json    vocab_size 50259 (GPT-2's 50257 ids, pad 50257, mask 50258), max_len, tokenizer
-               "gpt2", counts, and the build arguments
+               "gpt2", counts, the build arguments, and each file's size and SHA-256 (data.py)
   lengths.png  the histogram of sequence lengths (also printed)
 The files are written into a temporary directory beside out_dir, renamed to out_dir at the end (a
-failed or interrupted run leaves nothing); an existing out_dir is refused unless --overwrite=True.
+failed or interrupted run leaves nothing); an existing out_dir is refused, and with --overwrite=True
+replaced only if it is a dataset that a prepare script wrote, holding nothing else (data.atomic_dir).
 The GPT-2 BPE comes from tiktoken's cache (data.gpt2): offline, TIKTOKEN_CACHE_DIR must name a cache that
 holds it (../shared/tiktoken_cache, or one that a first online run filled).
 
@@ -44,7 +45,7 @@ import sys
 import numpy as np
 
 from configurator import InputError, configure, run
-from data import GPT2_VOCAB, SplitWriter, atomic_dir, chunk, gpt2, split_paragraphs
+from data import GPT2_VOCAB, SplitWriter, atomic_dir, chunk, gpt2, record_files, split_paragraphs
 
 # -----------------------------------------------------------------------------
 source = "Skylion007/openwebtext"  # hub dataset name, or a local .txt/.jsonl file, folder or glob
@@ -307,7 +308,7 @@ def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt
             "num_chunked_paragraphs": {s: w.chunked for s, w in writers.items()},
             "lengths": {s: length_stats(c) for s, c in counts.items()},
             "source": source, "val_source": val_source, "val_frac": None if val_source else val_frac,
-            "txt_unit": txt_unit, "seed": seed, "max_docs": max_docs, "revision": revision,
+            "txt_unit": txt_unit, "seed": seed, "max_docs": max_docs, "revision": revision, "files": record_files(tmp),
         }
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f, indent=1)
@@ -332,4 +333,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, interrupted="the dataset was not written (its temporary directory is removed); run the command again")

@@ -715,4 +715,5 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, interrupted="a training stage keeps its last checkpoint (continue it with --init_from=resume); nothing "
+                          "else was written")

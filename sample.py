@@ -85,7 +85,7 @@ def main():
     enc = gpt2() if meta.get("tokenizer") == "gpt2" else None  # before the work: a missing BPE fails now
     subgoals = None
     if meta.get("tokenizer") == "maze":
-        subgoals = maze_prompts(os.path.join("data", ckpt["config"]["dataset"]), num_samples, meta["maze"])
+        subgoals = maze_prompts(os.path.join("data", ckpt["config"]["dataset"]), num_samples, meta)
     prompts = [s + [meta["sep_id"]] for s in subgoals] if subgoals and model_type == "mdm" else subgoals
     alpha, beta = schedules(ckpt["config"])
     cfg = pick(SamplerConfig, globals(), max_len=model.cfg.max_len, mask_id=meta["mask_id"], pad_id=meta["pad_id"],
@@ -111,4 +111,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, interrupted="no samples were written; run the command again")

@@ -6,6 +6,14 @@ DDP on one node (gloo on CPU, nccl on CUDA):
 Continue a stopped run: the same command with --init_from=resume (out_dir holds ckpt.pt).
 Settings are the globals below, overridden by config files then --key=value (configurator.py).
 
+Resuming (--init_from=resume) continues the run of out_dir/ckpt.pt on the same data with the same network:
+a setting of the model (n_layer, n_head, n_embd, cond_dim, dropout, model_type, fixed_embedding,
+insert_head, insert_scale), of the schedules (alpha_schedule, beta_schedule, schedule_exponent) or the
+dataset that differs from the checkpoint's is refused, naming it. Everything else may change on resume:
+the budget and its schedule (max_iters, max_seconds, warmup_iters, lr_decay_iters, learning_rate, min_lr),
+the batch, the loss weighting (time_weighting, prior_weight, prior_time), evaluation, logging, saving and
+the system settings.
+
 Checkpoints (out_dir/ckpt.pt: weights, EMA, optimiser, RNG states, iteration, time spent) are written at
 every eval_interval, every save_interval iterations, every save_seconds of wall time, at the end, and
 when SIGINT (Ctrl-C) or SIGTERM stops the run; each write replaces the previous one atomically. A run
@@ -28,8 +36,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, save_checkpoint
-from configurator import InputError, check_choices, check_device, configure, init_distributed, pick, run
-from data import get_batch, load_data, max_prompt_len
+from configurator import InputError, check_choices, check_device, check_ranges, configure, init_distributed, pick, run
+from data import check_same_data, get_batch, load_data, max_prompt_len
 from interpolant import LossConfig, batch_loss
 from model import DiT, ModelConfig, autocast, network
 
@@ -53,6 +61,7 @@ batch_size = 64  # sequences per micro-step and process
 gradient_accumulation_steps = 1  # total over all processes, as in nanoGPT
 packing = False  # FlexMDM: pack the x_t of a batch into rows of pack_tokens with no padding
 pack_tokens = 2048
+verify_data = False  # also check every byte of the data against the SHA-256 in its meta.json (reads it all once)
 # model
 model_type = "flexmdm"  # flexmdm | mdm
 n_layer = 8
@@ -121,10 +130,59 @@ def stop_signals():
             signal.signal(s, handler)
 
 
-def check_meta(meta, ckpt_meta, path):
+def check_settings():
+    """Every setting's range and the relations between them, before any work: one line naming the key, its
+    value and the rule. The model's and the loss's own settings are checked by ModelConfig and LossConfig."""
+    check_device(device)
+    check_choices(globals(), dict(dtype=("float32", "bfloat16"), budget_clock=("wall", "cpu"), init_from=("scratch", "resume")))
+    check_ranges(globals(), dict(batch_size=">0", gradient_accumulation_steps=">0", pack_tokens=">0", eval_interval=">0",
+                                 eval_iters=">0", log_interval=">0", save_interval=">=0", save_seconds=">=0",
+                                 learning_rate=">0", min_lr=">=0", max_iters=">=0", max_seconds=">=0", warmup_iters=">=0",
+                                 lr_decay_iters=">=0", weight_decay=">=0", beta1="[0,1)", beta2="[0,1)", grad_clip=">=0",
+                                 ema_decay="[0,1)", seed=">=0"))
+    if not isinstance(keep_at, tuple) or not all(isinstance(p, (int, float)) and p >= 0 for p in keep_at):
+        raise InputError(f"keep_at={keep_at!r} must be a tuple of budget points >= 0, e.g. --keep_at=(100,200)")
+    if packing and model_type == "mdm":
+        raise InputError("packing=True applies to FlexMDM only: the MDM baseline pads by design")
+    pick(LossConfig, globals())  # its own checks
+    pick(ModelConfig, globals(), vocab_size=1, max_len=1, pad_id=0)  # ... and the model's, before the data is read
+    if init_from == "scratch" and os.path.exists(os.path.join(out_dir, "ckpt.pt")):
+        raise InputError(f"{os.path.join(out_dir, 'ckpt.pt')} exists: continue that run with --init_from=resume, or "
+                         "start this one in another --out_dir")
+
+
+RESUME_FIXED = ("n_layer", "n_head", "n_embd", "cond_dim", "dropout", "model_type", "fixed_embedding", "insert_head",
+                "insert_scale", "alpha_schedule", "beta_schedule", "schedule_exponent")
+
+
+def resume_checkpoint(given):
+    """The checkpoint that --init_from=resume continues. The run takes its network and schedules (RESUME_FIXED)
+    and its dataset from it: one of these given another value is refused, naming each (module docstring)."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path, hint="--init_from=resume needs the run's checkpoint")
+    if not {"model", "optimizer", "model_args", "config", "meta", "rng", "iter_num"} <= set(ckpt):
+        raise InputError(f"{path} is not a checkpoint of train.py (a key is missing)")
+    saved = {**ckpt["config"], **ckpt["model_args"]}
+    changed = [f"{k}={globals()[k]!r} (the checkpoint has {saved[k]!r})" for k in RESUME_FIXED
+               if k in given and k in saved and globals()[k] != saved[k]]
+    if changed:
+        raise InputError(f"--init_from=resume continues {path} with its network, but this run sets {', '.join(changed)}: "
+                         "drop those settings, or start a new run in another --out_dir")
+    for k in RESUME_FIXED + ("dataset",):
+        if k in saved and k not in given:
+            globals()[k] = saved[k]
+    return ckpt
+
+
+def check_resume(ckpt, meta, data_dir, world):
+    """The checkpoint continues this run: the same data and processes."""
+    path = os.path.join(out_dir, "ckpt.pt")
     for key in ("vocab_size", "pad_id", "mask_id", "tokenizer"):
-        if meta.get(key) != ckpt_meta.get(key):
-            raise InputError(f"{key} of the data ({meta.get(key)!r}) does not match the checkpoint {path} ({ckpt_meta.get(key)!r})")
+        if meta.get(key) != ckpt["meta"].get(key):
+            raise InputError(f"{key} of the data ({meta.get(key)!r}) does not match the checkpoint {path} ({ckpt['meta'].get(key)!r})")
+    check_same_data(ckpt["meta"], meta, data_dir)
+    if len(ckpt["rng"]) != world:
+        raise InputError(f"{path} was written by {len(ckpt['rng'])} process(es), this run has {world}")
 
 
 def draw_batch(split_data, rng, meta, seq_len, dev):
@@ -183,16 +241,9 @@ def save(path, raw, optimizer, ema, data_rng, record, dev):
                                "optimizer": optimizer.state_dict(), **record, "rng": states})
 
 
-def build(meta, seq_len, rank, world, dev):
-    """The model, optimizer, EMA and data stream of a new run, or of the checkpoint it resumes (checked against
-    this run's data and processes). Returns (model, optimizer, ema, data_rng, iter_num, spent, model_args)."""
-    ckpt = None
-    if init_from == "resume":
-        ckpt_path = os.path.join(out_dir, "ckpt.pt")
-        ckpt = load_checkpoint(ckpt_path, hint="--init_from=resume needs the run's checkpoint")
-        check_meta(meta, ckpt["meta"], ckpt_path)
-        if len(ckpt["rng"]) != world:
-            raise InputError(f"{ckpt_path} was written by {len(ckpt['rng'])} process(es), this run has {world}")
+def build(meta, seq_len, rank, dev, ckpt=None):
+    """The model, optimizer, EMA and data stream of a new run, or of the checkpoint it resumes. Returns
+    (model, optimizer, ema, data_rng, iter_num, spent, model_args)."""
     model_args = ckpt["model_args"] if ckpt else asdict(pick(ModelConfig, globals(), vocab_size=meta["vocab_size"],
                                                               max_len=seq_len, pad_id=meta["pad_id"]))
     torch.manual_seed(seed)  # the same initial model on every rank; per-rank streams after it
@@ -212,42 +263,35 @@ def build(meta, seq_len, rank, world, dev):
     # the EMA goes on; a checkpoint saved without EMA starts it from the resumed weights
     ema = [e.to(dev) for e in ckpt["ema"]] if ckpt["ema"] is not None else [p.detach().clone() for p in model.parameters()]
     if rank == 0:
-        print(f"resuming from {ckpt_path}: iteration {ckpt['iter_num']}, {ckpt.get('train_seconds', 0.0):.1f} s of "
+        print(f"resuming from {os.path.join(out_dir, 'ckpt.pt')}: iteration {ckpt['iter_num']}, {ckpt.get('train_seconds', 0.0):.1f} s of "
               "training steps spent")
     return model, optimizer, ema, data_rng, ckpt["iter_num"], ckpt.get("train_seconds", 0.0), model_args
 
 
 def main():
     config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-    configure(globals(), sys.argv[1:])
+    given = configure(globals(), sys.argv[1:])
+    check_settings()
+    ckpt = resume_checkpoint(given) if init_from == "resume" else None
     config = {k: globals()[k] for k in config_keys}
-    check_device(device)
-    check_choices(globals(), dict(dtype=("float32", "bfloat16"), budget_clock=("wall", "cpu"), init_from=("scratch", "resume")))
-    pick(LossConfig, globals())  # its own checks
-    if save_interval < 0 or save_seconds < 0:
-        raise InputError(f"save_interval={save_interval} and save_seconds={save_seconds} must be >= 0 (0 turns each off)")
-    if packing and model_type == "mdm":
-        raise InputError("packing=True applies to FlexMDM only: the MDM baseline pads by design")
-    if init_from == "scratch" and os.path.exists(os.path.join(out_dir, "ckpt.pt")):
-        raise InputError(f"{os.path.join(out_dir, 'ckpt.pt')} exists: continue that run with --init_from=resume, or "
-                         "start this one in another --out_dir")
 
     ddp, rank, local_rank, world, dev = init_distributed(device)
     if gradient_accumulation_steps % world:
         raise InputError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by {world} processes")
-    meta, splits = load_data(os.path.join("data", dataset))
+    data_dir = os.path.join("data", dataset)
+    meta, splits = load_data(data_dir, checksums=verify_data)
+    if ckpt:
+        check_resume(ckpt, meta, data_dir, world)
     prompt = max_prompt_len(splits)
     seq_len = meta["max_len"] + (prompt + 1 if model_type == "mdm" and prompt else 0)
-    raw_model, optimizer, ema, data_rng, iter_num, spent, model_args = build(meta, seq_len, rank, world, dev)
+    raw_model, optimizer, ema, data_rng, iter_num, spent, model_args = build(meta, seq_len, rank, dev, ckpt)
     if rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
         print(f"{model_type}: {raw_model.num_params() / 1e6:.2f}M parameters, max length {seq_len}, {world} process(es) on {dev}")
     model = torch.compile(raw_model) if compile else raw_model
     if ddp:
         model = DDP(model, device_ids=[local_rank] if dev.startswith("cuda") else None)
     if wandb_log and rank == 0:
-        import wandb
-        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+        start_wandb(config)
     record = dict(model_args=model_args, config=config, meta=meta)
     stop = train(model, optimizer, ema, data_rng, splits, record, iter_num, spent, dev)
     if ddp:
@@ -258,11 +302,10 @@ def main():
 
 def train(model, optimizer, ema, data_rng, splits, record, iter_num, spent, dev):
     """The training loop, from iter_num and spent seconds until the budget is spent or a stop signal comes;
-    returns the signal's number, or 0. Evaluates every eval_interval, checkpoints as the module docstring says."""
-    raw, net, loss_cfg, meta = unwrap(model), network_of(model), pick(LossConfig, globals()), record["meta"]
-    ddp = dist.is_initialized()
-    master, world = not ddp or dist.get_rank() == 0, dist.get_world_size() if ddp else 1
-    accum = gradient_accumulation_steps // world
+    returns the signal's number, or 0. Evaluates every eval_interval and checkpoints as the module docstring
+    says, from the first iteration on: a new run that stops before its first step leaves nothing."""
+    raw, ddp = unwrap(model), dist.is_initialized()
+    master = not ddp or dist.get_rank() == 0
     clock = time.process_time if budget_clock == "cpu" else time.time
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     t0, tokens_seen, last_save = time.time(), 0, time.monotonic()
@@ -277,59 +320,85 @@ def train(model, optimizer, ema, data_rng, splits, record, iter_num, spent, dev)
                 spent, save_due, stop = shared[0].item(), bool(shared[1]), int(shared[2])
             done = spent >= max_seconds if max_seconds else iter_num >= max_iters
             if (iter_num % eval_interval == 0 or done) and not stop:
-                val = evaluate(model, ema, splits["val"], meta, dev)
+                val = evaluate(model, ema, splits["val"], record["meta"], dev)
                 log(master, {"iter": iter_num, "val/loss": val[0], "val/unmask": val[1], "val/insert": val[2]},
                     f"iter {iter_num}: val loss {val[0]:.4f} (unmask {val[1]:.4f}, insert {val[2]:.4f})")
             now = dict(record, iter_num=iter_num, train_seconds=spent)
-            if iter_num % eval_interval == 0 or done or stop or save_due or (save_interval and iter_num % save_interval == 0):
+            due = iter_num % eval_interval == 0 or done or stop or save_due or (save_interval and iter_num % save_interval == 0)
+            if due and iter_num > 0:
                 save(ckpt_path, raw, optimizer, ema, data_rng, now, dev)
                 last_save = time.monotonic()
             for point in sorted(p for p in keep_at if p not in kept and (spent if max_seconds else iter_num) >= p):
                 save(os.path.join(out_dir, f"ckpt_{point:g}.pt"), raw, optimizer, ema, data_rng, now, dev)
                 kept.add(point)
             if stop:
-                if master:
-                    print(f"stopped by {signal.Signals(stop).name} at iteration {iter_num}, saved in {ckpt_path}; to continue, "
-                          f"run the same command with --init_from=resume --out_dir={shlex.quote(out_dir)}", file=sys.stderr)
+                log(master, {}, stopped_line(stop, iter_num, ckpt_path), file=sys.stderr)
                 return stop
             if done:
                 log(master, {}, f"stopped after {iter_num} iterations and {spent:.0f} s of training steps")
                 return 0
-            step_start = clock()
-            lr = get_lr(iter_num, spent)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for micro in range(accum):
-                if ddp:
-                    model.require_backward_grad_sync = micro == accum - 1
-                batch, n_tokens = draw_batch(splits["train"], data_rng, meta, raw.cfg.max_len, dev)
-                with autocast(dev, dtype):
-                    loss, unmask, insert = batch_loss(net, *batch, loss_cfg, meta["mask_id"], meta["pad_id"])
-                (loss / accum).backward()
-                tokens_seen += n_tokens
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema_decay:
-                torch._foreach_lerp_(ema, [p.detach() for p in raw.parameters()], 1 - ema_decay)
-            iter_num += 1
-            spent += clock() - step_start
+            step_start, lr = clock(), get_lr(iter_num, spent)
+            terms, n_tokens = step(model, optimizer, ema, splits["train"], data_rng, lr, record["meta"], dev)
+            iter_num, spent, tokens_seen = iter_num + 1, spent + clock() - step_start, tokens_seen + n_tokens
             if iter_num % log_interval == 0:
-                dt, terms = time.time() - t0, dict(loss=loss.item(), unmask=unmask.item(), insert=insert.item())
+                dt, world = time.time() - t0, dist.get_world_size() if ddp else 1
                 log(master, {"iter": iter_num, "lr": lr, **{f"train/{k}": v for k, v in terms.items()}},
                     f"iter {iter_num}: loss {terms['loss']:.4f} (unmask {terms['unmask']:.4f}, insert {terms['insert']:.4f}), "
                     f"lr {lr:.2e}, {tokens_seen * world / dt:.0f} x1 tok/s, {1000 * dt / log_interval:.0f} ms/iter")
                 t0, tokens_seen = time.time(), 0
 
 
-def log(master, metrics, line):
+def step(model, optimizer, ema, split, data_rng, lr, meta, dev):
+    """One optimizer step: the loss of gradient_accumulation_steps batches (over all processes; DDP syncs the
+    gradients at the last one), clipping, AdamW, the EMA. Returns the last batch's terms and the x1 tokens seen."""
+    raw, net, loss_cfg = unwrap(model), network_of(model), pick(LossConfig, globals())
+    accum = gradient_accumulation_steps // (dist.get_world_size() if dist.is_initialized() else 1)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    tokens = 0
+    for micro in range(accum):
+        if dist.is_initialized():
+            model.require_backward_grad_sync = micro == accum - 1
+        batch, n_tokens = draw_batch(split, data_rng, meta, raw.cfg.max_len, dev)
+        with autocast(dev, dtype):
+            loss, unmask, insert = batch_loss(net, *batch, loss_cfg, meta["mask_id"], meta["pad_id"])
+        (loss / accum).backward()
+        tokens += n_tokens
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema_decay:
+        torch._foreach_lerp_(ema, [p.detach() for p in raw.parameters()], 1 - ema_decay)
+    return dict(loss=loss.item(), unmask=unmask.item(), insert=insert.item()), tokens
+
+
+def stopped_line(stop, iter_num, ckpt_path):
+    """What a stop signal left behind, and how to go on."""
+    name = signal.Signals(stop).name
+    if iter_num == 0:
+        return f"stopped by {name} before the first step: nothing was written; to start, run the same command again"
+    return (f"stopped by {name} at iteration {iter_num}, saved in {ckpt_path}; to continue, run the same command with "
+            f"--init_from=resume --out_dir={shlex.quote(out_dir)}")
+
+
+def log(master, metrics, line, file=None):
     """On rank 0: print line, and send metrics to wandb (with wandb_log)."""
     if master:
-        print(line)
+        print(line, file=file)
         if wandb_log and metrics:
             import wandb
             wandb.log(metrics)
+
+
+def start_wandb(config):
+    """wandb.init, or one line on why it cannot start (not logged in, no network: WANDB_MODE=offline logs locally)."""
+    import wandb
+    try:
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    except Exception as e:  # wandb raises its own errors of many kinds
+        raise InputError(f"wandb_log=True but wandb could not start ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "log in with `wandb login`, or set WANDB_MODE=offline, or drop --wandb_log") from None
 
 
 def end_ddp(raw_model):
@@ -345,4 +414,4 @@ def end_ddp(raw_model):
 
 
 if __name__ == "__main__":
-    run(lambda: sys.exit(main()))
+    run(main)

@@ -81,13 +81,13 @@ def test_owt_failed_run_leaves_nothing(tmp_path):
 
 def test_existing_out_dir_refused_then_overwritten(tmp_path):
     out = tmp_path / "maze"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
+    prepare_maze.main(MAZE_ARGS + ["--seed=3", f"--out_dir={out}"])
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
     with pytest.raises(InputError, match=f"{out} already exists: give --overwrite=True"):
         prepare_maze.main(MAZE_ARGS + [f"--out_dir={out}"])
     with pytest.raises(InputError, match="no path"):  # a failing overwrite keeps the old directory
         prepare_maze.main(MAZE_ARGS + ["--K=40", f"--out_dir={out}", "--overwrite=True"])
-    assert os.listdir(tmp_path) == ["maze"] and os.listdir(out) == ["mine.txt"]
+    assert os.listdir(tmp_path) == ["maze"] and {name: (out / name).read_bytes() for name in os.listdir(out)} == before
     meta = prepare_maze.main(MAZE_ARGS + [f"--out_dir={out}", "--overwrite=True"])
     assert os.listdir(tmp_path) == ["maze"]
     assert sorted(os.listdir(out)) == sorted(["meta.json"] + [f"{s}.{e}" for s in ("train", "val") for e in ("bin", "idx", "fix")])

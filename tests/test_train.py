@@ -292,7 +292,7 @@ def test_resume_without_a_checkpoint(tiny_maze, tmp_path):
 def test_resume_with_a_vocabulary_that_does_not_match(tiny_maze, tmp_path):
     make_maze(tmp_path, "smaller", m=2, n=2, num_pairs=20)  # 5x5 maze: vocab 28, not 52
     out = tmp_path / "run"
-    run_train(["--dataset=smaller", *TINY_TRAIN_ARGS, "--max_iters=0", "--eval_iters=1", f"--out_dir={out}"], tmp_path)
+    run_train(["--dataset=smaller", *TINY_TRAIN_ARGS, "--max_iters=1", "--eval_iters=1", f"--out_dir={out}"], tmp_path)
     assert load(out / "ckpt.pt")["meta"]["vocab_size"] == 28
     expect_exit(["--dataset=tiny", *TINY_TRAIN_ARGS, "--init_from=resume", f"--out_dir={out}"], tiny_maze,
                 "vocab_size", "52", "28")
@@ -349,13 +349,13 @@ def test_save_interval_and_save_seconds(tiny_maze, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", recording_save)
     common = ["--dataset=tiny", *TINY_TRAIN_ARGS, "--batch_size=8", "--eval_interval=1000000", "--eval_iters=1"]
     run_train([*common, "--max_iters=7", "--save_interval=3", "--save_seconds=0", f"--out_dir={tmp_path / 'a'}"], tiny_maze)
-    assert [it for it, _ in saves] == [0, 3, 6, 7]
+    assert [it for it, _ in saves] == [3, 6, 7]  # none at iteration 0: nothing has trained yet
     saves.clear()
     run_train([*common, "--max_iters=1000000", "--max_seconds=0.6", "--budget_clock=cpu", "--save_seconds=0.1",
                f"--out_dir={tmp_path / 'b'}"], tiny_maze)
     iters, starts = zip(*saves)
     # 0.6 CPU-s of steps take 0.6 wall-s or more (the cores are shared): at least 5 saves in all
-    assert len(saves) >= 5 and iters[0] == 0 and list(iters) == sorted(set(iters)), saves
+    assert len(saves) >= 5 and iters[0] > 0 and list(iters) == sorted(set(iters)), saves
     assert all(b - a >= 0.1 for a, b in zip(starts, starts[1:-1])), saves  # the last one ends the run
 
 
