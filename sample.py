@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 
 from checkpoint import load_model
-from configurator import InputError, check_choices, check_device, configure, init_distributed, pick, run
-from data import decode, gpt2, maze_prompts, write_jsonl
+from configurator import check_choices, check_device, check_ranges, configure, init_distributed, pick, run
+from data import check_output, decode, gpt2, maze_prompts, write_jsonl
 from interpolant import schedules
 from model import autocast
 from sampler import SamplerConfig, generate
@@ -70,17 +70,21 @@ def gather_samples(samples, world):
     return [next(s for s in copies if s is not None) for copies in zip(*parts)] if parts is not None else None
 
 
-def main():
-    configure(globals(), sys.argv[1:])
+def check_settings(path, ckpt_path):
+    """The script's own settings, before any work (the sampler's are SamplerConfig's), and its output: never
+    the checkpoint it reads, never a file of another kind, an existing one only with --overwrite=True."""
     check_device(device)
     check_choices(globals(), dict(dtype=("float32", "bfloat16")))
-    if num_samples < 1:
-        raise InputError(f"num_samples must be at least 1, got {num_samples}")
-    path = samples_file or os.path.join(out_dir, "samples.jsonl")
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"{path} exists: write elsewhere with --samples_file=PATH, or replace it with --overwrite=True")
+    check_ranges(globals(), dict(num_samples=">0", batch_size=">=0", seed=">=0"))
+    check_output(path, overwrite, "samples_file", inputs=(ckpt_path,))
+
+
+def main():
+    configure(globals(), sys.argv[1:])
+    path, ckpt_path = samples_file or os.path.join(out_dir, "samples.jsonl"), ckpt_file or os.path.join(out_dir, "ckpt.pt")
+    check_settings(path, ckpt_path)
     ddp, rank, _, world, dev = init_distributed(device)
-    model, ckpt = load_model(ckpt_file or os.path.join(out_dir, "ckpt.pt"), dev, use_ema)
+    model, ckpt = load_model(ckpt_path, dev, use_ema)
     meta, model_type = ckpt["meta"], ckpt["model_args"]["model_type"]
     enc = gpt2() if meta.get("tokenizer") == "gpt2" else None  # before the work: a missing BPE fails now
     subgoals = None

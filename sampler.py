@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from configurator import InputError
+from configurator import InputError, check_ranges
 from interpolant import Schedule
 
 SAMPLERS, UNMASK_RULES, FINALS = ("vanilla", "adaptive"), ("poisson", "exact"), ("draw", "argmax")
@@ -108,8 +108,7 @@ class SamplerConfig:
         if self.steps < min_steps or self.temperature < 0 or self.grid_power <= 0:
             raise InputError(f"need steps >= {min_steps}, temperature >= 0 and grid_power > 0 (got steps={self.steps}, "
                              f"temperature={self.temperature}, grid_power={self.grid_power})")
-        if self.batch_size < 0:
-            raise InputError(f"batch_size must be >= 0 (0: one batch), got {self.batch_size}")
+        check_ranges(vars(self), dict(gamma1=">=0", gamma2=">0", batch_size=">=0"))
         if self.early_stop < 0:
             raise InputError(f"early_stop must be >= 0 (0 = off), got {self.early_stop}")
         if (self.min_len or self.target_len) and self.model_type != "flexmdm":

@@ -725,14 +725,22 @@ def test_torchrun_writes_the_same_samples_as_one_process(maze_run, tmp_path):
 
 def test_existing_samples_file_is_refused(maze_run, tmp_path):
     """An existing samples file (the default out_dir/samples.jsonl or --samples_file) is refused, by name
-    and with the way on, and left as it was; --overwrite=True replaces it."""
+    and with the way on, and left as it was; --overwrite=True replaces it, when it is a samples file (a file
+    of another kind, or the checkpoint itself, is never replaced)."""
     cwd, run_dir = maze_run
     kept = tmp_path / "samples.jsonl"
-    kept.write_text("keep\n")
+    kept.write_text('{"tokens": [1, 2], "length": 2}\n')
     for target in ([f"--out_dir={tmp_path}"], [f"--out_dir={run_dir}", f"--samples_file={kept}"]):
-        with pytest.raises(InputError, match=rf"^{re.escape(str(kept))} exists: .*--samples_file=.*--overwrite=True[^\n]*$"):
+        with pytest.raises(InputError, match=rf"^'{re.escape(str(kept))}' already exists: .*--overwrite=True.*--samples_file[^\n]*$"):
             run_sample([*target, *CLI_ARGS], cwd)
-        assert kept.read_text() == "keep\n"
+        assert kept.read_text() == '{"tokens": [1, 2], "length": 2}\n'
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep\n")
+    with pytest.raises(InputError, match=r"is not replaced: it is not a samples, metrics or PNG file"):
+        run_sample([f"--out_dir={run_dir}", f"--samples_file={notes}", "--overwrite=True", *CLI_ARGS], cwd)
+    with pytest.raises(InputError, match=r"is also a file this command reads"):
+        run_sample([f"--out_dir={run_dir}", f"--samples_file={run_dir / 'ckpt.pt'}", "--overwrite=True", *CLI_ARGS], cwd)
+    assert notes.read_text() == "keep\n"
     run_sample([f"--out_dir={run_dir}", f"--samples_file={kept}", "--overwrite=True", *CLI_ARGS], cwd)
     assert len(kept.read_text().splitlines()) == 7
 
