@@ -60,6 +60,11 @@ sliced back: pad_to), as the published FlexMDM code does, instead of the batch's
 head_at='masks' applies the V-way head at every mask of every step (the sampler before f_at), instead of
 only where the sampler reads f ('read': the masks it unmasks). On a CPU the sampling times are the
 process's CPU time (fair when other jobs share the machine: give it one thread), on CUDA the wall time.
+
+Every setting is checked before any work (check_settings): its range, its choices, and the relations between
+them (a setting of one mode given to the other is refused, not ignored); the model's, the loss's and the
+sampler's own by ModelConfig, LossConfig and SamplerConfig. out_json is refused when it exists, unless
+overwrite=True (and then only a results file of ours: data.check_output), and written whole or not at all.
 """
 import json
 import math
@@ -77,8 +82,8 @@ from torch.profiler import ProfilerActivity, record_function
 import interpolant
 import model
 from checkpoint import load_model
-from configurator import InputError, check_choices, check_device, configure, pick, run
-from data import get_batch, load_data, maze_prompts, max_prompt_len
+from configurator import InputError, check_choices, check_device, check_ranges, configure, pick, run
+from data import atomic_write, check_output, get_batch, load_data, maze_prompts, max_prompt_len
 from interpolant import LossConfig, batch_loss, sample_times, schedules
 from model import Block, DiT, ModelConfig, autocast, network, pack
 from sampler import SamplerConfig, generate
@@ -86,6 +91,7 @@ from sampler import SamplerConfig, generate
 # -----------------------------------------------------------------------------
 mode = "train"  # train | sample
 data = "synthetic"  # synthetic | path of a prepared dataset directory
+verify_data = False  # data=<dir>: also check every byte against the SHA-256 in its meta.json (as train.py)
 vocab_size = 50259  # synthetic data: GPT-2 BPE + pad + mask
 max_len = 1024  # synthetic data
 len_median = 60.0  # synthetic lengths: round(LogNormal(log(len_median), len_sigma)), clipped [1, max_len]
@@ -96,6 +102,7 @@ timed_steps = 20
 peak_flops = 989e12  # H100 SXM dense bf16
 num_threads = 0  # CPU threads for torch; 0 keeps torch's default
 out_json = ""  # also write the results here
+overwrite = False  # replace an existing out_json (one of ours)
 profile = False  # torch.profiler over the timed steps: the ops by self CPU time, then the step's regions
 # sampling
 ckpt = ""  # mode=sample: load model_args and EMA weights from this ckpt.pt instead of random init
@@ -156,6 +163,64 @@ warmup_iters = 500
 lr_decay_iters = 0
 min_lr = 1e-5
 # -----------------------------------------------------------------------------
+RULES = {"poisson": {"unmask": "poisson"}, "exact": {"unmask": "exact"}, "adaptive": {"sampler": "adaptive"}}
+# SamplerConfig's fields that bench.py sets itself (sample_options sets the others)
+SET_HERE = ("max_len", "mask_id", "pad_id", "model_type", "steps", "alpha", "beta", "banned", "device")
+MODE_ONLY = {"train": ("data", "num_sequences", "len_median", "len_sigma", "warmup_steps", "timed_steps", "peak_flops",
+                       "profile"),
+             "sample": ("ckpt", "samplers", "sample_steps", "sample_batch", "sample_rounds", "sample_options",
+                        "full_width", "head_at")}
+
+
+def check_settings(given, inputs):
+    """Every setting's range and choices and the relations between them, before any work: one line naming the
+    key, its value and the rule (given: the settings the command set; inputs: the files it reads). The model's,
+    the loss's and the sampler's own settings are checked by ModelConfig, LossConfig and SamplerConfig."""
+    check_choices(globals(), dict(mode=("train", "sample"), dtype=("float32", "bfloat16"), head_at=("read", "masks")))
+    check_device(device)
+    check_ranges(globals(), dict(batch_size=">0", pack_tokens=">0", timed_steps=">0", warmup_steps=">=0",
+                                 num_sequences=">0", len_median=">0", len_sigma=">=0", max_len=">0", peak_flops=">0",
+                                 num_threads=">=0", sample_steps=">0", sample_batch=">0", sample_rounds=">0",
+                                 seed=">=0", learning_rate=">0", beta1="[0,1)", beta2="[0,1)", grad_clip=">=0",
+                                 ema_decay="[0,1)", weight_decay=">=0"))
+    if vocab_size < 3:
+        raise InputError(f"vocab_size={vocab_size!r} must be >= 3 (the data's tokens, then pad and mask)")
+    other = "sample" if mode == "train" else "train"
+    if wrong := sorted(given & set(MODE_ONLY[other])):
+        raise InputError(f"{wrong[0]} is a setting of mode={other}, not of mode={mode}: drop it or give --mode={other}")
+    if mode == "train":
+        pick(LossConfig, globals())  # its own checks
+        pick(ModelConfig, globals(), vocab_size=1, max_len=1, pad_id=0)  # ... and the model's, before the data is read
+    else:
+        if not rules() or any(rule not in RULES for rule in rules()):
+            raise InputError(f"samplers={samplers!r} must name one or more of {', '.join(RULES)}, comma-separated")
+        check_sample_options()
+        if not ckpt:  # the model and the sampler of the settings; a checkpoint's are checked once it is read
+            pick(ModelConfig, globals(), max_len=max_len, pad_id=vocab_size - 2, dropout=0.0)
+            sampler_configs(dict(max_len=max_len, mask_id=vocab_size - 1, pad_id=vocab_size - 2, model_type=model_type,
+                                 steps=sample_steps, device=device))
+    data_files = [os.path.join(data, f) for f in os.listdir(data)] if os.path.isdir(data) else []
+    check_output(out_json, overwrite, "out_json", inputs=(ckpt, *inputs, *data_files))
+
+
+def rules():
+    """The unmasking rules of samplers, in order."""
+    return [s for s in samplers.split(",") if s]
+
+
+def check_sample_options():
+    """sample_options may set the SamplerConfig fields that bench.py does not set itself (SET_HERE)."""
+    unknown = set(sample_options) - ({f.name for f in fields(SamplerConfig)} - set(SET_HERE))
+    if unknown:
+        raise InputError(f"sample_options {sorted(unknown)} are not SamplerConfig fields that bench.py leaves open "
+                         f"(it sets {', '.join(SET_HERE)} itself)")
+
+
+def sampler_configs(base):
+    """[(rule, its SamplerConfig)] for each rule of samplers: base (the fields bench.py sets), the rule and
+    sample_options; each config checks itself."""
+    check_sample_options()
+    return [(rule, SamplerConfig(**base, **{**RULES[rule], **sample_options})) for rule in rules()]
 
 
 def synthetic_data(rng):
@@ -176,7 +241,7 @@ def bench_data(rng):
     if data == "synthetic":
         meta, split = synthetic_data(rng)
         return meta, split, meta["max_len"]
-    meta, splits = load_data(data)
+    meta, splits = load_data(data, checksums=verify_data)
     prompt = max_prompt_len(splits)
     return meta, splits["train"], meta["max_len"] + (prompt + 1 if model_type == "mdm" and prompt else 0)
 
@@ -412,11 +477,13 @@ def pad_to(model_fn, width, pad_id):
 
 def sample_setup():
     """The model to sample (a checkpoint's EMA weights, or a random-init one from the settings), its
-    SamplerConfig fields and its prompts: a maze model samples paths through held-out subgoals and never
-    SEP, as sample.py."""
+    SamplerConfig fields, its prompts (a maze model samples paths through held-out subgoals and never SEP, as
+    sample.py) and the SamplerConfig of each rule, checked before any sampling."""
     prompts, banned = None, ()
     if ckpt:
         raw, state = load_model(ckpt, device)
+        if not {"meta", "config"} <= set(state):
+            raise InputError(f"{ckpt!r} is not a checkpoint of train.py (it lacks meta or config)")
         meta, mt, config = state["meta"], state["model_args"]["model_type"], state["config"]
         mask_id, pad_id = meta["mask_id"], meta["pad_id"]
         if meta.get("tokenizer") == "maze":
@@ -427,17 +494,14 @@ def sample_setup():
         raw = DiT(pick(ModelConfig, globals(), vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, dropout=0.0,
                        attention="sdpa")).to(device).eval()
     alpha, beta = schedules(config)  # a checkpoint's own, as sample.py uses them
-    unknown = set(sample_options) - {f.name for f in fields(SamplerConfig)}
-    if unknown:
-        raise InputError(f"sample_options {sorted(unknown)} are not SamplerConfig fields")
     base = dict(max_len=raw.cfg.max_len, mask_id=mask_id, pad_id=pad_id, model_type=mt, steps=sample_steps,
                 alpha=alpha, beta=beta, banned=banned, device=device)
-    return raw, base, prompts
+    return raw, base, prompts, sampler_configs(base)
 
 
 def bench_sample():
     device_type = setup()
-    raw, base, prompts = sample_setup()
+    raw, base, prompts, configs = sample_setup()
     if compile:  # sequence lengths change at every step: compile for dynamic shapes
         raw.padded_states = torch.compile(raw.padded_states, dynamic=True)
     mt, mask_id = base["model_type"], base["mask_id"]
@@ -458,9 +522,7 @@ def bench_sample():
           f"{sample_steps} steps, {'full width' if full_width else 'our width'}, {device} {dtype}{' compiled' if compile else ''}"
           f"{', ckpt ' + ckpt if ckpt else ', random init'}")
     results = []
-    for rule in [s for s in samplers.split(",") if s]:
-        cfg = SamplerConfig(**base, **{**({"sampler": "adaptive"} if rule == "adaptive" else {"unmask": rule}),
-                                       **sample_options})
+    for rule, cfg in configs:
         torch.manual_seed(seed)
         with torch.no_grad():
             generate(model_fn, sample_batch, cfg, prompts=prompts)  # untimed: compilation, allocator
@@ -484,14 +546,12 @@ def bench_sample():
 
 
 def main():
-    configure(globals(), sys.argv[1:])
-    check_choices(globals(), dict(mode=("train", "sample"), dtype=("float32", "bfloat16"), head_at=("read", "masks")))
-    check_device(device)
+    given = configure(globals(), sys.argv[1:])
+    check_settings(given, [a for a in sys.argv[1:] if not a.startswith("--")])
     res = bench_train() if mode == "train" else bench_sample()
     if out_json:
-        with open(out_json, "w") as f:
-            json.dump(res, f, indent=1)
+        atomic_write(out_json, lambda f: json.dump(res, f, indent=1))
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, interrupted="no results were written (out_json is written at the end); run the command again")

@@ -7,7 +7,8 @@ with a cold inductor cache, TORCHINDUCTOR_CACHE_DIR=an empty folder, for the fir
 
     OMP_NUM_THREADS=1 TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python scripts/flex_cpu_bench.py --rounds=5 --calls=20
 
---data=DIR takes the batch from another prepared dataset (default data/maze_cpu).
+--data=DIR takes the batch from another prepared dataset (default data/maze_cpu) whose sequences fit a row
+(max_len <= 127). Settings are checked before any work; nothing is written.
 """
 import os
 import statistics
@@ -19,34 +20,49 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configurator import InputError, check_ranges, configure, run  # noqa: E402
 from data import get_batch, load_data  # noqa: E402
 from interpolant import Schedule, flexmdm_interpolant, sample_times  # noqa: E402
 from model import DiT, ModelConfig, compiled_flex_attention, flex_attention, pack  # noqa: E402
 
+rounds = 5  # the three attentions interleaved, the order alternating
+calls = 20  # calls per attention per round
+data = "data/maze_cpu"  # a prepared dataset: the batch's sequences
+ROW = 128  # tokens per packed row
+
+
+def check_settings():
+    """The settings' ranges and the data (data.load_data), before any work: one line naming the problem."""
+    check_ranges(globals(), dict(rounds=">0", calls=">0"))
+    meta, splits = load_data(data)
+    if meta["max_len"] + 1 > ROW:
+        raise InputError(f"data={data!r} has max_len {meta['max_len']}: a sequence and its gap slot must fit a row of "
+                         f"{ROW} tokens (max_len <= {ROW - 1})")
+    return meta, splits
+
 
 def main():
-    opts = dict(a[2:].split("=", 1) for a in sys.argv[1:])
-    rounds, calls = int(opts.get("rounds", 5)), int(opts.get("calls", 20))
+    configure(globals(), sys.argv[1:])
+    meta, splits = check_settings()
     torch.set_num_threads(1)
-    meta, splits = load_data(opts.get("data", "data/maze_cpu"))
     n_seq = len(splits["train"][1]) - 1
     x1, lengths, fixed = get_batch(splits["train"], np.random.default_rng(0).integers(0, n_seq, 128), meta, "flexmdm",
                                    meta["max_len"])
     g = torch.Generator().manual_seed(0)
     fb = flexmdm_interpolant(x1, lengths, sample_times(128, generator=g), Schedule(), Schedule(), meta["mask_id"],
                              meta["pad_id"], fixed=fixed, generator=g)
-    _, seq_ids, _, _ = pack(fb.xt, fb.lengths, meta["vocab_size"], meta["pad_id"], 128)
+    _, seq_ids, _, _ = pack(fb.xt, fb.lengths, meta["vocab_size"], meta["pad_id"], ROW)
     cfg = dict(vocab_size=meta["vocab_size"], n_layer=1, n_head=4, n_embd=64, pad_id=meta["pad_id"])
     block_mask = DiT(ModelConfig(**cfg, attention="flex")).attention_mask(seq_ids)
     dense = DiT(ModelConfig(**cfg, attention="sdpa")).attention_mask(seq_ids)
-    q, k, v = (torch.randn(seq_ids.shape[0], 4, 128, 16, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(seq_ids.shape[0], 4, ROW, 16, generator=g) for _ in range(3))
     compiled = compiled_flex_attention()
     start, children = time.process_time(), os.times().children_user + os.times().children_system
     out = compiled(q, k, v, block_mask=block_mask)
     compile_s, gcc_s = time.process_time() - start, os.times().children_user + os.times().children_system - children
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
     real = (seq_ids >= 0)[:, None, :, None].expand_as(ref)
-    print(f"{seq_ids.shape[0]} rows of 128, {int((seq_ids >= 0).sum())} real positions; compiled flex compile: "
+    print(f"{seq_ids.shape[0]} rows of {ROW}, {int((seq_ids >= 0).sum())} real positions; compiled flex compile: "
           f"{compile_s:.1f} CPU-s in this process, {gcc_s:.1f} in its children (gcc); max |compiled flex - sdpa| at real positions "
           f"{(out - ref)[real].abs().max().item():.1e}")
     fns = {"eager flex_attention": lambda: flex_attention(q, k, v, block_mask=block_mask),
@@ -64,4 +80,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,7 +12,10 @@ Laws (--laws, comma-separated): a prepared dataset name under data/ (its validat
 from its meta.json, e.g. wikitext128), or lognormal: an OpenWebText-like law, log-normal with median
 lognormal_median and log-sd lognormal_sigma, discretised to 1..1024 (max_len 1024).
 The floor columns are what the same number of exact draws from p(n) would score (mean of 20 draws).
+Every setting and each law's data are checked before any sampling; the .json and .png are refused when they
+exist, unless --overwrite=True (and then only files of ours), and written whole or not at all.
 """
+import io
 import json
 import math
 import os
@@ -23,8 +26,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configurator import configure, run  # noqa: E402
-from data import load_data  # noqa: E402
+from configurator import InputError, check_ranges, configure, run  # noqa: E402
+from data import atomic_write, check_output, load_data  # noqa: E402
 from interpolant import Schedule, length_posterior_insertions  # noqa: E402
 from sampler import SamplerConfig, generate  # noqa: E402
 
@@ -36,10 +39,26 @@ grid_power = 1.0  # the sampler's time grid t_k = (k / (N - 1)) ** grid_power
 lognormal_median = 64.0
 lognormal_sigma = 1.0
 out = "results/length_oracle"  # .json and .png
+overwrite = False  # replace an existing out.json and out.png (ours)
 seed = 1337
 
 VOCAB, PAD, MASK = 2, 2, 3  # two i.i.d. uniform data tokens; the tokens play no part in the length
 BIN = 32
+
+
+def check_settings():
+    """Every setting's range, before any work: one line naming the key, its value and the rule; then the
+    outputs (data.check_output)."""
+    check_ranges(globals(), dict(num_samples=">0", batch_size=">0", grid_power=">0", lognormal_median=">0",
+                                 lognormal_sigma=">0", seed=">=0"))
+    if not all(laws.split(",")):
+        raise InputError(f"laws={laws!r} must name one or more laws, comma-separated (a dataset under data/, or lognormal)")
+    if not steps or not all(isinstance(n, int) and n >= 2 for n in steps):
+        raise InputError(f"steps={steps!r} must be a tuple of step counts >= 2, e.g. --steps=64,256 (--steps=64, for one)")
+    if not out:
+        raise InputError("out='' must name the results' path without its extension, e.g. results/length_oracle")
+    for path in (out + ".json", out + ".png"):
+        check_output(path, overwrite, "out")
 
 
 def data_law(name):
@@ -81,7 +100,8 @@ def floor(probs, n, rng, draws=20):
     return {k: float(np.mean([r[k] for r in rows])) for k in ("tv_exact", "tv_bin32", "w1")}
 
 
-def plot(results, filename):
+def plot(results):
+    """The PNG of W1 and TV against the step count, per law (bytes)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,18 +117,21 @@ def plot(results, filename):
     axes[0].legend(fontsize=8)
     fig.suptitle(f"exact f and g, vanilla sampler, grid power {grid_power}; dotted: {num_samples} exact draws", fontsize=9)
     fig.tight_layout()
-    fig.savefig(filename, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=120, format="png")
     plt.close(fig)
+    return png.getvalue()
 
 
 def main():
     configure(globals(), sys.argv[1:])
+    check_settings()
     torch.set_num_threads(1)
     alpha = Schedule("linear")
     rng = np.random.default_rng(seed)
+    law_probs = {law: lognormal_law() if law == "lognormal" else data_law(law) for law in laws.split(",")}  # data checked
     results = {}
-    for law in laws.split(","):
-        probs = lognormal_law() if law == "lognormal" else data_law(law)
+    for law, probs in law_probs.items():
         max_len = len(probs) - 1
         results[law] = {"max_len": max_len, "mean": float((probs * torch.arange(len(probs))).sum()),
                         "floor": floor(probs, num_samples, rng), "runs": []}
@@ -125,13 +148,13 @@ def main():
                   f"({row['seconds']:.0f} s)", flush=True)
         fl = results[law]["floor"]
         print(f"{'':>16} floor ({num_samples} exact draws): TV {fl['tv_exact']:.3f}, {fl['tv_bin32']:.3f}, W1 {fl['w1']:.2f}")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump({"settings": {"num_samples": num_samples, "grid_power": grid_power, "seed": seed,
-                                "lognormal": [lognormal_median, lognormal_sigma]}, "laws": results}, f, indent=1)
-    plot(results, out + ".png")
+    png = plot(results)
+    settings = {"num_samples": num_samples, "grid_power": grid_power, "seed": seed,
+                "lognormal": [lognormal_median, lognormal_sigma]}
+    atomic_write(out + ".json", lambda f: json.dump({"settings": settings, "laws": results}, f, indent=1))
+    atomic_write(out + ".png", lambda f: f.write(png), binary=True)
     print(f"wrote {out}.json and {out}.png")
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, interrupted="nothing was written (the .json and .png are written at the end); run the command again")
