@@ -26,7 +26,7 @@ import torch
 
 from checkpoint import load_model
 from configurator import InputError
-from data import get_batch, load_data, maze_prompts
+from data import check_same_data, get_batch, load_data, maze_prompts
 from interpolant import bregman, flexmdm_interpolant, schedules
 from sampler import SamplerConfig, generate, time_grid
 
@@ -35,14 +35,19 @@ CALIBRATION_TIMES = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 def load_flexmdm(ckpt_path, **sampling):
     """A FlexMDM checkpoint's sampler model_fn (EMA weights, CPU), the SamplerConfig that samples it (its
-    max_len, mask, pad and schedules; `sampling`: steps, temperature, grid_power, ...) and its data's meta."""
-    model, ckpt = load_model(ckpt_path, "cpu")
-    if ckpt["model_args"]["model_type"] != "flexmdm":
-        raise InputError(f"{ckpt_path!r} is not a FlexMDM checkpoint: this needs g")
-    alpha, beta = schedules(ckpt["config"])
-    meta = ckpt["meta"]
-    cfg = SamplerConfig(max_len=model.cfg.max_len, mask_id=meta["mask_id"], pad_id=meta["pad_id"], alpha=alpha,
-                        beta=beta, **sampling)
+    max_len, mask, pad and schedules; `sampling`: steps, temperature, grid_power, ...) and its data's meta.
+    A torn file or a checkpoint of another kind is one line (checkpoint.load_checkpoint, and here)."""
+    try:
+        model, ckpt = load_model(ckpt_path, "cpu")
+        if ckpt["model_args"]["model_type"] != "flexmdm":
+            raise InputError(f"{ckpt_path!r} is not a FlexMDM checkpoint: this needs g")
+        alpha, beta = schedules(ckpt["config"])
+        meta = ckpt["meta"]
+        cfg = SamplerConfig(max_len=model.cfg.max_len, mask_id=meta["mask_id"], pad_id=meta["pad_id"], alpha=alpha,
+                            beta=beta, **sampling)
+    except (KeyError, TypeError, RuntimeError) as e:  # weights, settings or a data meta that are not train.py's
+        detail = (str(e).splitlines() or [""])[0]
+        raise InputError(f"{ckpt_path!r} is not a checkpoint of train.py ({type(e).__name__} {detail})") from None
     return model.sampler_fn(alpha), cfg, meta
 
 
@@ -140,6 +145,7 @@ def calibrate(ckpt, data_dir, calibration_samples=512, trace_samples=200, steps=
     trace, the held-out lengths [n])."""
     model_fn, cfg, meta = load_flexmdm(ckpt, steps=steps, temperature=temperature, grid_power=grid_power)
     (x1, lengths, fixed), data_meta = heldout_batch(data_dir, calibration_samples)
+    check_same_data(meta, data_meta, data_dir)
     if data_meta["vocab_size"] != meta["vocab_size"] or data_meta["max_len"] > cfg.max_len:
         raise InputError(f"{data_dir!r} (vocab {data_meta['vocab_size']}, max_len {data_meta['max_len']}) is not the "
                          f"data of {ckpt!r} (vocab {meta['vocab_size']}, max_len {cfg.max_len})")

@@ -6,8 +6,17 @@ text, gsm8k, humaneval_infill; `python evaluate.py --help` lists the settings. T
 written beside the samples as FILE.<task>.json (FILE.<task>.<split>.json, and FILE.<task>.<split>.png, for
 length or text with a --data_split other than val), so no task replaces another's. An output (metrics file
 or PNG) that already exists is never replaced: evaluate.py stops with one line naming it, unless
---overwrite=True (or another --png). The checks of a checkpoint's g (calibration, and maze_lengths' trace)
-load the model and run the sampler: diagnostics.py does that, the tasks here write what it finds.
+--overwrite=True (or another --png), and even then only a metrics, samples or PNG file of ours that the
+command does not read. The settings, the samples and the data are checked before any work: a mistake is
+one line. --task=humaneval_infill runs model-written code, so it needs --allow_code_execution=True; each
+program runs in a fresh python whose destructive calls (removing, renaming or overwriting files outside its
+directory, killing or starting processes, sockets) are disabled first. That is a guard against accidents,
+not a sandbox: run it in a container, e.g. `docker run --rm --network none -v "$PWD":/w:ro -v
+"$PWD/SAMPLES_DIR":/w/SAMPLES_DIR -w /w IMAGE python evaluate.py --task=humaneval_infill ...
+--allow_code_execution=True` (IMAGE: python:3.11 with requirements.txt installed; the repo, with the
+problems file, read-only; only the samples' directory writable; no network). The checks of a checkpoint's g (calibration, and
+maze_lengths' trace) load the model and run the sampler: diagnostics.py does that, the tasks here write
+what it finds.
 
 Tasks:
   maze  success rate of subgoal-conditioned paths (paper section 5.1.2, appendix F.2). Each line
@@ -27,7 +36,11 @@ Tasks:
   gsm8k  zero-shot GSM8K accuracy (and its standard error) of retrofit_llada.py's completions: the
         answer extracted from each completion against the number after "####" in the reference.
   humaneval_infill  pass@1 of retrofit_llada.py's infilled middles: prefix + middle + suffix +
-        tests run in a subprocess with a timeout (--timeout) and resource limits (--problems FILE).
+        tests (--problems FILE) run, only with --allow_code_execution=True, each by a fresh python in
+        an empty temporary directory, with a timeout (--timeout), memory, CPU-time and file-size limits,
+        and the destructive calls disabled before the program starts (disable_destructive_calls, as
+        OpenAI's human-eval and the bigcode evaluation harness do). A guard, not a sandbox: code that
+        means harm gets past it (ctypes, a C extension); run it in a container (above).
   calibration  for a FlexMDM checkpoint (--ckpt) on its data's validation split (--data_dir): the
         forecast sum_j g_j against the tokens still to insert, per t and at x_0 (the length prior), on
         states drawn too early, and along sampling trajectories (diagnostics.py); written beside the
@@ -49,8 +62,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configurator import InputError, check_choices, configure, run
-from data import SPLITS, atomic_write, check_output, decode, gpt2, load_data, read_jsonl, read_meta, sequence_lengths
+from configurator import InputError, check_choices, check_ranges, configure, run
+from data import (DATASET_FILES, SPLITS, atomic_write, check_output, decode, gpt2, load_data, read_jsonl, read_meta,
+                  sequence_lengths)
 from diagnostics import calibrate, insertion_trace, plot_calibration, plot_insertion_trace, pyplot
 
 # -----------------------------------------------------------------------------
@@ -71,6 +85,7 @@ grid_power = 1.0  # calibration: the trace's time grid (sampler.py)
 problems = ""  # humaneval_infill: the benchmark's .jsonl(.gz) problems
 timeout = 3.0  # humaneval_infill: seconds per program
 workers = 0  # humaneval_infill: programs run at once; 0 = the CPU count
+allow_code_execution = False  # humaneval_infill: True to run the model's programs on this machine (a guard, not a sandbox)
 overwrite = False  # replace an existing metrics file or PNG
 # -----------------------------------------------------------------------------
 
@@ -78,14 +93,44 @@ overwrite = False  # replace an existing metrics file or PNG
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
 
+FIELDS = {"tokens": "ids", "subgoals": "ids", "length": "count", "text": "text", "answer": "text", "completion": "text",
+          "task_id": "text"}  # what each field of a samples line holds
+KINDS = {"ids": ("a list of token ids", lambda v: isinstance(v, list) and all(type(t) is int and t >= 0 for t in v)),
+         "count": ("a count", lambda v: type(v) is int and v >= 0), "text": ("a string", lambda v: isinstance(v, str))}
+
+
 def require_fields(rows, fields, path, writer):
-    """An InputError unless there are rows and each has every field; writer names what writes them."""
+    """An InputError unless there are rows and each is an object with every field, each field (and a "length"
+    or "text" it has) of its kind (FIELDS); writer names what writes them."""
     if not rows:
         raise InputError(f"no samples in {path!r}")
     for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise InputError(f"{path!r} line {number} is not a JSON object: expected lines of {writer}")
         missing = [field for field in fields if field not in row]
         if missing:
             raise InputError(f"{path!r} line {number} has no {missing[0]!r}: expected lines of {writer}")
+        for field in fields + tuple(f for f in ("length", "text") if f in row and f not in fields):
+            what, holds = KINDS[FIELDS[field]]
+            if not holds(row[field]):
+                raise InputError(f"{path!r} line {number}: {field!r} is not {what}: expected lines of {writer}")
+
+
+def read_samples(path, fields, writer):
+    """The rows of a samples file (JSON lines), each checked by require_fields; a file that is not text is one line."""
+    if os.path.isdir(path):
+        raise InputError(f"{path!r} is a directory, not a samples file: fix --samples")
+    try:
+        rows = read_jsonl(path)
+    except UnicodeDecodeError:
+        raise InputError(f"{path!r} is not a text file: expected JSON lines of {writer}") from None
+    require_fields(rows, fields, path, writer)
+    return rows
+
+
+def dataset_files(data_dir):
+    """The files of a prepared dataset (data.DATASET_FILES): inputs of a task that reads it, never its outputs."""
+    return [os.path.join(data_dir, name) for name in sorted(DATASET_FILES)] if data_dir else []
 
 
 def output_stem(samples_path, task, data_split="val"):
@@ -290,18 +335,27 @@ def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=6, cols=3):
     return save_png(fig, filename)
 
 
+MAZE_SAMPLES = ("tokens", "subgoals"), "maze samples (sample.py on a maze checkpoint)"
+
+
+def read_maze(data_dir):
+    """The maze of a prepared maze dataset (its meta.json) and its held-out path lengths by subgoals
+    (held_out_lengths, which checks every file of it); a dataset of another kind is one line."""
+    meta = read_meta(data_dir)
+    if "maze" not in meta:
+        raise InputError(f"{data_dir!r} is not a maze dataset (its meta.json has no maze): give the --data_dir of "
+                         "prepare_maze.py that the samples were drawn from")
+    return np.asarray(meta["maze"], dtype=np.uint8), meta, held_out_lengths(data_dir)
+
+
 def evaluate_maze(samples, data_dir, png="", overwrite=False):
     """Task maze: the success rate of the samples file against the maze in data_dir/meta.json, the
     outcomes by reason, and with png a figure of three solved and three failed samples."""
-    if not data_dir:
-        raise InputError("--task=maze needs --data_dir (for meta.json's maze)")
     metrics_path = output_stem(samples, "maze") + ".json"
-    refuse_existing(overwrite, (samples,), metrics=metrics_path, png=png)
-    meta = read_meta(data_dir)
-    maze = np.asarray(meta["maze"], dtype=np.uint8)
-    rows = read_jsonl(samples)
-    require_fields(rows, ("tokens", "subgoals"), samples, "maze samples (sample.py on a maze checkpoint)")
-    check_held_out(rows, held_out_lengths(data_dir), samples, data_dir)
+    refuse_existing(overwrite, (samples, *dataset_files(data_dir)), metrics=metrics_path, png=png)
+    maze, meta, by_goals = read_maze(data_dir)
+    rows = read_samples(samples, *MAZE_SAMPLES)
+    check_held_out(rows, by_goals, samples, data_dir)
     paths = [r["tokens"] for r in rows]
     subgoals = [r["subgoals"] for r in rows]
     reasons = [maze_path_check(p, s, maze) for p, s in zip(paths, subgoals)]
@@ -365,10 +419,10 @@ def maze_length_case(path, subgoals, data_lengths_, width):
     return case, (n - 1 - abs(r0 - r1) - abs(c0 - c1)) % 2 == 1
 
 
-def trace_report(rows, by_goals, ckpt, data_dir, png, trace_samples, steps, temperature):
-    """maze_lengths' trace (diagnostics.insertion_trace): the forecast at t = 0 against the tokens then
-    inserted and the compensator sum over steps of tau w_alpha(t) sum_j g_j; with png, its figure."""
-    times, lengths, forecast, final, K, leap = insertion_trace(ckpt, data_dir, trace_samples, steps, temperature)
+def trace_report(traced, rows, by_goals, png):
+    """maze_lengths' trace (traced: diagnostics.insertion_trace's): the forecast at t = 0 against the tokens
+    then inserted and the compensator sum over steps of tau w_alpha(t) sum_j g_j; with png, its figure."""
+    times, lengths, forecast, final, K, leap = traced
     trace = {"n": len(final), "forecast_at_t0": float(forecast[0].mean()), "inserted": float((final - K).mean()),
              "compensator": float((leap[:, None] * forecast).sum(0).mean())}
     print(f"trace of {len(final)} samples: sum of g at t=0 {trace['forecast_at_t0']:.2f}, "
@@ -385,18 +439,12 @@ def evaluate_maze_lengths(samples, data_dir, png="", ckpt="", steps=256, tempera
     """Task maze_lengths: where the samples' lengths fall among the lengths of the held-out paths
     through the same subgoals, and with ckpt a re-sampled trace of the model's forecast of the
     insertions to come (trace_report; drawn to png if given)."""
-    if not data_dir:
-        raise InputError("--task=maze_lengths needs --data_dir (for meta.json's maze)")
-    if png and not ckpt:
-        raise InputError("--task=maze_lengths draws --png from the insertion trace: it needs --ckpt too")
     metrics_path = output_stem(samples, "maze_lengths") + ".json"
-    refuse_existing(overwrite, (samples, ckpt), metrics=metrics_path, png=png)
-    meta = read_meta(data_dir)
-    rows = read_jsonl(samples)
-    require_fields(rows, ("tokens", "subgoals"), samples, "maze samples (sample.py on a maze checkpoint)")
-    by_goals = held_out_lengths(data_dir)
+    refuse_existing(overwrite, (samples, ckpt, *dataset_files(data_dir)), metrics=metrics_path, png=png)
+    maze, _, by_goals = read_maze(data_dir)
+    rows = read_samples(samples, *MAZE_SAMPLES)
     check_held_out(rows, by_goals, samples, data_dir)
-    maze = np.asarray(meta["maze"])
+    traced = insertion_trace(ckpt, data_dir, trace_samples, steps, temperature) if ckpt else None  # checks ckpt first
     cases = [maze_length_case(r["tokens"], r["subgoals"], by_goals[tuple(r["subgoals"])], maze.shape[1]) for r in rows]
     ok = [maze_path_ok(r["tokens"], r["subgoals"], maze) for r in rows]
     table = {c: {"n": sum(case == c for case, _ in cases),
@@ -409,8 +457,8 @@ def evaluate_maze_lengths(samples, data_dir, png="", ckpt="", steps=256, tempera
         print(f"{c:>22}: {table[c]['n']:5d} samples, {table[c]['solved']:5d} solved")
     print(f"impossible parity: {100 * metrics['wrong_parity']:.1f}%; mean length {metrics['mean_sample_len']:.2f} "
           f"(held-out paths through the same subgoals: {data_mean:.2f})")
-    if ckpt:
-        metrics["trace"], figure = trace_report(rows, by_goals, ckpt, data_dir, png, trace_samples, steps, temperature)
+    if traced:
+        metrics["trace"], figure = trace_report(traced, rows, by_goals, png)
         if figure:
             metrics["png"] = figure
     print(f"wrote {write_metrics(metrics_path, metrics)}")
@@ -554,15 +602,12 @@ def sample_lengths(rows):
     return np.array([r.get("length", len(r["tokens"])) for r in rows], dtype=np.int64)
 
 
-def length_report(rows, samples_path, data_dir, data_split, compare, png):
-    """Length fidelity of the samples against data_dir's split, with the overlay PNG."""
-    ref = sequence_lengths(data_dir, data_split)
-    lengths = sample_lengths(rows)
-    metrics = length_metrics(lengths, ref)
-    others = [(sample_lengths(read_jsonl(path)), os.path.basename(os.path.dirname(path)) or path)
-              for path in compare.split(",") if path]
-    metrics["png"] = plot_lengths(lengths, ref, png, labels=(os.path.basename(os.path.dirname(samples_path)) or "samples",
-                                                             f"data {data_split}"), others=others)
+TEXT_SAMPLES = ("tokens",), "text samples (sample.py on a text checkpoint)"
+
+
+def length_report(rows, ref, data_split):
+    """Length fidelity of the samples against the lengths ref of the data's split, printed."""
+    metrics = length_metrics(sample_lengths(rows), ref)
     s, d = metrics["samples"], metrics["data"]
     print(f"length: TV {metrics['tv_exact']:.4f} (exact lengths), {metrics[f'tv_bin{LENGTH_BIN}']:.4f} "
           f"(bins of {LENGTH_BIN}), W1 {metrics['wasserstein1']:.2f} tokens")
@@ -570,28 +615,31 @@ def length_report(rows, samples_path, data_dir, data_split, compare, png):
         print(f"  {name:>10}: n {st['n']}, mean {st['mean']:.1f}, " +
               ", ".join(f"p{int(q * 100)} {st[f'p{int(q * 100)}']:.0f}" for q in LENGTH_QUANTILES) +
               f", min {st['min']}, max {st['max']}")
-    print(f"  plot: {metrics['png']}")
     return metrics
 
 
-def genppl_report(rows, ref_model, ref_batch_size):
-    """Generative perplexity of the samples longer than PPL_MIN_TOKENS under ref_model, and the
-    unigram entropy of all samples. The decoded text is re-tokenized with the reference tokenizer
-    (the GPT-2 family shares our BPE, so there the ids barely change; any other LM works too)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def scoring_inputs(rows, ref_model, device):
+    """What genppl_report needs, gathered before any work (a missing BPE or reference LM is one line first):
+    the texts of the samples longer than PPL_MIN_TOKENS (their "text", else their tokens decoded with the
+    GPT-2 BPE), and the reference LM with its tokenizer."""
     kept = [r for r, n in zip(rows, sample_lengths(rows)) if n > PPL_MIN_TOKENS]
     if not kept:
         raise InputError(f"no sample has more than {PPL_MIN_TOKENS} tokens: nothing to score")
-    if any("text" not in r for r in kept):
-        enc = gpt2()
+    enc = gpt2() if any("text" not in r for r in kept) else None
     texts = [r["text"] if "text" in r else decode(enc, r["tokens"]) for r in kept]
-    model, tokenizer = load_reference(ref_model, device)
-    bos = tokenizer.bos_token_id
-    ids, cut = reference_ids(texts, lambda s: tokenizer(s)["input_ids"], bos,
+    return (texts, *load_reference(ref_model, device))
+
+
+def genppl_report(rows, scoring, ref_model, ref_batch_size, device):
+    """Generative perplexity of the samples longer than PPL_MIN_TOKENS under ref_model (scoring: from
+    scoring_inputs), and the unigram entropy of all samples. The decoded text is re-tokenized with the
+    reference tokenizer (the GPT-2 family shares our BPE, so there the ids barely change; any other LM works too)."""
+    texts, model, tokenizer = scoring
+    ids, cut = reference_ids(texts, lambda s: tokenizer(s)["input_ids"], tokenizer.bos_token_id,
                              getattr(model.config, "max_position_embeddings", None))
     ppl = generative_perplexity(model, ids, ref_batch_size, device)
     metrics = {"genppl": ppl["ppl"], "nll": ppl["nll"], "ref_model": ref_model, "scored_tokens": ppl["tokens"],
-               "scored_samples": ppl["sequences"], "filtered_short": len(rows) - len(kept), "cut_to_context": cut,
+               "scored_samples": ppl["sequences"], "filtered_short": len(rows) - len(texts), "cut_to_context": cut,
                "unigram_entropy": unigram_entropy([r["tokens"] for r in rows])}
     print(f"genppl {metrics['genppl']:.2f} under {ref_model} ({ppl['sequences']} samples, {ppl['tokens']} tokens; "
           f"{metrics['filtered_short']} samples of <= {PPL_MIN_TOKENS} tokens left out, {cut} cut to the context)")
@@ -601,22 +649,30 @@ def genppl_report(rows, ref_model, ref_batch_size):
 
 def evaluate_text(task, samples, data_dir="", png="", data_split="val", compare="", ref_model="gpt2-large",
                   ref_batch_size=16, overwrite=False):
-    """Tasks length, genppl and text (both): metrics to stdout and SAMPLES.<task>[.<split>].json."""
+    """Tasks length, genppl and text (both): metrics to stdout and SAMPLES.<task>[.<split>].json. Everything
+    the task reads (the samples, the data, the BPE, the reference LM) is read and checked before the work."""
     if task not in ("length", "genppl", "text"):
         raise ValueError(f"evaluate_text does the tasks length, genppl and text, not {task!r}")
-    lengths = task in ("length", "text")
-    if lengths and not data_dir:
-        raise InputError(f"--task={task} needs --data_dir (the prepared dataset to compare lengths with)")
+    lengths, genppl = task in ("length", "text"), task in ("genppl", "text")
     stem = output_stem(samples, task, data_split)
     png = (png or stem + ".png") if lengths else ""
-    refuse_existing(overwrite, (samples, *compare.split(",")), metrics=stem + ".json", png=png)
-    rows = read_jsonl(samples)
-    require_fields(rows, ("tokens",), samples, "text samples (sample.py on a text checkpoint)")
+    others = [path for path in compare.split(",") if path]
+    refuse_existing(overwrite, (samples, *others, *dataset_files(data_dir)), metrics=stem + ".json", png=png)
+    rows = read_samples(samples, *TEXT_SAMPLES)
+    compared = [(sample_lengths(read_samples(path, *TEXT_SAMPLES)), os.path.basename(os.path.dirname(path)) or path)
+                for path in others]
+    ref = sequence_lengths(data_dir, data_split) if lengths else None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scoring = scoring_inputs(rows, ref_model, device) if genppl else None
     metrics = {"task": task, "samples": samples, "n": len(rows)}
     if lengths:
-        metrics["length"] = length_report(rows, samples, data_dir, data_split, compare, png)
-    if task in ("genppl", "text"):
-        metrics.update(genppl_report(rows, ref_model, ref_batch_size))
+        metrics["length"] = length_report(rows, ref, data_split)
+    if genppl:
+        metrics.update(genppl_report(rows, scoring, ref_model, ref_batch_size, device))
+    if lengths:
+        label = os.path.basename(os.path.dirname(samples)) or "samples"
+        metrics["length"]["png"] = plot_lengths(sample_lengths(rows), ref, png, (label, f"data {data_split}"), compared)
+        print(f"wrote {png} (the length histograms)")
     print(f"wrote {write_metrics(stem + '.json', metrics)}")
     return metrics
 
@@ -628,10 +684,8 @@ def evaluate_calibration(ckpt, data_dir, png="", calibration_samples=512, trace_
                          temperature=1.0, grid_power=1.0, overwrite=False):
     """Task calibration: diagnostics.calibrate for a FlexMDM checkpoint on data_dir's validation split,
     printed, and written beside it as CKPT.calibration.json (ckpt.pt -> ckpt.calibration.json; and png)."""
-    if not ckpt or not data_dir:
-        raise InputError("--task=calibration needs --ckpt (a FlexMDM ckpt.pt) and --data_dir (its prepared dataset)")
     metrics_path = os.path.splitext(ckpt)[0] + ".calibration.json"
-    refuse_existing(overwrite, (ckpt,), metrics=metrics_path, png=png)
+    refuse_existing(overwrite, (ckpt, *dataset_files(data_dir)), metrics=metrics_path, png=png)
     rows, trace, heldout = calibrate(ckpt, data_dir, calibration_samples, trace_samples, steps, temperature, grid_power)
     times, lengths, forecast, final = trace
     inserted = final[None] - lengths
@@ -695,10 +749,13 @@ def evaluate_gsm8k(samples, overwrite=False):
     """Task gsm8k: zero-shot GSM8K accuracy of the completions, with its standard error."""
     metrics_path = output_stem(samples, "gsm8k") + ".json"
     refuse_existing(overwrite, (samples,), metrics=metrics_path)
-    rows = read_jsonl(samples)
-    require_fields(rows, ("answer", "completion"), samples, "retrofit_llada.py --stage=generate")
+    rows = read_samples(samples, ("answer", "completion"), "retrofit_llada.py --stage=generate --task=gsm8k")
+    golds = [gsm8k_gold(r["answer"]) for r in rows]
+    if None in golds:
+        raise InputError(f"{samples!r} line {golds.index(None) + 1}: 'answer' ends in no '#### N': expected GSM8K's "
+                         "reference solutions (retrofit_llada.py --stage=generate --task=gsm8k)")
     predicted = [gsm8k_extract(r["completion"]) for r in rows]
-    acc, se = rate_and_stderr([p == gsm8k_gold(r["answer"]) for p, r in zip(predicted, rows)])
+    acc, se = rate_and_stderr([p == g for p, g in zip(predicted, golds)])
     metrics = {"task": "gsm8k", "samples": samples, "n": len(rows), "accuracy": acc, "stderr": se,
                "no_answer": sum(p is None for p in predicted)}
     print(f"gsm8k accuracy: {100 * acc:.1f}% +- {100 * se:.1f}% (n={len(rows)}, no answer {metrics['no_answer']})")
@@ -706,12 +763,25 @@ def evaluate_gsm8k(samples, overwrite=False):
     return metrics
 
 
+PROBLEM_FIELDS = ("task_id", "prompt", "suffix", "test", "entry_point")
+
+
 def read_problems(path):
-    """HumanEval(-infilling) problems by task_id, from .jsonl or .jsonl.gz."""
-    if not os.path.exists(path):
+    """HumanEval(-infilling) problems by task_id, from .jsonl or .jsonl.gz, each checked for PROBLEM_FIELDS."""
+    if not os.path.isfile(path):
         raise InputError(f"problems file {path!r} not found: fix --problems")
-    with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
-        return {p["task_id"]: p for p in (json.loads(line) for line in f if line.strip())}
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
+            problems = [json.loads(line) for line in f if line.strip()]
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"problems file {path!r} is not HumanEval JSON lines ({type(e).__name__}): fix --problems") from None
+    for number, p in enumerate(problems, 1):
+        if not isinstance(p, dict) or not all(isinstance(p.get(k), str) for k in PROBLEM_FIELDS):
+            raise InputError(f"problems file {path!r} line {number} is not a HumanEval-infilling problem (with "
+                             f"{', '.join(PROBLEM_FIELDS)}): fix --problems")
+    if not problems:
+        raise InputError(f"problems file {path!r} holds no problem: fix --problems")
+    return {p["task_id"]: p for p in problems}
 
 
 def humaneval_program(problem, completion):
@@ -720,18 +790,87 @@ def humaneval_program(problem, completion):
             + f"check({problem['entry_point']})\n")
 
 
+def disable_destructive_calls(directory):
+    """Run by run_program's child before the model's program, as OpenAI's human-eval and the bigcode harness do:
+    then removing, renaming, truncating, linking, re-permissioning or writing a file anywhere but in `directory`
+    (a real path), killing or starting a process and opening a socket raise PermissionError. A guard against
+    accidents, not a sandbox (ctypes gets past it). Self-contained: run_program ships its source to the child."""
+    import _io, _posixsubprocess, _socket, builtins, io, os, posix, shutil, signal, socket, subprocess
+
+    def refuse(name, *args):
+        raise PermissionError(f"{name}{args!r} is disabled while evaluate.py runs model-written code")
+
+    def inside(path, dir_fd=None):
+        if dir_fd is not None:  # a path relative to an open directory, which Linux names in /proc
+            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), os.fsdecode(path))
+        return os.path.realpath(os.fsdecode(path)).startswith(directory + os.sep)
+
+    def on_files_inside(module, name, original):  # allowed when every path it is given is inside directory
+        def call(*args, **kwargs):
+            paths = [a for a in (*args, *kwargs.values()) if isinstance(a, (str, bytes, os.PathLike))]
+            two_dirs = kwargs.get("src_dir_fd") is not None or kwargs.get("dst_dir_fd") is not None
+            if not paths or two_dirs or not all(inside(p, kwargs.get("dir_fd")) for p in paths):
+                refuse(f"{module.__name__}.{name}", *args)
+            return original(*args, **kwargs)
+        return call
+
+    def never(module, name, original):  # a class becomes a subclass that cannot be made: code deriving from it imports
+        def call(*args, **kwargs):
+            refuse(f"{module.__name__}.{name}", *args)
+        return type(name, (original,), {"__init__": lambda self, *a, **k: call(*a)}) if isinstance(original, type) else call
+
+    calls = [((os, posix), "remove unlink rmdir removedirs rename renames replace truncate link chmod lchmod chown lchown",
+              on_files_inside), ((shutil,), "rmtree move chown", on_files_inside),
+             ((os, posix), "ftruncate fchmod fchown chroot kill killpg fork forkpty system popen execl execle execlp execlpe "
+                           "execv execve execvp execvpe spawnl spawnle spawnlp spawnlpe spawnv spawnve spawnvp spawnvpe "
+                           "posix_spawn posix_spawnp", never),
+             ((signal,), "pidfd_send_signal", never), ((_posixsubprocess,), "fork_exec", never),
+             ((subprocess,), "Popen call run check_call check_output getoutput getstatusoutput", never),
+             ((socket, _socket), "socket SocketType socketpair fromfd fromshare create_connection create_server", never)]
+    for modules, names, rule in calls:
+        for module, name in ((m, n) for m in modules for n in names.split() if hasattr(m, n)):
+            setattr(module, name, rule(module, name, getattr(module, name)))
+
+    def check_write(path, writing, dir_fd=None):
+        if writing and not isinstance(path, int) and not inside(path, dir_fd):
+            refuse("writing", path)
+
+    def guarded_open(file, mode="r", *args, real_open=_io.open, **kwargs):  # an opener's os.open is guarded itself
+        opener = kwargs.get("opener", args[5] if len(args) > 5 else None)
+        check_write(file, opener is None and any(c in mode for c in "wax+"))
+        return real_open(file, mode, *args, **kwargs)
+
+    class FileIO(_io.FileIO):
+        def __init__(self, file, mode="r", *args, **kwargs):
+            check_write(file, any(c in mode for c in "wax+"))
+            super().__init__(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, real_open=posix.open, **kwargs):
+        check_write(path, flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND), kwargs.get("dir_fd"))
+        return real_open(path, flags, *args, **kwargs)
+    builtins.open, io.open, _io.open, io.FileIO, _io.FileIO = guarded_open, guarded_open, guarded_open, FileIO, FileIO
+    os.open = posix.open = guarded_os_open
+
+
 def run_program(program, timeout=3.0, memory_gb=4.0):
     """"passed", "failed" or "timed out": the program run by a fresh isolated python in an empty
-    temporary directory, no stdin, address space and CPU time limited; on timeout its whole
-    process group is killed."""
-    limit = int(memory_gb * 2**30)  # the limits are set inside the child: preexec_fn is unsafe with threads
-    header = (f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
-              f"resource.setrlimit(resource.RLIMIT_CPU, ({math.ceil(timeout) + 1}, {math.ceil(timeout) + 1}))\n")
-    with tempfile.TemporaryDirectory() as tmp:
+    temporary directory (also its TMPDIR), no stdin, address space, CPU time and file size limited, and
+    the destructive calls disabled before the program starts (disable_destructive_calls); on timeout its
+    whole process group is killed."""
+    limit, seconds = int(memory_gb * 2**30), math.ceil(timeout) + 1
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:  # whatever the program left there
+        tmp = os.path.realpath(tmp)
+        # the limits and the guard are set inside the child: preexec_fn is unsafe with threads
+        header = (f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
+                  f"resource.setrlimit(resource.RLIMIT_CPU, ({seconds}, {seconds}))\n"
+                  f"resource.setrlimit(resource.RLIMIT_FSIZE, ({2**28}, {2**28}))\n"
+                  f"{inspect.getsource(disable_destructive_calls)}\n"
+                  f"disable_destructive_calls({tmp!r})\ndel disable_destructive_calls\n")
         with open(os.path.join(tmp, "program.py"), "w") as f:
             f.write(header + program)
         proc = subprocess.Popen([sys.executable, "-I", "program.py"], cwd=tmp, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env=dict(os.environ, TMPDIR=tmp))
         try:
             return "passed" if proc.wait(timeout=timeout) == 0 else "failed"
         except subprocess.TimeoutExpired:
@@ -742,13 +881,17 @@ def run_program(program, timeout=3.0, memory_gb=4.0):
 
 def humaneval_outcomes(problems, samples, timeout=3.0, workers=None):
     """run_program's outcome for every sample {"task_id", "completion"}, in order, run in parallel
-    by `workers` threads (0 or None: the CPU count)."""
+    by `workers` threads (0 or None: the CPU count). Interrupted (Ctrl-C), no further program starts and
+    the running ones end by their timeout."""
     unknown = [s["task_id"] for s in samples if s["task_id"] not in problems]
     if unknown:
         raise InputError(f"sample task_id {unknown[0]!r} is not in the problems file")
     programs = [humaneval_program(problems[s["task_id"]], s["completion"]) for s in samples]
-    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+    pool = ThreadPoolExecutor(workers or os.cpu_count())
+    try:
         return list(pool.map(lambda p: run_program(p, timeout), programs))
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def pass_at_1(samples, outcomes):
@@ -763,15 +906,19 @@ def pass_at_1(samples, outcomes):
     return float(rates.mean()), float(np.sqrt(((rates - rates.mean()) ** 2).mean() / len(rates)))
 
 
-def evaluate_humaneval_infill(samples, problems, timeout=3.0, workers=0, overwrite=False):
-    """Task humaneval_infill: HumanEval-infill pass@1 of the completions against the problems file."""
-    if not problems:
-        raise InputError("--task=humaneval_infill needs --problems=HumanEval-SingleLineInfilling.jsonl.gz")
+CODE_EXECUTION = ("--task=humaneval_infill runs the model's code on this machine: give --allow_code_execution=True "
+                  "to allow it (a guard, not a sandbox: see --help for running it in a container)")
+
+
+def evaluate_humaneval_infill(samples, problems, timeout=3.0, workers=0, overwrite=False, allow_code_execution=False):
+    """Task humaneval_infill: HumanEval-infill pass@1 of the completions against the problems file; it runs
+    them (run_program) only with allow_code_execution."""
+    if not allow_code_execution:
+        raise InputError(CODE_EXECUTION)
     metrics_path = output_stem(samples, "humaneval_infill") + ".json"
     refuse_existing(overwrite, (samples, problems), metrics=metrics_path)
     by_id = read_problems(problems)
-    rows = read_jsonl(samples)
-    require_fields(rows, ("task_id", "completion"), samples, "retrofit_llada.py --stage=generate")
+    rows = read_samples(samples, ("task_id", "completion"), "retrofit_llada.py --stage=generate --task=humaneval_infill")
     outcomes = humaneval_outcomes(by_id, rows, timeout, workers)
     p1, se = pass_at_1(rows, outcomes)
     metrics = {"task": "humaneval_infill", "samples": samples, "problems": problems, "n": len(rows),
@@ -791,16 +938,42 @@ TASKS = {"maze": evaluate_maze, "maze_lengths": evaluate_maze_lengths, "length":
          "humaneval_infill": evaluate_humaneval_infill, "calibration": evaluate_calibration}
 
 
+NEEDS = {"maze": ("samples", "data_dir"), "maze_lengths": ("samples", "data_dir"), "length": ("samples", "data_dir"),
+         "genppl": ("samples",), "text": ("samples", "data_dir"), "gsm8k": ("samples",),
+         "humaneval_infill": ("samples", "problems"), "calibration": ("ckpt", "data_dir")}  # the settings each task needs
+NEEDED = {"samples": "the JSON lines to evaluate (sample.py, retrofit_llada.py)",
+          "data_dir": "the prepared dataset: the samples' maze, or the data to compare lengths with",
+          "problems": "HumanEval-SingleLineInfilling.jsonl.gz of github.com/openai/human-eval-infilling",
+          "ckpt": "a FlexMDM ckpt.pt of train.py"}
+
+
+def check_settings(config):
+    """Every setting's choices, range and relations, before any work: one line naming the key, its value and
+    the rule, or the setting the task lacks."""
+    check_choices(config, {"task": tuple(TASKS), "data_split": SPLITS})
+    check_ranges(config, dict(ref_batch_size=">0", timeout=">0", workers=">=0", temperature=">=0", trace_samples=">0",
+                              calibration_samples=">0", grid_power=">0"))
+    if config["steps"] < 2:  # the fewest of the FlexMDM sampler that traces g (sampler.SamplerConfig)
+        raise InputError(f"steps={config['steps']!r} must be >= 2")
+    task = config["task"]
+    for name in NEEDS[task]:
+        if not config[name]:
+            raise InputError(f"--samples is required: {NEEDED[name]}" if name == "samples" else
+                             f"--task={task} needs --{name} ({NEEDED[name]})")
+    if task == "maze_lengths" and config["png"] and not config["ckpt"]:
+        raise InputError("--task=maze_lengths draws --png from the insertion trace: it needs --ckpt too")
+    if task == "humaneval_infill" and not config["allow_code_execution"]:
+        raise InputError(CODE_EXECUTION)
+
+
 def main(argv=None):
     """Evaluate as `python evaluate.py *argv` would (argv None: sys.argv[1:]); returns the metrics.
     The settings start from the module's defaults at every call (the globals are not changed), so
     in-process calls (the tests) do not leak settings into each other."""
     config = dict(globals())
     configure(config, sys.argv[1:] if argv is None else argv)
-    check_choices(config, {"task": tuple(TASKS), "data_split": SPLITS})
+    check_settings(config)
     evaluate_task = TASKS[config["task"]]
-    if "samples" in inspect.signature(evaluate_task).parameters and not config["samples"]:
-        raise InputError("--samples is required: the JSON lines to evaluate (sample.py, retrofit_llada.py)")
     return evaluate_task(**{name: config[name] for name in inspect.signature(evaluate_task).parameters})
 
 

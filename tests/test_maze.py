@@ -2,6 +2,7 @@
 trace of a maze checkpoint (diagnostics.py)."""
 import json
 import os
+import shutil
 import sys
 from collections import deque
 
@@ -583,8 +584,8 @@ def test_cli_bad_input(tmp_path):
                           (["--task=maze"], "--samples is required"),
                           (["--task=maze", f"--samples={samples}"], "needs --data_dir"),
                           (["--task=humaneval_infill", f"--samples={samples}"], "needs --problems"),
-                          (["--task=humaneval_infill", f"--samples={samples}", "--problems=nope.jsonl"],
-                           "problems file 'nope.jsonl' not found")):
+                          (["--task=humaneval_infill", f"--samples={samples}", "--problems=nope.jsonl",
+                            "--allow_code_execution=True"], "problems file 'nope.jsonl' not found")):
         with pytest.raises(InputError, match=message):
             evaluate.main(argv)
     with pytest.raises(ValueError, match="not 'maze'"):
@@ -666,3 +667,172 @@ def test_trace_and_calibration_tasks(tiny_flexmdm, tmp_path):
     with open(os.path.splitext(ckpt)[0] + ".calibration.json") as f:
         assert json.load(f)["table"] == m["table"]
     assert m["png"] == png and os.path.getsize(png) > 0
+
+
+# ---------------------------------------------------------------------------- mistakes (evaluate.py)
+#
+# Each row: the arguments of `python evaluate.py` ({name} stands for a path of the `mistakes` folder), and the
+# one-line message that refuses them; every file there before is byte-identical after, and nothing is added.
+
+def snapshot(*roots):
+    """{path: bytes} of every file under the roots."""
+    files = {}
+    for root in roots:
+        for folder, _, names in os.walk(root):
+            for name in names:
+                with open(os.path.join(folder, name), "rb") as f:
+                    files[os.path.join(folder, name)] = f.read()
+    return files
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory):
+    """A folder of the inputs the rows get wrong, {name: path}: mazes a (K=3) and b (another maze), a copy of a
+    with a truncated val.idx and one whose meta.json has no maze, samples of a and broken ones, text samples,
+    a metrics file of ours, a notes file, HumanEval problems and completions, torn and foreign checkpoints."""
+    import torch
+    root = tmp_path_factory.mktemp("mistakes")
+    paths = {"dir": str(root), "notes": str(root / "notes.txt"), "nothing": str(root / "no_such_file")}
+    paths["a"], _ = build(root, K=3, num_pairs=40)
+    paths["b"], _ = build(root / "other", K=3, num_pairs=40, m=5, n=7, seed=2)
+    tok, idx, fix = read_split(paths["a"], "val")
+    rows = [{"tokens": tok[i:j].tolist(), "subgoals": tok[i:j][fix[i:j] == 1].tolist(), "length": int(j - i)}
+            for i, j in zip(idx[:-1], idx[1:])]
+    for name, text in {"S": "".join(json.dumps(r) + "\n" for r in rows), "done": json.dumps(rows[0]) + "\n",
+                       "done.maze.json": '{"task": "maze"}', "empty": "", "truncated": json.dumps(rows[0]) + "\n{\"tok",
+                       "not_object": "[1, 2]\n", "not_ids": '{"tokens": "abc", "subgoals": [1, 2]}\n',
+                       "T": json.dumps({"tokens": list(range(20)), "text": "twenty words " * 10}) + "\n",
+                       "T_text": json.dumps({"tokens": list(range(20)), "text": 20}) + "\n",
+                       "notes.txt": "my notes\n", "P": '{"task_id": "x/0", "prompt": "def f():\\n", "suffix": "", '
+                       '"test": "def check(c):\\n    assert c() == 1\\n", "entry_point": "f"}\n',
+                       "H": '{"task_id": "x/0", "completion": "    return 1\\n"}\n',
+                       "H_unknown": '{"task_id": "y/9", "completion": "    return 1\\n"}\n',
+                       "P_broken": "{not json\n", "P_fields": '{"task_id": "x/0"}\n',
+                       "G": '{"answer": "three", "completion": "#### 3"}\n'}.items():
+        with open(root / name, "w") as f:
+            f.write(text)
+        paths[name] = str(root / name)
+    with open(root / "picture.png", "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    for name, edit in (("damaged", "truncate"), ("no_maze", "meta")):
+        paths[name] = str(root / name)
+        shutil.copytree(paths["a"], paths[name])
+        if edit == "truncate":
+            with open(os.path.join(paths[name], "val.idx"), "r+b") as f:
+                f.truncate(os.path.getsize(os.path.join(paths[name], "val.idx")) - 8)
+        else:
+            meta = json.load(open(os.path.join(paths[name], "meta.json")))
+            del meta["maze"]
+            with open(os.path.join(paths[name], "meta.json"), "w") as f:
+                json.dump(meta, f)
+    with open(root / "torn.pt", "wb") as f:
+        f.write(b"PK\x03\x04" + bytes(16))
+    torch.save({"model": {}}, root / "foreign.pt")
+    torch.save([1, 2], root / "list.pt")
+    os.makedirs(root / "folder" / "inside")
+    paths.update(png=str(root / "picture.png"), torn=str(root / "torn.pt"), foreign=str(root / "foreign.pt"),
+                 list=str(root / "list.pt"), folder=str(root / "folder"))
+    return paths
+
+
+MAZE = "--task=maze --samples={S} --data_dir={a}"
+HUMANEVAL = "--task=humaneval_infill --samples={H} --problems={P} --allow_code_execution=True"
+CALIBRATION = "--task=calibration --data_dir={a} --ckpt={torn}"
+MISTAKES = [
+    # evaluate.check_settings: one row per rule
+    ("--task=mazes --samples={S}", r"^task='mazes' is not one of maze, "),
+    ("--task=length --samples={S} --data_dir={a} --data_split=test", r"^data_split='test' is not one of train, val$"),
+    ("--task=genppl --samples={T} --ref_batch_size=0", r"^ref_batch_size=0 must be > 0$"),
+    (HUMANEVAL + " --timeout=0", r"^timeout=0.0 must be > 0$"),
+    (HUMANEVAL + " --workers=-1", r"^workers=-1 must be >= 0$"),
+    (CALIBRATION + " --steps=1", r"^steps=1 must be >= 2$"),
+    (CALIBRATION + " --temperature=-0.5", r"^temperature=-0.5 must be >= 0$"),
+    (CALIBRATION + " --trace_samples=0", r"^trace_samples=0 must be > 0$"),
+    (CALIBRATION + " --calibration_samples=-3", r"^calibration_samples=-3 must be > 0$"),
+    (CALIBRATION + " --grid_power=0", r"^grid_power=0.0 must be > 0$"),
+    ("--task=maze", r"^--samples is required: "),
+    ("--task=maze --samples={S}", r"^--task=maze needs --data_dir "),
+    ("--task=length --samples={S}", r"^--task=length needs --data_dir "),
+    ("--task=humaneval_infill --samples={H} --allow_code_execution=True", r"^--task=humaneval_infill needs --problems "),
+    ("--task=calibration --data_dir={a}", r"^--task=calibration needs --ckpt "),
+    ("--task=maze_lengths --samples={S} --data_dir={a} --png={dir}/new.png", r"draws --png .* needs --ckpt too$"),
+    ("--task=humaneval_infill --samples={H} --problems={P}", r"give --allow_code_execution=True to allow it"),
+    ("--task=humaneval_infill --samples={H} --problems={P} --allow_code_execution=False", r"--allow_code_execution=True"),
+    ("--task=humaneval_infill --samples={H} --problems={P} --allow_code_execution=1", r"'allow_code_execution' .* must be bool"),
+    (MAZE + " --sample=x", r"^unknown config key 'sample'"),
+    # outputs (data.check_output)
+    (MAZE + " --png={S} --overwrite=True", r"^'.*/S' is also a file this command reads: it is not written over"),
+    (MAZE + " --png={notes} --overwrite=True", r"notes.txt' is not replaced: it is not a samples, metrics or PNG file"),
+    (MAZE + " --png={a}/meta.json --overwrite=True", r"meta.json' is also a file this command reads"),
+    (MAZE + " --png={S}.maze.json", r"^two outputs of this task are the same file"),
+    (MAZE + " --png={folder} --overwrite=True", r"folder' is not replaced: it is a directory"),
+    ("--task=maze --samples={done} --data_dir={a}", r"done.maze.json' already exists: pass --overwrite=True"),
+    ("--task=calibration --data_dir={a} --ckpt={foreign} --png={foreign} --overwrite=True", r"is also a file this command reads"),
+    # the data
+    ("--task=maze --samples={S} --data_dir={b}", r"^\d+ of the \d+ samples in .* are not a held-out set of .*: samples of another"),
+    ("--task=maze_lengths --samples={S} --data_dir={b}", r"are not a held-out set of"),
+    ("--task=maze --samples={S} --data_dir={folder}", r"^missing data file .*meta.json"),
+    ("--task=maze --samples={S} --data_dir={nothing}", r"^dataset directory .* not found"),
+    ("--task=maze --samples={S} --data_dir={damaged}", r"val.idx has \d+ bytes where meta.json records \d+: a damaged dataset"),
+    ("--task=length --samples={S} --data_dir={damaged}", r"val.idx has \d+ bytes where meta.json records"),
+    ("--task=maze --samples={S} --data_dir={no_maze}", r"is not a maze dataset"),
+    # the samples
+    ("--task=maze --samples={empty} --data_dir={a}", r"^no samples in "),
+    ("--task=maze --samples={truncated} --data_dir={a}", r"truncated' line 2 is not JSON"),
+    ("--task=maze --samples={not_object} --data_dir={a}", r"line 1 is not a JSON object: expected lines of maze samples"),
+    ("--task=maze --samples={not_ids} --data_dir={a}", r"line 1: 'tokens' is not a list of token ids"),
+    ("--task=maze --samples={png} --data_dir={a}", r"picture.png' is not a text file"),
+    ("--task=maze --samples={folder} --data_dir={a}", r"folder' is a directory, not a samples file"),
+    ("--task=maze --samples={nothing} --data_dir={a}", r"^samples file .* not found"),
+    ("--task=length --samples={S} --data_dir={a} --compare={nothing}", r"^samples file .*no_such_file' not found"),
+    ("--task=length --samples={S} --data_dir={a} --compare={not_ids}", r"'tokens' is not a list of token ids"),
+    ("--task=genppl --samples={T_text}", r"line 1: 'text' is not a string"),
+    ("--task=gsm8k --samples={G}", r"line 1: 'answer' ends in no '#### N'"),
+    ("--task=gsm8k --samples={S}", r"line 1 has no 'answer'"),
+    ("--task=genppl --samples={T} --ref_model={nothing}", r"^could not load the reference model"),
+    (HUMANEVAL.replace("{H}", "{H_unknown}"), r"task_id 'y/9' is not in the problems file"),
+    (HUMANEVAL.replace("{P}", "{P_broken}"), r"P_broken' is not HumanEval JSON lines"),
+    (HUMANEVAL.replace("{P}", "{P_fields}"), r"line 1 is not a HumanEval-infilling problem"),
+    (HUMANEVAL.replace("{P}", "{png}"), r"is not HumanEval JSON lines"),
+    # the checkpoint
+    (CALIBRATION, r"torn.pt' is not a readable checkpoint"),
+    (CALIBRATION.replace("{torn}", "{foreign}"), r"foreign.pt' is not a train.py checkpoint"),
+    (CALIBRATION.replace("{torn}", "{list}"), r"list.pt' is not a checkpoint of this repo"),
+    (CALIBRATION.replace("{torn}", "{nothing}"), r"^checkpoint .* not found"),
+    ("--task=maze_lengths --samples={S} --data_dir={a} --ckpt={torn}", r"torn.pt' is not a readable checkpoint"),
+]
+
+
+def refused(argv, message, *roots):
+    """evaluate.main(argv) stops with the one-line message, and leaves the files under roots as they were."""
+    before = snapshot(*roots)
+    with pytest.raises(InputError, match=message) as e:
+        evaluate.main(argv)
+    assert "\n" not in str(e.value)
+    assert snapshot(*roots) == before
+
+
+@pytest.mark.parametrize("args,message", MISTAKES, ids=[args for args, _ in MISTAKES])
+def test_mistakes(mistakes, args, message):
+    refused([arg.format(**mistakes) for arg in args.split()], message, mistakes["dir"])
+
+
+def test_mistakes_checkpoint_of_other_data(mistakes, tiny_flexmdm):
+    """A checkpoint trained on one maze, with the data (and samples) of another: refused, naming the difference."""
+    ckpt, data_dir = tiny_flexmdm
+    where = (mistakes["dir"], os.path.dirname(ckpt), data_dir)
+    message = r"is not the data the checkpoint was trained on \(K=3 where the checkpoint.s data had K=2\)"
+    refused(["--task=calibration", f"--ckpt={ckpt}", f"--data_dir={mistakes['a']}", "--overwrite=True"], message, *where)
+    refused(["--task=maze_lengths", f"--samples={mistakes['S']}", f"--data_dir={mistakes['a']}", f"--ckpt={ckpt}",
+             "--trace_samples=4", "--steps=4"], message, *where)
+
+
+def test_mistake_cli_contract(mistakes):
+    """The PNG path mistyped as the samples file, as a user runs it: one line on stderr, status 1, S intact."""
+    from conftest import run_python
+    before = snapshot(mistakes["dir"])
+    proc = run_python([os.path.join(ROOT, "evaluate.py"), "--task=maze", f"--samples={mistakes['S']}",
+                       f"--data_dir={mistakes['a']}", f"--png={mistakes['S']}", "--overwrite=True"], cwd=mistakes["dir"])
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and "is also a file this command reads" in proc.stderr
+    assert snapshot(mistakes["dir"]) == before
