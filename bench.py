@@ -482,8 +482,6 @@ def sample_setup():
     prompts, banned = None, ()
     if ckpt:
         raw, state = load_model(ckpt, device)
-        if not {"meta", "config"} <= set(state):
-            raise InputError(f"{ckpt!r} is not a checkpoint of train.py (it lacks meta or config)")
         meta, mt, config = state["meta"], state["model_args"]["model_type"], state["config"]
         mask_id, pad_id = meta["mask_id"], meta["pad_id"]
         if meta.get("tokenizer") == "maze":

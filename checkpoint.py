@@ -39,8 +39,9 @@ def load_model(path, device, use_ema=True):
     """The DiT of a train.py checkpoint, with its EMA weights by default, in eval mode; returns (model, ckpt)."""
     from model import DiT, ModelConfig
     ckpt = load_checkpoint(path)
-    if "model_args" not in ckpt:
-        raise InputError(f"{path!r} is not a train.py checkpoint (no model_args)")
+    missing = [k for k in ("model_args", "model", "config", "meta") if k not in ckpt]
+    if missing:
+        raise InputError(f"{path!r} is not a train.py checkpoint (no {missing[0]})")
     # x changes shape at every step and FlexAttention compiles per shape: sample with the equivalent
     # dense-mask attention (tests/test_model.py checks that the two agree)
     model = DiT(ModelConfig(**{**ckpt["model_args"], "attention": "sdpa"}))

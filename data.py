@@ -155,17 +155,20 @@ def write_jsonl(path, records):
 
 
 def read_jsonl(path):
-    """The records of a JSON lines file (blank lines skipped); a line that is not JSON is one line of error."""
-    if not os.path.exists(path):
+    """The records of a JSON lines file (blank lines skipped); a missing file, a directory, a file that is not
+    text and a line that is not JSON are each one line of error."""
+    if not os.path.isfile(path):
         raise InputError(f"samples file {path!r} not found: run sample.py first or fix --samples")
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
+    with open(path, encoding="utf-8") as f:
+        try:
+            for number, line in enumerate(f, 1):
+                if line.strip():
                     rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path!r} line {number} is not JSON ({e.msg})") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{path!r} is not a text file of JSON lines") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path!r} line {number} is not JSON ({e.msg})") from None
     return rows
 
 
@@ -206,7 +209,7 @@ def read_meta(data_dir):
     if not os.path.isdir(data_dir):
         raise InputError(f"dataset directory {data_dir!r} not found: prepare it first (prepare_maze.py or prepare_owt.py)")
     if not os.path.exists(path):
-        raise InputError(f"missing data file {path!r}: prepare the dataset again")
+        raise InputError(f"missing data file {path!r}: {data_dir} is not a prepared dataset (prepare it again)")
     try:
         with open(path) as f:
             meta = json.load(f)

@@ -236,7 +236,7 @@ BENCH_MISTAKES = [  # (id, arguments after TINY, the message; a re.Pattern where
     ("torn ckpt", [*S, "--ckpt=torn.pt"], re.compile(r"'torn\.pt' is not a readable checkpoint \(.*\)")),
     ("foreign ckpt", [*S, "--ckpt=list.pt"], "'list.pt' is not a checkpoint of this repo (a list)"),
     ("llada ckpt", [*S, "--ckpt=llada.pt"], "'llada.pt' is not a train.py checkpoint (no model_args)"),
-    ("ckpt without meta", [*S, "--ckpt=nometa.pt"], "'nometa.pt' is not a checkpoint of train.py (it lacks meta or config)"),
+    ("ckpt without meta", [*S, "--ckpt=nometa.pt"], "'nometa.pt' is not a train.py checkpoint (no meta)"),
 ]
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import model as model_py
+from configurator import InputError
 from interpolant import Schedule
 from model import DiT, ModelConfig
 
@@ -243,7 +244,7 @@ def test_mdm_variant_has_no_insertion_head_and_no_slot():
 
 
 def test_unknown_model_type():
-    with pytest.raises(ValueError, match="bert"):
+    with pytest.raises(InputError, match="bert"):
         DiT(ModelConfig(vocab_size=V, model_type="bert"))
 
 
