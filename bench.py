@@ -75,6 +75,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import fields
 
+# first, before torch loads: from here on Ctrl-C is one line (configurator.py)
+from configurator import InputError, check_choices, check_device, check_ranges, configure, pick, run
+
 import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, record_function
@@ -82,7 +85,6 @@ from torch.profiler import ProfilerActivity, record_function
 import interpolant
 import model
 from checkpoint import load_model
-from configurator import InputError, check_choices, check_device, check_ranges, configure, pick, run
 from data import atomic_write, check_output, get_batch, load_data, maze_prompts, max_prompt_len
 from interpolant import LossConfig, batch_loss, sample_times, schedules
 from model import Block, DiT, ModelConfig, autocast, network, pack

@@ -31,6 +31,19 @@ class InputError(Exception):
     """Bad input from the user; the message is one line naming the problem."""
 
 
+def _interrupted_at_start(kind, value, traceback):
+    """Ctrl-C before a script's run(main) has started (while it imports torch): one line and status 130, as
+    run() gives; any other uncaught exception as Python prints it."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.stderr.write("interrupted: nothing was written; run the command again\n")
+        os._exit(130)
+    sys.__excepthook__(kind, value, traceback)
+
+
+# Set when a script imports this module, which each script does first, before torch.
+sys.excepthook = _interrupted_at_start
+
+
 def run(main, interrupted="nothing was written; run the command again"):
     """A script's entry point: main() (an int it returns is the exit status), with one line on stderr instead
     of a traceback for what the user can mend: an InputError (`error: ...`, status 1) and Ctrl-C

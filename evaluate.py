@@ -58,11 +58,13 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
+# first, before torch loads: from here on Ctrl-C is one line (configurator.py)
+from configurator import InputError, check_choices, check_ranges, configure, run
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configurator import InputError, check_choices, check_ranges, configure, run
 from data import (DATASET_FILES, SPLITS, atomic_write, check_output, decode, gpt2, load_data, read_jsonl, read_meta,
                   sequence_lengths)
 from diagnostics import calibrate, insertion_trace, plot_calibration, plot_insertion_trace, pyplot

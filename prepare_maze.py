@@ -37,10 +37,12 @@ import random
 import sys
 from collections import deque
 
+# first, before torch loads: from here on Ctrl-C is one line (configurator.py)
+from configurator import InputError, configure, run
+
 import numpy as np
 from tqdm import tqdm
 
-from configurator import InputError, configure, run
 from data import SplitWriter, atomic_dir, record_files
 
 # -----------------------------------------------------------------------------

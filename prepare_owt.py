@@ -42,9 +42,11 @@ import json
 import os
 import sys
 
+# first, before torch loads: from here on Ctrl-C is one line (configurator.py)
+from configurator import InputError, configure, run
+
 import numpy as np
 
-from configurator import InputError, configure, run
 from data import GPT2_VOCAB, SplitWriter, atomic_dir, chunk, gpt2, record_files, split_paragraphs
 
 # -----------------------------------------------------------------------------

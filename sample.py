@@ -20,12 +20,14 @@ would write (on the same kind of device).
 import os
 import sys
 
+# first, before torch loads: from here on Ctrl-C is one line (configurator.py)
+from configurator import check_choices, check_device, check_ranges, configure, init_distributed, pick, run
+
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from checkpoint import load_model
-from configurator import check_choices, check_device, check_ranges, configure, init_distributed, pick, run
 from data import check_output, decode, gpt2, maze_prompts, write_jsonl
 from interpolant import schedules
 from model import autocast

@@ -30,13 +30,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict
 
+# first, before torch loads: from here on Ctrl-C is one line (configurator.py)
+from configurator import InputError, check_choices, check_device, check_ranges, configure, init_distributed, pick, run
+
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, save_checkpoint
-from configurator import InputError, check_choices, check_device, check_ranges, configure, init_distributed, pick, run
 from data import check_same_data, get_batch, load_data, max_prompt_len
 from interpolant import LossConfig, batch_loss
 from model import DiT, ModelConfig, autocast, network
