@@ -16,8 +16,31 @@ and LoRA (peft) on q/k/v of every block and on the output head ff_out ("crucial"
 (model_type="mdm") is LLaDA with the same LoRA and the plain MDM loss; pads are tokens it predicts
 (LLaDA's SFT convention). Prompts, infilling prefixes and suffixes are fixed tokens. Unlike the
 paper's run (F.1), the FlexMDM's attention hides padding.
+
+Every setting is checked before any work (check_settings), and so is what the run reads and writes: a
+training stage writes out_dir/ckpt.pt (every save_interval iterations and at the end, never before the
+first step, each write atomic), and a new run (init_from=base or an earlier stage's ckpt.pt) refuses an
+out_dir that holds another run's ckpt.pt; stage=generate writes samples_file whole at the end, refused
+if it exists (unless --overwrite=True, and then only a samples file) or is one of the run's inputs.
+A checkpoint (init_from=resume or an earlier stage's) holds the network it trained: a run whose
+model_type, cond_dim, lora_r, lora_alpha or base model (its config.json) differs from the checkpoint's is
+refused, naming each difference; init_from=resume also keeps the stage. Everything else may change on
+resume or from stage to stage: the data sources and max_len (a resumed run is then no longer the uncut
+one), the budget and its schedule (max_iters, epochs, learning_rate, min_lr, warmup_iters,
+restart_iters), the batch (global_batch_size, micro_batch_size, the number of processes), lora_dropout,
+weight_decay, grad_clip, logging and saving, generation and the system settings. Ctrl-C at any point,
+while the libraries load included, is one line (exit status 130): the last checkpoint stays, and no
+samples file is written.
 """
+import signal
+
+# A Ctrl-C while the libraries below load (seconds) is held until start(), which makes it run()'s one line.
+_held, _SIGINT = [], signal.getsignal(signal.SIGINT)
+if __name__ == "__main__" and _SIGINT is signal.default_int_handler:
+    signal.signal(signal.SIGINT, lambda signum, frame: _held.append(signum))
+
 import glob
+import itertools
 import json
 import math
 import os
@@ -35,8 +58,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from checkpoint import load_checkpoint, save_checkpoint
-from configurator import InputError, check_choices, check_device, configure, init_distributed, pick, run
-from data import chunk, split_paragraphs, write_jsonl
+from configurator import InputError, check_choices, check_device, check_ranges, configure, init_distributed, pick, run
+from data import check_output, chunk, split_paragraphs, write_jsonl
 from interpolant import LossConfig, batch_loss
 from model import TimeEmbedding, autocast, modulate, rotary
 from sampler import SamplerConfig, generate
@@ -84,6 +107,7 @@ epochs = 0.0  # ift: > 0 sets max_iters = ceil(epochs * pairs / global_batch_siz
 task = "gsm8k"  # gsm8k | humaneval_infill
 eval_source = ""  # gsm8k: '' = openai/gsm8k (main, test), or a test.jsonl; humaneval_infill: a *.jsonl.gz
 samples_file = ""  # default out_dir/<task>.jsonl
+overwrite = False  # replace an existing samples_file (only a samples file)
 num_problems = 0  # 0 = all
 samples_per_problem = 1
 steps = 256
@@ -112,6 +136,89 @@ def settings():
     passes to the functions below."""
     return SimpleNamespace(**{k: v for k, v in globals().items()
                               if k.islower() and not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))})
+
+
+TRAINING = ("pretrain", "ift_math", "ift_code")
+RANGES = dict(log_interval=">0", save_interval=">0", max_len=">0", infill_max_lines=">0", infill_middle_tokens=">0",
+              cond_dim=">0", insert_init=">0", lora_r=">0", lora_alpha=">0", lora_dropout="[0,1)", owt_fraction="[0,1]",
+              global_batch_size=">0", micro_batch_size=">0", learning_rate=">0", min_lr=">=0", weight_decay=">=0",
+              grad_clip=">=0", warmup_iters=">=0", restart_iters=">0", max_iters=">=0", epochs=">=0", num_problems=">=0",
+              samples_per_problem=">0", gen_batch_size=">0", seed=">=0")
+
+
+def check_settings(s, world):
+    """Every setting's range and the relations between them, before any work (the model, the data, the
+    process group): one line naming the key, its value and the rule. The sampler's settings are checked by
+    sampler.SamplerConfig, built here as generation will build it; the checkpoint read by read_start, the
+    outputs by check_outputs."""
+    check_choices(vars(s), CHOICES)
+    check_device(s.device)
+    check_ranges(vars(s), RANGES)
+    if s.global_batch_size % (s.micro_batch_size * world):
+        raise InputError(f"global_batch_size={s.global_batch_size} must be a multiple of micro_batch_size x processes "
+                         f"= {s.micro_batch_size} x {world}")
+    if s.min_lr > s.learning_rate:
+        raise InputError(f"min_lr={s.min_lr!r} must be <= learning_rate={s.learning_rate!r} (the cosine goes down to it)")
+    if s.model_type == "mdm" and s.stage in ("pretrain", "bench"):
+        raise InputError(f"stage={s.stage} is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base itself (ift stages, generate)")
+    if s.stage == "bench" and s.init_from != "base":
+        raise InputError(f"init_from={s.init_from!r} must be 'base' for stage=bench (it times a random model)")
+    arch = s.bench_arch
+    if len(arch) != 5 or not all(isinstance(v, int) and v > 0 for v in arch) or arch[0] % (2 * arch[2]) or arch[4] < 3:
+        raise InputError(f"bench_arch={arch!r} must be 5 integers > 0 (d_model, n_layers, n_heads, mlp, vocab), d_model a "
+                         "multiple of 2 x n_heads and vocab >= 3")
+    if s.stage == "ift_code" and s.infill_middle_tokens >= s.max_len:
+        raise InputError(f"infill_middle_tokens={s.infill_middle_tokens} must be < max_len={s.max_len} (prefix, middle "
+                         "and suffix fit max_len)")
+    if s.stage == "generate" and s.task == "humaneval_infill" and not s.eval_source:
+        raise InputError("eval_source='' must name the problems for task=humaneval_infill: "
+                         "--eval_source=PATH/HumanEval-SingleLineInfilling.jsonl.gz")
+    loss = loss_config(s.model_type)  # the ids are the base model's, the device this process's: stand-ins here
+    pick(SamplerConfig, vars(s), mask_id=0, pad_id=0, alpha=loss.alpha, beta=loss.beta, device="cpu")
+
+
+def start_path(s):
+    """The checkpoint a run starts from: out_dir/ckpt.pt (init_from=resume), init_from, or None (base)."""
+    return None if s.init_from == "base" else os.path.join(s.out_dir, "ckpt.pt") if s.init_from == "resume" else s.init_from
+
+
+def samples_path(s):
+    return s.samples_file or os.path.join(s.out_dir, f"{s.task}.jsonl")
+
+
+def check_outputs(s):
+    """What the run will write may be written (module docstring): stage=generate's samples file (data.check_output),
+    and a training stage's out_dir/ckpt.pt, which only init_from=resume may replace."""
+    if s.stage == "generate":
+        check_output(samples_path(s), s.overwrite, "samples_file", inputs=(s.eval_source, start_path(s)))
+    ckpt = os.path.join(s.out_dir, "ckpt.pt")
+    if s.stage in TRAINING and s.init_from != "resume" and os.path.exists(ckpt):
+        raise InputError(f"{ckpt} exists: continue that run with --init_from=resume, or start this one in another --out_dir")
+
+
+ARCH_SETTINGS = ("model_type", "cond_dim", "lora_r", "lora_alpha")
+
+
+def read_start(s):
+    """The checkpoint the run starts from (start_path; None for init_from=base), read before any work and
+    checked: a file of retrofit_llada.py, of this run's network (ARCH_SETTINGS; the base model is checked by
+    base_model_of) and, to resume a training stage, of its stage: one line naming each difference."""
+    path = start_path(s)
+    if path is None:
+        return None
+    ck = load_checkpoint(path, hint="--init_from is base, resume (out_dir/ckpt.pt) or the ckpt.pt of an earlier stage")
+    missing = [k for k in ("trainable", "model_type", "arch", "config", "optimizer", "rng", "iter_num") if k not in ck]
+    if missing or not all(isinstance(ck[k], dict) for k in ("trainable", "arch", "config")):
+        raise InputError(f"{path} is not a checkpoint of retrofit_llada.py ("
+                         + (f"no {missing[0]!r} in it)" if missing else "its trainable, arch or config is not a dict)"))
+    resume = s.init_from == "resume" and s.stage in TRAINING
+    saved = dict(ck["config"], model_type=ck["model_type"])
+    changed = [f"{k}={getattr(s, k)!r} (the checkpoint has {saved[k]!r})"
+               for k in ARCH_SETTINGS + (("stage",) if resume else ()) if k in saved and saved[k] != getattr(s, k)]
+    if changed:
+        raise InputError(f"{path} does not match this run: this run has {', '.join(changed)}; give the checkpoint's values"
+                         + (", or start a new run in another --out_dir" if resume else ""))
+    return ck
 
 
 # -----------------------------------------------------------------------------
@@ -314,19 +421,14 @@ def shard(model, param_dtype):
     fully_shard(model, mp_policy=mp)
 
 
-def load_ckpt(model, path, arch, model_type):
-    """A stage's checkpoint (its trainable tensors) into the model; returns the checkpoint dict."""
+def load_ckpt(model, ck, path):
+    """A stage's checkpoint (read_start: its trainable tensors) into the model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    ck = load_checkpoint(path, hint="--init_from is base, resume (out_dir/ckpt.pt) or the ckpt.pt of an earlier stage")
-    if "trainable" not in ck:
-        raise InputError(f"{path} is not a checkpoint of retrofit_llada.py (it has no 'trainable' tensors)")
     shapes = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
     bad = sorted(set(shapes) ^ set(ck["trainable"])) or [n for n in shapes if ck["trainable"][n].shape != shapes[n]]
-    if ck.get("model_type") != model_type or ck.get("arch") != arch or bad:
-        raise InputError(f"{path} ({ck.get('model_type')}) does not match this {model_type} model: base model, "
-                         f"cond_dim or lora_r differ{f' (tensor {bad[0]})' if bad else ''}")
+    if bad:
+        raise InputError(f"{path} does not match this {ck['model_type']} model: tensor {bad[0]} differs")
     set_model_state_dict(model, ck["trainable"], options=StateDictOptions(full_state_dict=True, strict=False))
-    return ck
 
 
 # -----------------------------------------------------------------------------
@@ -347,22 +449,28 @@ def load_rows(source, config="", split="train", streaming=False):
 
 def paragraph_stream(source, fields, tok, max_len, rank, world, stream_seed):
     """Endless token lists: the paragraphs of a shuffled stream of rows (split over the processes),
-    tokenised and chunked to max_len (appendix F.1)."""
+    tokenised and chunked to max_len (appendix F.1). The first is read at once: a source without rows,
+    text or fields is an error before the model is loaded."""
     from datasets.distributed import split_dataset_by_node
     rows = split_dataset_by_node(load_rows(source, streaming=True).shuffle(seed=stream_seed, buffer_size=10000), rank, world)
-    for epoch in range(10**9):
-        rows.set_epoch(epoch)
-        produced = False
-        for row in rows:
-            if not any(f in row for f in fields.split(",")):
-                raise InputError(f"rows of {source!r} have no field {fields!r} (they have {', '.join(row)})")
-            paragraphs = split_paragraphs("\n\n".join(str(row[f]) for f in fields.split(",") if row.get(f)))
-            for ids in (tok(paragraphs, add_special_tokens=False)["input_ids"] if paragraphs else []):
-                for piece in chunk(ids, max_len):
-                    produced = True
-                    yield piece
-        if not produced:
-            raise InputError(f"no text in {source!r}")
+
+    def pieces():
+        for epoch in range(10**9):
+            rows.set_epoch(epoch)
+            produced = False
+            for row in rows:
+                if not any(f in row for f in fields.split(",")):
+                    raise InputError(f"rows of {source!r} have no field {fields!r} (they have {', '.join(row)})")
+                paragraphs = split_paragraphs("\n\n".join(str(row[f]) for f in fields.split(",") if row.get(f)))
+                for ids in (tok(paragraphs, add_special_tokens=False)["input_ids"] if paragraphs else []):
+                    for piece in chunk(ids, max_len):
+                        produced = True
+                        yield piece
+            if not produced:
+                raise InputError(f"no text in {source!r}")
+
+    stream = pieces()
+    return itertools.chain([next(stream)], stream)
 
 
 def gsm8k_prompt(question):
@@ -406,7 +514,10 @@ def stage_data(s, tok, rank, world, iter_num):
         rows = load_rows(s.code_source, s.code_config)
         if "code" not in rows.column_names:
             raise InputError(f"rows of {s.code_source!r} have no 'code' field (they have {', '.join(rows.column_names)})")
-        return [c for c in rows["code"] if c and c.strip()]
+        code = [c for c in rows["code"] if c and c.strip()]
+        if not code:
+            raise InputError(f"no code in the rows of {s.code_source!r}")
+        return code
     return None
 
 
@@ -531,16 +642,14 @@ def memory(dev):
     return f", max memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if dev.startswith("cuda") else ""
 
 
-def train_loop(s, model, arch, tok, rank, world, dev, ck):
-    """AdamW on the LoRA and new parameters, at get_lr's rate; a checkpoint of them (+ optimizer, rng)
-    every save_interval and at the end. stage=bench: no checkpoint, the median step time."""
-    if s.global_batch_size % (s.micro_batch_size * world):
-        raise InputError(f"global_batch_size={s.global_batch_size} is not a multiple of "
-                         f"micro_batch_size={s.micro_batch_size} x {world} processes")
-    accum = s.global_batch_size // (s.micro_batch_size * world)
+def train_loop(s, model, arch, tok, data, rank, world, dev, ck):
+    """AdamW on the LoRA and new parameters, at get_lr's rate, on data (stage_data); a checkpoint of them
+    (+ optimizer, rng) every save_interval and at the end, none before the first step. stage=bench: no
+    checkpoint, the median step time."""
+    accum = s.global_batch_size // (s.micro_batch_size * world)  # check_settings: a whole number
     optimizer = make_optimizer(model, s.learning_rate, s.weight_decay)
     iter_num, data_rng = restore(s, model, optimizer, ck, rank, world, dev)
-    data, ift = stage_data(s, tok, rank, world, iter_num), s.stage in ("ift_math", "ift_code")
+    ift = s.stage in ("ift_math", "ift_code")
     n_iters = math.ceil(s.epochs * len(data) / s.global_batch_size) if s.epochs > 0 and ift else s.max_iters
     if rank == 0:
         print(f"{s.stage}: {n_iters} iterations of {s.global_batch_size} sequences ({s.micro_batch_size} x {accum} accumulation"
@@ -586,14 +695,16 @@ def train_loop(s, model, arch, tok, rank, world, dev, ck):
 def load_problems(s, tok, arch):
     """The benchmark as (record, prompt ids, prefix length, suffix length); insertion only happens
     between the prefix and the suffix (for GSM8K: after the question)."""
+    source = s.eval_source or "openai/gsm8k"
+    rows = load_rows(source, "main", "test") if s.task == "gsm8k" else load_rows(source)
+    need = ("question", "answer") if s.task == "gsm8k" else ("task_id", "prompt", "suffix")
+    if lacking := [k for k in need if k not in rows.column_names]:
+        raise InputError(f"rows of {source!r} have no {lacking[0]!r} field: not the problems of task={s.task}")
     if s.task == "gsm8k":
-        rows = load_rows(s.eval_source or "openai/gsm8k", "main", "test")
         prompts = tok([gsm8k_prompt(q) for q in rows["question"]], add_special_tokens=False)["input_ids"]
         return [({"question": q, "answer": a}, p, len(p), 0) for q, a, p in zip(rows["question"], rows["answer"], prompts)]
-    if not s.eval_source:
-        raise InputError("task=humaneval_infill needs --eval_source=PATH/HumanEval-SingleLineInfilling.jsonl.gz")
     problems = []
-    for row in load_rows(s.eval_source):
+    for row in rows:
         pre, suf = tok([row["prompt"], row["suffix"]], add_special_tokens=False)["input_ids"]
         middle = [arch["mask_id"]] * s.infill_middle_tokens if s.model_type == "mdm" else []
         problems.append(({"task_id": row["task_id"]}, pre + middle + suf, len(pre), len(suf)))
@@ -637,11 +748,11 @@ def generate_sequences(s, model, items, cfg, generator):
     return seqs
 
 
-def generate_stage(s, model, arch, tok, rank, world, dev):
-    """Samples for the benchmark, the problems split over the processes; JSON lines in samples_file."""
+def generate_stage(s, model, arch, tok, problems, rank, world, dev):
+    """Samples for the benchmark (load_problems), the problems split over the processes; JSON lines in
+    samples_path, written by rank 0 once all are made."""
     cfg = sampler_config(s, arch, dev)
-    problems = load_problems(s, tok, arch)[:s.num_problems or None]
-    items = [p for p in problems for _ in range(s.samples_per_problem)][rank::world]
+    items = [p for p in problems[:s.num_problems or None] for _ in range(s.samples_per_problem)][rank::world]
     generator = torch.Generator(device=dev).manual_seed(s.seed + rank)
     seqs = generate_sequences(s, model, items, cfg, generator)
     middles = [[v for v in seq[n_pre:len(seq) - n_suf] if v != arch["pad_id"]] for seq, (_, _, n_pre, n_suf) in zip(seqs, items)]
@@ -651,8 +762,7 @@ def generate_stage(s, model, arch, tok, rank, world, dev):
         dist.all_gather_object(gathered, records)
         records = [r for part in gathered for r in part]
     if rank == 0:
-        path = s.samples_file or os.path.join(s.out_dir, f"{s.task}.jsonl")
-        write_jsonl(path, records)
+        path = write_jsonl(samples_path(s), records)
         print(f"wrote {len(records)} samples to {path}: python evaluate.py --task={s.task} --samples={path}"
               + (f" --problems={s.eval_source}" if s.task == "humaneval_infill" else ""))
 
@@ -670,30 +780,38 @@ def load_tokenizer(name, arch):
     return tok
 
 
-def build(s, dev, ptdtype):
-    """(model, arch, tokenizer): base_model with its tokenizer, or for stage=bench a random LLaDA-shaped
-    model of bench_arch and no tokenizer."""
+def base_model_of(s, ck):
+    """(arch, model_dir, tokenizer) of base_model, its architecture the checkpoint's (one line naming each
+    difference); for stage=bench, a random LLaDA-shaped model of bench_arch: (arch, None, None)."""
     if s.stage == "bench":
         arch = dict(zip(("d_model", "n_layers", "n_heads", "mlp", "vocab"), s.bench_arch), rope_theta=500000.0, eps=1e-5)
         arch.update(mask_id=arch["vocab"] - 1, eos_id=arch["vocab"] - 2, pad_id=arch["vocab"] - 2)
-        return build_llada(s, arch, dev, ptdtype), arch, None
+        return arch, None, None
     model_dir = resolve_model_dir(s.base_model)
     arch = read_arch(model_dir)
-    tok = load_tokenizer(s.tokenizer_name or model_dir, arch)
-    return build_llada(s, arch, dev, ptdtype, model_dir), arch, tok
+    if ck is not None and ck["arch"] != arch:
+        changed = [f"{k}={arch.get(k)!r} (the checkpoint was trained on {ck['arch'].get(k)!r})"
+                   for k in sorted(set(arch) | set(ck["arch"])) if arch.get(k) != ck["arch"].get(k)]
+        raise InputError(f"{start_path(s)} does not match this run: the base model {s.base_model} has {', '.join(changed)}; "
+                         "give the base_model it was trained from")
+    return arch, model_dir, load_tokenizer(s.tokenizer_name or model_dir, arch)
 
 
 def main():
     configure(globals(), sys.argv[1:])
     s = settings()
-    check_choices(vars(s), CHOICES)
-    check_device(s.device)
-    if s.model_type == "mdm" and s.stage in ("pretrain", "bench"):
-        raise InputError(f"stage={s.stage} is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base itself (ift stages, generate)")
+    check_settings(s, int(os.environ.get("WORLD_SIZE", "1")))
+    ck = read_start(s)
+    check_outputs(s)
     ddp, rank, _, world, dev = init_distributed(s.device)
+    arch, model_dir, tok = base_model_of(s, ck)
+    if s.stage == "generate":
+        work = load_problems(s, tok, arch)
+    else:
+        work = stage_data(s, tok, rank, world, ck["iter_num"] if ck and s.init_from == "resume" else 0)
     torch.manual_seed(s.seed)  # the same LoRA and new-module initialisation on every process
     ptdtype = torch.bfloat16 if s.dtype == "bfloat16" else torch.float32
-    model, arch, tok = build(s, dev, ptdtype)
+    model = build_llada(s, arch, dev, ptdtype, model_dir)
     model.grad_ckpt = s.activation_checkpointing
     if rank == 0:
         count = [sum(p.numel() for n, p in model.named_parameters() if keep(n)) / 1e6 for keep in (str, is_new, lambda n: "lora_" in n)]
@@ -701,19 +819,27 @@ def main():
               f"{world} process(es) on {dev}", flush=True)
     if world > 1 and s.stage != "generate":  # generation splits the problems over full copies instead
         shard(model, ptdtype)
-    ck = None
-    if s.init_from != "base":
-        ck = load_ckpt(model, os.path.join(s.out_dir, "ckpt.pt") if s.init_from == "resume" else s.init_from, arch, s.model_type)
+    if ck is not None:
+        load_ckpt(model, ck, start_path(s))
     torch.manual_seed(s.seed + rank)  # different times, masks and dropout on every process
     if s.stage == "generate":
-        generate_stage(s, model.eval(), arch, tok, rank, world, dev)
+        generate_stage(s, model.eval(), arch, tok, work, rank, world, dev)
     else:
-        train_loop(s, model.train(), arch, tok, rank, world, dev, ck)
+        train_loop(s, model.train(), arch, tok, work, rank, world, dev, ck)
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
 
 
+def start():
+    """main() under configurator.run: from here a Ctrl-C is run's one line, and so is one held while the
+    libraries loaded (the top of this file)."""
+    signal.signal(signal.SIGINT, _SIGINT)
+    if _held:
+        raise KeyboardInterrupt
+    return main()
+
+
 if __name__ == "__main__":
-    run(main, interrupted="a training stage keeps its last checkpoint (continue it with --init_from=resume); nothing "
-                          "else was written")
+    run(start, interrupted="a training stage keeps the out_dir/ckpt.pt it last saved, if any (continue it with "
+                           "--init_from=resume); a samples file is written whole once all samples are made, or not at all")

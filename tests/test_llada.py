@@ -1,6 +1,8 @@
 """The LLaDA retrofit (retrofit_llada.py) and its benchmarks (evaluate.py: gsm8k, humaneval_infill) on a
 tiny model in LLaDA's exact checkpoint format, built here: config.json with the real keys and small
-values, model.safetensors with the real tensor names, and a tiny byte-level BPE tokenizer."""
+values, model.safetensors with the real tensor names, and a tiny byte-level BPE tokenizer. Then the
+mistakes a user can make (a table: one line each, before any work, nothing on disk changed) and Ctrl-C
+sent to real processes."""
 import contextlib
 import gzip
 import importlib
@@ -12,11 +14,12 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from conftest import ROOT, run_python, subprocess_env
+from conftest import ROOT, run_python, start_python, subprocess_env
 from configurator import InputError, configure
 from interpolant import batch_loss
 
@@ -464,6 +467,8 @@ def test_configs_are_valid(llada_dir):
         with contextlib.chdir(ROOT):
             configure(vars(module), [f"config/{name}.py"])
         assert all(getattr(module, k) in v for k, v in module.CHOICES.items()), name
+        for world in dict(llada_cpu=(1, 2), llada_bench=(1,)).get(name, (1, 16)):  # as their commands run them
+            module.check_settings(module.settings(), world)
     assert (module.stage, module.device) == ("pretrain", "cpu")
 
 
@@ -510,3 +515,261 @@ def test_humaneval_infill_harness():
     outcomes = evaluate.humaneval_outcomes(example, samples, timeout=2, workers=len(samples))
     assert evaluate.pass_at_1(samples, outcomes) == pytest.approx((0.3, 0.0))
     assert outcomes.count("timed out") == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Mistakes: one line each, before any work, nothing on disk changed or added
+
+@pytest.fixture(scope="module")
+def world(llada_dir, tmp_path_factory):
+    """A directory W of what a user has: W/run, a finished 2-iteration ift_math run (ckpt.pt and its samples
+    gsm8k.jsonl); checkpoints torn (20 KB, half) or of another kind; a samples file, a notes file, a copy of
+    the problems; W/llada_1layer, a base model of another architecture (its config.json)."""
+    W = tmp_path_factory.mktemp("world")
+    run_main(llada_dir, "--stage=ift_math", "--max_iters=2", f"--out_dir={W / 'run'}")
+    ckpt = (W / "run" / "ckpt.pt").read_bytes()
+    (W / "run" / "gsm8k.jsonl").write_text('{"question": "q", "answer": "a", "completion": "c", "tokens": []}\n')
+    (W / "torn_20k.pt").write_bytes(ckpt[:20000])
+    (W / "torn_half.pt").write_bytes(ckpt[:len(ckpt) // 2])
+    torch.save({"model": {}, "model_args": {}, "iter_num": 3}, W / "train_py.pt")  # train.py's kind
+    torch.save(torch.zeros(3), W / "tensor.pt")
+    (W / "notes.txt").write_text("my notes\n")
+    (W / "samples.jsonl").write_text('{"question": "q", "answer": "a", "completion": "c", "tokens": []}\n')
+    with open(os.path.join(GSM8K, "test.jsonl")) as f, open(W / "problems.jsonl", "w") as out:
+        out.writelines(line for _, line in zip(range(5), f))
+    os.makedirs(W / "llada_1layer")
+    with open(W / "llada_1layer" / "config.json", "w") as f:
+        json.dump(dict(CONFIG, n_layers=1), f)
+    return W
+
+
+# check_settings's ranges: (key, a value outside, the rule as said)
+RANGE_ROWS = [("log_interval", "0", "> 0"), ("save_interval", "0", "> 0"), ("max_len", "0", "> 0"),
+              ("infill_max_lines", "0", "> 0"), ("infill_middle_tokens", "0", "> 0"), ("cond_dim", "0", "> 0"),
+              ("insert_init", "0.0", "> 0"), ("lora_r", "0", "> 0"), ("lora_alpha", "0", "> 0"),
+              ("lora_dropout", "1.0", "in [0, 1)"), ("owt_fraction", "1.5", "in [0, 1]"), ("owt_fraction", "-0.5", "in [0, 1]"),
+              ("global_batch_size", "0", "> 0"), ("micro_batch_size", "0", "> 0"), ("learning_rate", "0.0", "> 0"),
+              ("min_lr", "-1e-05", ">= 0"), ("weight_decay", "-0.1", ">= 0"), ("grad_clip", "-1.0", ">= 0"),
+              ("warmup_iters", "-1", ">= 0"), ("restart_iters", "0", "> 0"), ("max_iters", "-1", ">= 0"),
+              ("epochs", "-1.0", ">= 0"), ("num_problems", "-1", ">= 0"), ("samples_per_problem", "0", "> 0"),
+              ("gen_batch_size", "0", "> 0"), ("seed", "-1", ">= 0")]
+CKPT_HINT = "--init_from is base, resume (out_dir/ckpt.pt) or the ckpt.pt of an earlier stage"
+RESUME = ("--stage=ift_math", "--init_from=resume", "--out_dir={W}/run")
+NEW_RUN = "{W}/run/ckpt.pt exists: continue that run with --init_from=resume, or start this one in another --out_dir"
+GEN = ("--stage=generate", "--out_dir={W}/gen", "--init_from={W}/run/ckpt.pt")
+# (args, the one line expected, "..." standing for any text); {W}: the world fixture, {G}: GSM8K's test.jsonl
+MISTAKES = [
+    # the configurator: unknown keys, wrong types
+    (("--no_such_key=1",), "unknown config key 'no_such_key' from the command line (--help lists the keys)"),
+    (("--max_iters=abc",), "config key 'max_iters' from the command line must be int, got str 'abc'"),
+    # choices and the device
+    (("--stage=finetune",), "stage='finetune' is not one of pretrain, ift_math, ift_code, generate, bench"),
+    (("--model_type=ar",), "model_type='ar' is not one of flexmdm, mdm"),
+    (("--task=mbpp",), "task='mbpp' is not one of gsm8k, humaneval_infill"),
+    (("--dtype=float16",), "dtype='float16' is not one of float32, bfloat16"),
+    (("--device=tpu",), "device 'tpu' is not one of cpu, cuda, cuda:N, mps"),
+    # ranges
+    *[((f"--{key}={bad}",), f"{key}={bad} must be {rule}") for key, bad, rule in RANGE_ROWS],
+    # relations
+    (("--global_batch_size=5",), "global_batch_size=5 must be a multiple of micro_batch_size x processes = 2 x 1"),
+    (("--learning_rate=0.001", "--min_lr=0.01"), "min_lr=0.01 must be <= learning_rate=0.001 (the cosine goes down to it)"),
+    (("--model_type=mdm", "--stage=pretrain"), "stage=pretrain is for the FlexMDM retrofit; the MDM baseline is LLaDA-Base "
+                                               "itself (ift stages, generate)"),
+    (("--model_type=mdm", "--stage=bench"), "stage=bench is for the FlexMDM retrofit; ..."),
+    (("--stage=bench", "--init_from=resume"), "init_from='resume' must be 'base' for stage=bench (it times a random model)"),
+    (("--bench_arch=(64, 2, 3, 128, 1000)",), "bench_arch=(64, 2, 3, 128, 1000) must be 5 integers > 0 (d_model, n_layers, "
+                                              "n_heads, mlp, vocab), d_model a multiple of 2 x n_heads and vocab >= 3"),
+    (("--bench_arch=(64, 2)",), "bench_arch=(64, 2) must be 5 integers > 0 ..."),
+    (("--stage=ift_code", "--infill_middle_tokens=256"), "infill_middle_tokens=256 must be < max_len=256 (prefix, middle and "
+                                                         "suffix fit max_len)"),
+    (("--stage=generate", "--task=humaneval_infill", "--eval_source="),
+     "eval_source='' must name the problems for task=humaneval_infill: --eval_source=PATH/HumanEval-SingleLineInfilling.jsonl.gz"),
+    # the sampler's settings (sampler.SamplerConfig's own checks)
+    (("--steps=1",), "need steps >= 2, temperature >= 0 and grid_power > 0 (got steps=1, temperature=0.0, grid_power=1.0)"),
+    (("--temperature=-1.0",), "need steps >= 2, temperature >= 0 and grid_power > 0 (got steps=16, temperature=-1.0, ...)"),
+    (("--sampler=greedy",), "sampler='greedy' is not one of ..."),
+    (("--confidence=best",), "confidence='best' is not one of ..."),
+    # outputs: the samples file, another run's checkpoint
+    ((*GEN, "--samples_file={W}/samples.jsonl"),
+     "'{W}/samples.jsonl' already exists: pass --overwrite=True to replace it, or another --samples_file"),
+    (("--stage=generate", "--init_from=resume", "--out_dir={W}/run"),
+     "'{W}/run/gsm8k.jsonl' already exists: pass --overwrite=True to replace it, or another --samples_file"),
+    ((*GEN, "--samples_file={W}/notes.txt", "--overwrite=True"),
+     "'{W}/notes.txt' is not replaced: it is not a samples, metrics or PNG file of this repo, or another --samples_file"),
+    ((*GEN, "--eval_source={W}/problems.jsonl", "--samples_file={W}/problems.jsonl", "--overwrite=True"),
+     "'{W}/problems.jsonl' is also a file this command reads: it is not written over, or another --samples_file"),
+    ((*GEN, "--samples_file={W}/run/ckpt.pt", "--overwrite=True"),
+     "'{W}/run/ckpt.pt' is also a file this command reads: it is not written over, or another --samples_file"),
+    (("--stage=ift_math", "--out_dir={W}/run"), NEW_RUN),
+    (("--stage=ift_code", "--init_from={W}/run/ckpt.pt", "--out_dir={W}/run"), NEW_RUN),
+    # checkpoints: missing, torn, of another kind, of another network
+    (("--stage=ift_math", "--init_from={W}/nowhere.pt", "--out_dir={W}/new"), f"checkpoint '{{W}}/nowhere.pt' not found: {CKPT_HINT}"),
+    (("--stage=ift_math", "--init_from=resume", "--out_dir={W}/new"), f"checkpoint '{{W}}/new/ckpt.pt' not found: {CKPT_HINT}"),
+    ((*GEN[:2], "--init_from={W}/torn_20k.pt"), "'{W}/torn_20k.pt' is not a readable checkpoint (...)"),
+    ((*GEN[:2], "--init_from={W}/torn_half.pt"), "'{W}/torn_half.pt' is not a readable checkpoint (...)"),
+    ((*GEN[:2], "--init_from={W}/notes.txt"), "'{W}/notes.txt' is not a readable checkpoint (...)"),
+    ((*GEN[:2], "--init_from={W}/tensor.pt"), "'{W}/tensor.pt' is not a checkpoint of this repo (a Tensor)"),
+    ((*GEN[:2], "--init_from={W}/train_py.pt"), "{W}/train_py.pt is not a checkpoint of retrofit_llada.py (no 'trainable' in it)"),
+    ((*RESUME, "--lora_r=4"), "{W}/run/ckpt.pt does not match this run: this run has lora_r=4 (the checkpoint has 8); give the "
+                              "checkpoint's values, or start a new run in another --out_dir"),
+    ((*RESUME, "--lora_alpha=16"), "{W}/run/ckpt.pt does not match this run: this run has lora_alpha=16 (the checkpoint has 8); ..."),
+    ((*RESUME, "--cond_dim=32", "--model_type=mdm"),
+     "{W}/run/ckpt.pt does not match this run: this run has model_type='mdm' (the checkpoint has 'flexmdm'), cond_dim=32 (the "
+     "checkpoint has 16); give the checkpoint's values, or start a new run in another --out_dir"),
+    (("--stage=ift_code", *RESUME[1:]), "{W}/run/ckpt.pt does not match this run: this run has stage='ift_code' (the checkpoint "
+                                        "has 'ift_math'); ..."),
+    ((*GEN, "--lora_r=4"), "{W}/run/ckpt.pt does not match this run: this run has lora_r=4 (the checkpoint has 8); give the "
+                           "checkpoint's values"),
+    ((*RESUME, "--base_model={W}/llada_1layer"), "{W}/run/ckpt.pt does not match this run: the base model {W}/llada_1layer has "
+                                                 "n_layers=1 (the checkpoint was trained on 2); give the base_model it was trained from"),
+    # inputs read before the model: the base model, the tokenizer, the data, the problems
+    (("--base_model={W}/nowhere",), "base_model '{W}/nowhere' is neither a directory nor a downloadable hub id: ..."),
+    (("--tokenizer_name={W}/nowhere",), "cannot load the tokenizer '{W}/nowhere': ..."),
+    (("--stage=ift_math", "--gsm8k_source={W}/nowhere.jsonl", "--out_dir={W}/new"), "cannot load dataset '{W}/nowhere.jsonl': ..."),
+    (("--stage=pretrain", "--owt_fields=body", "--out_dir={W}/new"), "rows of '...webtext.test.jsonl' have no field 'body' (they have ...)"),
+    (("--stage=ift_code", "--code_source={G}", "--out_dir={W}/new"), "rows of '{G}' have no 'code' field (they have question, answer)"),
+    ((*GEN, "--task=humaneval_infill", "--eval_source={G}"), "rows of '{G}' have no 'task_id' field: not the problems of "
+                                                             "task=humaneval_infill"),
+]
+
+
+def fills(pattern, text):
+    """text is pattern with each "..." standing for any text."""
+    return re.fullmatch(".*".join(map(re.escape, pattern.split("..."))), text) is not None
+
+
+def files_under(*roots):
+    """{path: bytes} of every file under roots (caches left out): a picture of what a user has on disk."""
+    found = {}
+    for root in roots:
+        for d, dirs, names in os.walk(root):
+            dirs[:] = [n for n in dirs if n not in (".git", "__pycache__", ".pytest_cache")]
+            found.update({os.path.join(d, n): open(os.path.join(d, n), "rb").read() for n in names})
+    return found
+
+
+def test_the_mistakes_table_covers_every_range_rule():
+    import retrofit_llada
+    assert {key for key, _, _ in RANGE_ROWS} == set(retrofit_llada.RANGES)
+
+
+@pytest.mark.parametrize("args,expected", MISTAKES, ids=[" ".join(a)[:60] for a, _ in MISTAKES])
+def test_a_mistake_is_one_line_before_any_work_and_changes_nothing(llada_dir, world, args, expected):
+    """Each mistake: the expected one line, raised before the model is built (its size line is not printed),
+    and every file that existed before byte-identical after, nothing new."""
+    names = dict(W=str(world), G=os.path.join(GSM8K, "test.jsonl"))
+    before = files_under(world, llada_dir, ROOT)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(InputError) as e:
+        print(run_main(llada_dir, f"--out_dir={world}/new", *(a.format(**names) for a in args)))  # a row may give another
+    assert fills(expected.format(**names), str(e.value)), str(e.value)
+    assert "\n" not in str(e.value) and "parameters" not in out.getvalue(), out.getvalue()
+    after = files_under(world, llada_dir, ROOT)
+    assert sorted(after) == sorted(before), set(after) ^ set(before)
+    assert [p for p in before if after[p] != before[p]] == []
+
+
+def test_overwrite_replaces_a_samples_file_of_ours(llada_dir, world, tmp_path):
+    """The refusals above have their way out: --overwrite=True replaces an existing samples file, whole."""
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text('{"question": "q", "answer": "a", "completion": "c", "tokens": []}\n')
+    run_main(llada_dir, *[a.format(W=world) for a in GEN], f"--samples_file={path}", "--overwrite=True", "--num_problems=2",
+             "--steps=2")
+    assert [r["question"] != "q" for r in map(json.loads, path.read_text().splitlines())] == [True, True]
+
+
+def test_a_run_writes_no_checkpoint_before_its_first_step(llada_dir, tmp_path):
+    out = run_main(llada_dir, "--stage=ift_math", "--max_iters=0", f"--out_dir={tmp_path / 'run'}")
+    assert "ift_math: 0 iterations" in out and os.listdir(tmp_path) == []
+
+
+def user_lines(stderr):
+    """The lines of stderr that are ours: the libraries' warnings and progress bars (transformers on the tiny
+    tokenizer's config, datasets reading a file) left out."""
+    library = ("Warning", "warnings.warn", "[transformers]", " examples/s]")
+    return [l for l in stderr.splitlines() if l.strip() and not any(m in l for m in library)]
+
+
+def test_a_refusal_as_a_process_and_under_torchrun_is_one_line(llada_dir, world):
+    """The command line itself: `error: ...` once on stderr, status 1, no traceback; under torchrun, once
+    (rank 0) although both ranks refuse (torchrun's own summary of the failed workers may follow)."""
+    args = ["retrofit_llada.py", "config/llada_cpu.py", f"--base_model={llada_dir}", "--stage=generate",
+            f"--samples_file={world}/samples.jsonl"]
+    line = f"error: '{world}/samples.jsonl' already exists: pass --overwrite=True to replace it, or another --samples_file"
+    proc = run_python(args, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1 and user_lines(proc.stderr) == [line], proc.stderr
+    proc = run_python(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args], cwd=ROOT, timeout=300)
+    assert proc.returncode != 0 and [l for l in proc.stderr.splitlines() if l.startswith("error:")] == [line], tail(proc.stderr)
+    assert 'retrofit_llada.py", line' not in proc.stderr, tail(proc.stderr)  # torchrun's own traceback may follow, not ours
+
+
+# ----------------------------------------------------------------------------------------------
+# Ctrl-C: a real SIGINT to a real process, as a terminal sends it (to the process group)
+
+INTERRUPTED = ("interrupted: a training stage keeps the out_dir/ckpt.pt it last saved, if any (continue it with "
+               "--init_from=resume); a samples file is written whole once all samples are made, or not at all")
+
+
+def interrupt(llada_dir, args, ready):
+    """Start `python retrofit_llada.py config/llada_cpu.py ...` in the repo root, wait until ready(proc), send
+    SIGINT to its process group (as a terminal's Ctrl-C does); returns (status, stderr)."""
+    proc = start_python(["retrofit_llada.py", "config/llada_cpu.py", f"--base_model={llada_dir}", *small_data(llada_dir),
+                         *args], ROOT)
+    try:
+        was_ready = ready(proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert was_ready, tail(stderr)
+    return proc.returncode, stderr
+
+
+def printed(prefix):
+    """ready: the process printed a line starting with prefix."""
+    return lambda proc: any(line.startswith(prefix) for line in proc.stdout)
+
+
+def loading_torch(proc, timeout=120):
+    """ready: the process is importing torch (its library is mapped), the first seconds of every start."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        with open(f"/proc/{proc.pid}/maps") as f:
+            if "libtorch" in f.read():
+                return True
+        time.sleep(0.01)
+    return False
+
+
+def test_ctrl_c_while_the_libraries_load_is_one_line(llada_dir, tmp_path):
+    """Ctrl-C in the first seconds, while torch loads, before main() runs: the same one line, status 130,
+    nothing written."""
+    status, stderr = interrupt(llada_dir, ["--stage=ift_math", f"--out_dir={tmp_path / 'run'}"], loading_torch)
+    assert status == 130 and user_lines(stderr) == [INTERRUPTED], stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_while_training_keeps_the_last_checkpoint(llada_dir, tmp_path):
+    """Ctrl-C in the middle of a training stage (checkpoints every 2 iterations): one line, status 130;
+    out_dir holds the last checkpoint, whole (no temporary file), and the run resumes from it."""
+    out = tmp_path / "run"
+    args = ["--stage=ift_math", "--max_iters=100000", "--save_interval=2", f"--out_dir={out}"]
+    status, stderr = interrupt(llada_dir, args, printed("iter 3: loss"))
+    assert status == 130 and user_lines(stderr) == [INTERRUPTED], stderr
+    assert os.listdir(out) == ["ckpt.pt"]
+    import retrofit_llada
+    ck = retrofit_llada.load_checkpoint(str(out / "ckpt.pt"))
+    assert ck["iter_num"] >= 2 and ck["iter_num"] % 2 == 0
+    log = run_main(llada_dir, *args[:1], f"--max_iters={ck['iter_num'] + 1}", "--init_from=resume", *args[2:])
+    assert list(logged_losses(log)) == [ck["iter_num"] + 1], log
+
+
+def test_ctrl_c_while_generating_writes_no_samples(llada_dir, world, tmp_path):
+    """Ctrl-C while the samples are made (all 1319 GSM8K test problems): one line, status 130, no samples
+    file and nothing else written; the checkpoint read is as it was."""
+    before = files_under(world, tmp_path)
+    status, stderr = interrupt(llada_dir, ["--stage=generate", f"--init_from={world}/run/ckpt.pt", f"--out_dir={tmp_path}",
+                                           "--steps=16"], printed("LLaDA flexmdm:"))
+    assert status == 130 and user_lines(stderr) == [INTERRUPTED], stderr
+    assert files_under(world, tmp_path) == before
