@@ -21,6 +21,7 @@ import ast
 import dataclasses
 import os
 import sys
+import time
 import types
 from ast import literal_eval
 
@@ -59,6 +60,8 @@ def run(main, interrupted="nothing was written; run the command again"):
         sys.exit(status if isinstance(status, int) else 0)
     if os.environ.get("RANK", "0") == "0":
         print(line, file=sys.stderr)
+    else:  # the other ranks meet the same error: leave rank 0 the time to print it before torchrun stops it
+        time.sleep(2)
     sys.exit(status)
 
 

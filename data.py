@@ -146,7 +146,7 @@ def check_output(path, overwrite, setting=None, inputs=()):
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{path!r} already exists: pass --overwrite=True to replace it{other}")
     if os.path.exists(path) and (problem := output_problem(path)):
-        raise InputError(f"{path!r} is not replaced: {problem}{other}")
+        raise InputError(f"{path!r} is not replaced: {problem}{'; give another --' + setting if setting else ''}")
 
 
 def write_jsonl(path, records):

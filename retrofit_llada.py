@@ -32,13 +32,6 @@ weight_decay, grad_clip, logging and saving, generation and the system settings.
 while the libraries load included, is one line (exit status 130): the last checkpoint stays, and no
 samples file is written.
 """
-import signal
-
-# A Ctrl-C while the libraries below load (seconds) is held until start(), which makes it run()'s one line.
-_held, _SIGINT = [], signal.getsignal(signal.SIGINT)
-if __name__ == "__main__" and _SIGINT is signal.default_int_handler:
-    signal.signal(signal.SIGINT, lambda signum, frame: _held.append(signum))
-
 import glob
 import itertools
 import json
@@ -50,6 +43,9 @@ import time
 from dataclasses import replace
 from types import SimpleNamespace
 
+# first, before torch loads: from here on Ctrl-C is one line (configurator.py)
+from configurator import InputError, check_choices, check_device, check_ranges, configure, init_distributed, pick, run
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -58,7 +54,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from checkpoint import load_checkpoint, save_checkpoint
-from configurator import InputError, check_choices, check_device, check_ranges, configure, init_distributed, pick, run
 from data import check_output, chunk, split_paragraphs, write_jsonl
 from interpolant import LossConfig, batch_loss
 from model import TimeEmbedding, autocast, modulate, rotary
@@ -831,15 +826,6 @@ def main():
         dist.destroy_process_group()
 
 
-def start():
-    """main() under configurator.run: from here a Ctrl-C is run's one line, and so is one held while the
-    libraries loaded (the top of this file)."""
-    signal.signal(signal.SIGINT, _SIGINT)
-    if _held:
-        raise KeyboardInterrupt
-    return main()
-
-
 if __name__ == "__main__":
-    run(start, interrupted="a training stage keeps the out_dir/ckpt.pt it last saved, if any (continue it with "
+    run(main, interrupted="a training stage keeps the out_dir/ckpt.pt it last saved, if any (continue it with "
                            "--init_from=resume); a samples file is written whole once all samples are made, or not at all")

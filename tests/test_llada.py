@@ -327,7 +327,8 @@ def test_stages_end_to_end_then_evaluate(llada_dir, tmp_path):
 
     run_main(llada_dir, "--stage=generate", "--task=humaneval_infill", f"--eval_source={SINGLE_LINE}",
              f"--init_from={ift}/ckpt.pt", f"--out_dir={ift}", "--num_problems=2", "--steps=4")
-    metrics = evaluate.main(["--task=humaneval_infill", f"--samples={ift}/humaneval_infill.jsonl", f"--problems={SINGLE_LINE}"])
+    metrics = evaluate.main(["--task=humaneval_infill", f"--samples={ift}/humaneval_infill.jsonl", f"--problems={SINGLE_LINE}",
+                             "--allow_code_execution=True"])
     assert metrics["n"] == 2 and sum(metrics["outcomes"].values()) == 2
 
 
@@ -595,7 +596,7 @@ MISTAKES = [
     (("--stage=generate", "--init_from=resume", "--out_dir={W}/run"),
      "'{W}/run/gsm8k.jsonl' already exists: pass --overwrite=True to replace it, or another --samples_file"),
     ((*GEN, "--samples_file={W}/notes.txt", "--overwrite=True"),
-     "'{W}/notes.txt' is not replaced: it is not a samples, metrics or PNG file of this repo, or another --samples_file"),
+     "'{W}/notes.txt' is not replaced: it is not a samples, metrics or PNG file of this repo; give another --samples_file"),
     ((*GEN, "--eval_source={W}/problems.jsonl", "--samples_file={W}/problems.jsonl", "--overwrite=True"),
      "'{W}/problems.jsonl' is also a file this command reads: it is not written over, or another --samples_file"),
     ((*GEN, "--samples_file={W}/run/ckpt.pt", "--overwrite=True"),
