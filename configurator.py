@@ -214,6 +214,13 @@ def init_distributed(device):
     GPU. Returns (ddp, rank, local_rank, world, device of this process)."""
     import torch
     import torch.distributed as dist
+    # torch.distributed.nn.functional's collectives take `group=group.WORLD` as a default argument, evaluated
+    # when the module is first imported. DDP's constructor imports it (through torch._dynamo); imported after
+    # init_process_group, it kept the live default group for good, so destroy_process_group could not free it:
+    # its gloo threads lived on into interpreter exit, where their teardown now and then aborted a run that had
+    # finished ("terminate called without an active exception", SIGABRT, the whole torchrun job failed).
+    # Imported before the group exists, those defaults hold None.
+    import torch.distributed.nn  # noqa: F401
     if int(os.environ.get("RANK", -1)) == -1:
         return False, 0, 0, 1, device
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")

@@ -7,7 +7,7 @@
 # the padding-heavy setting: max_len 512, where most of the MDM's canvas is padding, at 600 s each.
 # scripts/length_trend.py makes the tables and the PNG. Two jobs at a time; a finished piece is not run
 # again (rerun to resume).
-#   bash scripts/length_trend.sh && python scripts/length_trend.py
+#   bash scripts/length_trend.sh && python scripts/length_trend.py --overwrite=True
 set -euo pipefail
 export OMP_NUM_THREADS=1 TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$(cd ../shared/tiktoken_cache && pwd)}
 OUT=${OUT:-out/trend}

@@ -485,6 +485,32 @@ def test_torchrun_time_budget(tiny_maze, tmp_path):
     assert f"stopped after {ckpt['iter_num']} iterations" in proc.stdout
 
 
+# Runs a script (argv[1:]) and prints the native threads still alive when the interpreter exits.
+THREADS_AT_EXIT = """
+import atexit, os, runpy, sys
+atexit.register(lambda: print("threads at exit:", sorted(open(f"/proc/self/task/{t}/comm").read().strip()
+                                                       for t in os.listdir("/proc/self/task")), flush=True))
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the threads from Linux's /proc")
+def test_torchrun_leaves_no_process_group_alive_at_exit(tiny_maze, tmp_path):
+    """The cause of a finished torchrun run aborting at exit now and then (SIGABRT, "terminate called without an
+    active exception", under CPU load): the gloo process group outlived destroy_process_group, its threads torn
+    down at interpreter exit (configurator.init_distributed has the story). Deterministic: no gloo thread may be
+    alive when either rank's interpreter exits."""
+    wrapper = tmp_path / "threads_at_exit.py"
+    wrapper.write_text(THREADS_AT_EXIT)
+    proc = run_python(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(wrapper), *TORCHRUN[4:],
+                       *DDP_ARGS, "--max_iters=3", f"--out_dir={tmp_path / 'out'}"], cwd=tiny_maze, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = [l for l in proc.stdout.splitlines() if l.startswith("threads at exit:")]
+    assert len(reports) == 2 and not any("gloo" in l for l in reports), reports
+
+
 def torchrun_worker(agent_pid, rank):
     """The pid of the torchrun agent's worker process of that rank (read from Linux's /proc)."""
     tasks = os.listdir(f"/proc/{agent_pid}/task")
