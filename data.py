@@ -52,9 +52,12 @@ def atomic_write(path, write, binary=False):
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(e, OSError):
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):  # torch.save's zip writer raises its own error
+            cause = cause.__context__                                  # on top of the OSError of the write
+        if cause is not None:
             kept = "the file there is as it was" if os.path.exists(path) else "nothing was written"
-            raise InputError(f"could not write {path} ({e.strerror or e}): {kept}") from None
+            raise InputError(f"could not write {path} ({cause.strerror or cause}): {kept}") from None
         raise
     directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
