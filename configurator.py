@@ -19,9 +19,11 @@ exception it can catch, never a SystemExit.
 """
 import ast
 import dataclasses
+import io
 import os
 import sys
 import time
+import tokenize
 import types
 from ast import literal_eval
 
@@ -87,10 +89,33 @@ def _set(config, key, value, source):
     config[key] = _coerce(key, value, config[key], source)
 
 
+def _comments(path):
+    """{name: the comment beside its module-level assignment in the source file at path, with the indented comment
+    lines that follow it}: what a setting means, as the script says it."""
+    try:
+        source = open(path).read()
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        return {}
+    comments = {t.start[0]: t.string.lstrip("# ") for t in tokens if t.type == tokenize.COMMENT}
+    lines, found = source.splitlines(), {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.lineno in comments:
+            text, after = [comments[node.lineno]], node.end_lineno
+            while after < len(lines) and lines[after][:1].isspace() and lines[after].lstrip().startswith("#"):
+                text.append(comments[after + 1])
+                after += 1
+            found[node.targets[0].id] = " ".join(text)
+    return found
+
+
 def usage(config):
-    """The first paragraph of the script's docstring, then every setting with its current value."""
+    """The first paragraph of the script's docstring, then every setting with its current value and, below it,
+    the comment beside it in the script (what it means)."""
     about = (config.get("__doc__") or "").strip().split("\n\n")[0]
-    keys = "\n".join(f"  --{key}={config[key]!r}" for key in config if _is_setting(config, key))
+    meaning = _comments(config.get("__file__"))
+    keys = "\n".join(f"  --{key}={config[key]!r}" + (f"\n      {meaning[key]}" if key in meaning else "")
+                     for key in config if _is_setting(config, key))
     return f"{about}\n\nSettings: config files (python assignments), then --key=value, in order:\n{keys}"
 
 

@@ -51,7 +51,7 @@ eval_interval = 500  # evaluate and checkpoint every eval_interval iterations
 save_interval = 0  # > 0: also checkpoint every save_interval iterations
 save_seconds = 600.0  # > 0: also checkpoint once this many wall seconds have passed since the last checkpoint
 keep_at = ()  # budget points (seconds of training steps with max_seconds, else iterations) where a copy of the
-# checkpoint is kept as ckpt_<point>.pt: a compute curve from one run
+    # checkpoint is kept as ckpt_<point>.pt: a compute curve from one run
 eval_iters = 20
 log_interval = 10
 wandb_log = False
@@ -84,7 +84,7 @@ fixed_embedding = False  # add a learned vector to fixed tokens, so subgoals dif
 learning_rate = 1e-4
 max_iters = 10000
 max_seconds = 0.0  # > 0: train for this many seconds of training steps (eval excluded) instead of max_iters
-# iterations; the LR schedule keeps its shape, with max_iters (and warmup_iters, lr_decay_iters) mapped onto the budget
+    # iterations; the LR schedule keeps its shape, with max_iters (and warmup_iters, lr_decay_iters) mapped onto the budget
 budget_clock = "wall"  # wall | cpu: the process's CPU time, a fair budget for runs that share a CPU (1 thread each)
 weight_decay = 0.01
 beta1 = 0.9
