@@ -85,8 +85,8 @@ from torch.profiler import ProfilerActivity, record_function
 import interpolant
 import model
 from checkpoint import load_model
-from data import atomic_write, check_output, get_batch, load_data, maze_prompts, max_prompt_len
-from interpolant import LossConfig, batch_loss, sample_times, schedules
+from data import LengthTilt, atomic_write, check_output, get_batch, load_data, maze_prompts, max_prompt_len
+from interpolant import LossConfig, batch_loss, behind_times, sample_times, schedules
 from model import Block, DiT, ModelConfig, autocast, network, pack
 from sampler import SamplerConfig, generate
 
@@ -133,6 +133,8 @@ insert_head = "linear"
 insert_scale = 1.0
 prior_weight = 0.0
 prior_time = 0.0
+behind_weight = 0.0
+behind_lag = 0.5
 fixed_embedding = False
 learning_rate = 1e-4
 weight_decay = 0.01
@@ -304,16 +306,22 @@ def draw_steps(split, meta, seq_len, rng, raw, loss_cfg):
     per_token, head, insert, per_seq = param_groups(raw)
     gen, tgen = torch.Generator(device=device), torch.Generator(device=device).manual_seed(seed)
     steps, n_seq = [], len(split[1]) - 1
+    tilt = LengthTilt(split[1]) if loss_cfg.behind_weight and model_type == "flexmdm" else None
+    rows = lambda indices: tuple(z.to(device) for z in get_batch(split, indices, meta, model_type, seq_len))
     for i in range(warmup_steps + timed_steps):
-        x1, lengths, fixed = (z.to(device) for z in get_batch(split, rng.integers(0, n_seq, size=batch_size),
-                                                              meta, model_type, seq_len))
+        x1, lengths, fixed = rows(rng.integers(0, n_seq, size=batch_size))
+        behind = None
+        if tilt is not None:  # as train.py's step: rows behind their time, length-tilted
+            t, s, log_r = behind_times(batch_size, loss_cfg, device, tgen)
+            behind = (*rows(tilt.draw(log_r.cpu().numpy(), rng)), t, s)
         t = sample_times(batch_size, device=device, generator=tgen)
         seen = {}
         batch_loss(recorder(raw, row_tokens_of(seq_len), seen), x1, lengths, fixed, loss_cfg, meta["mask_id"],
-                   meta["pad_id"], gen.manual_seed(seed + i), t=t)
+                   meta["pad_id"], gen.manual_seed(seed + i), t=t, behind=behind)
         flops = (6 * (per_token + insert) * seen["P"] + 6 * head * seen["M"] + 6 * per_seq * seen["B"]
                  + 12 * n_layer * n_embd * seen["sq"])
-        steps.append(dict(batch=(x1, lengths, fixed, t), seed=seed + i, x1=int(lengths.sum()), flops=flops, **seen))
+        steps.append(dict(batch=(x1, lengths, fixed, t), behind=behind, seed=seed + i, x1=int(lengths.sum()), flops=flops,
+                          **seen))
     return steps
 
 
@@ -322,7 +330,7 @@ def forward_backward(net, step, loss_cfg, meta, gen):
     x1, lengths, fixed, t = step["batch"]
     with autocast(device, dtype):
         loss = batch_loss(net, x1, lengths, fixed, loss_cfg, meta["mask_id"], meta["pad_id"],
-                          gen.manual_seed(step["seed"]), t=t)[0]
+                          gen.manual_seed(step["seed"]), t=t, behind=step["behind"])[0]
     loss.backward()
     return loss
 

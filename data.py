@@ -330,6 +330,25 @@ def get_batch(split_data, indices, meta, model_type, seq_len):
     return torch.from_numpy(x1), torch.from_numpy(lengths), torch.from_numpy(fixed)
 
 
+class LengthTilt:
+    """Draws sequences of a split with probability proportional to r^length, r per draw (interpolant.behind_times:
+    the rows behind their time), exactly: a length from the split's length histogram tilted by r^length, then a
+    uniformly random sequence of that length."""
+
+    def __init__(self, idx):
+        lengths = np.diff(idx)
+        self.order = np.argsort(lengths, kind="stable")  # sequence indices, grouped by length
+        self.sizes, self.counts = np.unique(lengths, return_counts=True)
+        self.starts = np.cumsum(self.counts) - self.counts
+
+    def draw(self, log_r, rng):
+        """One sequence index per entry of log_r [B] (log r of that draw)."""
+        logp = np.log(self.counts)[None] + np.asarray(log_r, dtype=np.float64)[:, None] * self.sizes[None]
+        cdf = np.cumsum(np.exp(logp - logp.max(1, keepdims=True)), axis=1)
+        k = (cdf < rng.random((len(cdf), 1)) * cdf[:, -1:]).sum(1)  # the tilted length, by its CDF
+        return self.order[self.starts[k] + rng.integers(0, self.counts[k])]
+
+
 def maze_prompts(data_dir, n, trained):
     """Subgoal lists g1..gK of the held-out (val) paths, distinct, in file order, cycled to n; the data must be
     the one a checkpoint was trained on (trained: the meta.json it keeps)."""

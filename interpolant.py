@@ -186,24 +186,50 @@ class LossConfig:
     # on text it lifts g at x_0 from 0.47 to about 0.9 of the mean length (RESULTS.md); on the maze it costs ~60 %
     # more packed positions and does not help at equal compute, so 0 (the paper's loss) is the default
     prior_time: float = 0.0  # > 0: that early time is prior_time * u^2, u ~ U[0, 1); 0: t = 0, the length prior
+    behind_weight: float = 0.0  # > 0: the insertion term again on states behind their time, with this weight
+    # (behind_times, flexmdm_loss): g where a sampler that fell behind goes; 0: the paper's loss
+    behind_lag: float = 0.5  # those states are drawn at s = u t, u ~ U[behind_lag, 1)
 
     def __post_init__(self):
         for name, allowed in (("model_type", ("flexmdm", "mdm")), ("alpha_schedule", SCHEDULES),
                               ("beta_schedule", SCHEDULES), ("time_weighting", TIME_WEIGHTINGS)):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        check_ranges(vars(self), dict(schedule_exponent=">0"))
-        if self.prior_time < 0 or self.prior_weight < 0 or (self.prior_weight and self.model_type == "mdm"):
-            raise InputError(f"prior_weight={self.prior_weight} and prior_time={self.prior_time} must be >= 0, "
-                             "prior_weight 0 for the MDM (it has no insertion head)")
+        check_ranges(vars(self), dict(schedule_exponent=">0", behind_lag="[0,1)"))
+        if min(self.prior_time, self.prior_weight, self.behind_weight) < 0 or (
+                (self.prior_weight or self.behind_weight) and self.model_type == "mdm"):
+            raise InputError(f"prior_weight={self.prior_weight}, prior_time={self.prior_time} and behind_weight="
+                             f"{self.behind_weight} must be >= 0, prior_weight and behind_weight 0 for the MDM (it has "
+                             "no insertion head)")
         self.alpha, self.beta = schedules(vars(self))
 
     def eq7(self):
-        """The same loss with eq. 7's own weighting and no prior term: what validation reports."""
-        return replace(self, time_weighting="elbo", prior_weight=0.0)
+        """The same loss with eq. 7's own weighting and no extra rows: what validation reports."""
+        return replace(self, time_weighting="elbo", prior_weight=0.0, behind_weight=0.0)
 
 
-def flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator=None):
+def behind_times(batch_size, cfg, device="cpu", generator=None):
+    """The times of rows behind their time (flexmdm_loss): t (sample_times), s = u t with u ~ U[behind_lag, 1),
+    and log r = log((1 - alpha(t)) / (1 - alpha(s))), the tilt of their sequences' lengths: each such row's x1
+    is drawn from the data with probability proportional to r^len(x1) (data.LengthTilt), then x_s from the
+    interpolant at s, and the network is asked at t.
+
+    Why the minimiser stays eq. 7's: given x1 of length n, the interpolant puts a state x with m present
+    tokens at time t with probability (1 - alpha(t))^(n - m) alpha(t)^m times, for each present token, the
+    chance of its status (mask or clean), which is the same for every token and read off x. So, as functions
+    of (x1, alignment), p_t(x1, z) / [p_data(x1) r^n p_s(z | x1)] = [alpha(t) (1 - alpha(s)) / (alpha(s)
+    (1 - alpha(t)))]^m times the ratio of the present tokens' status chances: a function of x alone. The law of
+    x1 and its alignment given x is therefore the interpolant's own posterior at t, whose mean of the gaps is
+    the minimiser g(x, t) (Prop. 1); only the law of the states changes, tilted toward states with fewer
+    tokens than t implies, the ones a sampler reaches after an early shortfall. No importance weight is needed:
+    the tilt of the lengths is drawn, not weighted."""
+    t = sample_times(batch_size, device=device, generator=generator)
+    u = cfg.behind_lag + (1 - cfg.behind_lag) * torch.rand(batch_size, device=device, generator=generator)
+    s = u * t
+    return t, s, torch.log1p(-cfg.alpha(t)) - torch.log1p(-cfg.alpha(s))
+
+
+def flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator=None, behind=None):
     """Eq. 7 for one batch, summed over sequences and divided by the number of x1 tokens that the
     interpolant acts on (non-fixed). Returns the (loss, unmask, insert) terms.
     cfg.prior_weight > 0 adds, with that weight, the insertion term of every sequence again at an early time
@@ -211,17 +237,24 @@ def flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator=Non
     prior g(x_0, 0) = E[gaps | x_0] where sampling starts, which the interpolant reaches only with
     probability (1 - alpha(t))^n; with prior_time > 0 the early states where the length is decided. Each
     (x_t, t) is its own regression problem, so the minimisers stay those of eq. 7; packed, it costs one
-    position per sequence plus its few early tokens."""
+    position per sequence plus its few early tokens.
+    behind = (x1, lengths, fixed, t, s) adds rows behind their time, with weight cfg.behind_weight times the
+    time weighting at t: x_t drawn at s, the network asked at t, the insertion term only (behind_times has the
+    construction and why the minimiser stays eq. 7's)."""
     alpha, beta = cfg.alpha, cfg.beta
     n = num_targets(lengths, fixed)
     weight_alpha = time_weight(alpha, t, cfg.time_weighting)
-    rows = len(x1)
+    rows, drawn = len(x1), t  # drawn: the time each row's x_t is drawn at; the network is asked at t
     if cfg.prior_weight:  # the same sequences again at an early time, the insertion term only
         early = cfg.prior_time * torch.rand(t.shape, device=t.device, generator=generator) ** 2 if cfg.prior_time else 0 * t
         x1, lengths, fixed = (torch.cat([z, z]) for z in (x1, lengths, fixed))
-        t = torch.cat([t, early])
+        t = drawn = torch.cat([t, early])
         weight_alpha = torch.cat([weight_alpha, torch.full_like(weight_alpha, cfg.prior_weight)])
-    fb = flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
+    if behind is not None:
+        x1, lengths, fixed = (torch.cat([z, extra]) for z, extra in zip((x1, lengths, fixed), behind[:3]))
+        t, drawn = torch.cat([t, behind[3]]), torch.cat([drawn, behind[4]])
+        weight_alpha = torch.cat([weight_alpha, cfg.behind_weight * time_weight(alpha, behind[3], cfg.time_weighting)])
+    fb = flexmdm_interpolant(x1, lengths, drawn, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
     b, j = fb.masked[:rows].nonzero(as_tuple=True)  # the one host sync of the loss: the number of masks
     logits, g = net(fb.xt, fb.lengths, alpha(t), fb.fixed, (b, j))
     unmask = unmasking_loss(logits, fb.targets[b, j], time_weight(beta, t, cfg.time_weighting)[b])
@@ -241,10 +274,10 @@ def mdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, generator=None):
     return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
 
 
-def batch_loss(net, x1, lengths, fixed, cfg, mask_id, pad_id, generator=None, t=None):
-    """The loss of a batch of clean sequences at times t (default: low-discrepancy times, sample_times):
-    (loss, unmask, insert)."""
+def batch_loss(net, x1, lengths, fixed, cfg, mask_id, pad_id, generator=None, t=None, behind=None):
+    """The loss of a batch of clean sequences at times t (default: low-discrepancy times, sample_times), with
+    FlexMDM's rows behind their time (flexmdm_loss): (loss, unmask, insert)."""
     t = sample_times(len(x1), device=x1.device, generator=generator) if t is None else t
     if cfg.model_type == "mdm":
         return mdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, generator)
-    return flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator)
+    return flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator, behind)

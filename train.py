@@ -39,8 +39,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, save_checkpoint
-from data import check_same_data, get_batch, load_data, max_prompt_len
-from interpolant import LossConfig, batch_loss
+from data import LengthTilt, check_same_data, get_batch, load_data, max_prompt_len
+from interpolant import LossConfig, batch_loss, behind_times
 from model import DiT, ModelConfig, autocast, network
 
 # -----------------------------------------------------------------------------
@@ -79,6 +79,9 @@ insert_head = "linear"  # FlexMDM's g head: linear | mlp (model.py)
 insert_scale = 1.0  # g = insert_scale * softplus(head) (the published code: max_len)
 prior_weight = 0.0  # > 0: also train g at every sequence's x_0, the length prior (flexmdm_loss); 0: the paper's loss
 prior_time = 0.0  # > 0: those extra rows at t = prior_time * u^2 instead of t = 0 (the early states, flexmdm_loss)
+behind_weight = 0.0  # > 0: also train g on states behind their time, where a sampler that fell behind goes
+    # (interpolant.behind_times: the same minimiser); 0: the paper's loss
+behind_lag = 0.5  # those states drawn at s = u t, u ~ U[behind_lag, 1)
 fixed_embedding = False  # add a learned vector to fixed tokens, so subgoals differ from unmasked cells (model.py)
 # optimiser
 learning_rate = 1e-4
@@ -187,9 +190,10 @@ def check_resume(ckpt, meta, data_dir, world):
         raise InputError(f"{path} was written by {len(ckpt['rng'])} process(es), this run has {world}")
 
 
-def draw_batch(split_data, rng, meta, seq_len, dev):
-    """batch_size sequences of a split, drawn with rng, on dev: (x1, lengths, fixed) and the x1 token count."""
-    indices = rng.integers(0, len(split_data[1]) - 1, size=batch_size)
+def draw_batch(split_data, rng, meta, seq_len, dev, indices=None):
+    """batch_size sequences of a split, drawn with rng (or those of indices), on dev: (x1, lengths, fixed) and the
+    x1 token count."""
+    indices = rng.integers(0, len(split_data[1]) - 1, size=batch_size) if indices is None else indices
     x1, lengths, fixed = get_batch(split_data, indices, meta, model_type, seq_len)
     return tuple(z.to(dev, non_blocking=True) for z in (x1, lengths, fixed)), int(lengths.sum())  # counted on the host
 
@@ -308,6 +312,7 @@ def train(model, optimizer, ema, data_rng, splits, record, iter_num, spent, dev)
     says, from the first iteration on: a new run that stops before its first step leaves nothing."""
     raw, ddp = unwrap(model), dist.is_initialized()
     master = not ddp or dist.get_rank() == 0
+    tilt = LengthTilt(splits["train"][1]) if behind_weight else None
     clock = time.process_time if budget_clock == "cpu" else time.time
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     t0, tokens_seen, last_save = time.time(), 0, time.monotonic()
@@ -340,7 +345,7 @@ def train(model, optimizer, ema, data_rng, splits, record, iter_num, spent, dev)
                 log(master, {}, f"stopped after {iter_num} iterations and {spent:.0f} s of training steps")
                 return 0
             step_start, lr = clock(), get_lr(iter_num, spent)
-            terms, n_tokens = step(model, optimizer, ema, splits["train"], data_rng, lr, record["meta"], dev)
+            terms, n_tokens = step(model, optimizer, ema, splits["train"], data_rng, lr, record["meta"], dev, tilt)
             iter_num, spent, tokens_seen = iter_num + 1, spent + clock() - step_start, tokens_seen + n_tokens
             if iter_num % log_interval == 0:
                 dt, world = time.time() - t0, dist.get_world_size() if ddp else 1
@@ -350,9 +355,11 @@ def train(model, optimizer, ema, data_rng, splits, record, iter_num, spent, dev)
                 t0, tokens_seen = time.time(), 0
 
 
-def step(model, optimizer, ema, split, data_rng, lr, meta, dev):
+def step(model, optimizer, ema, split, data_rng, lr, meta, dev, tilt=None):
     """One optimizer step: the loss of gradient_accumulation_steps batches (over all processes; DDP syncs the
-    gradients at the last one), clipping, AdamW, the EMA. Returns the last batch's terms and the x1 tokens seen."""
+    gradients at the last one), clipping, AdamW, the EMA. With behind_weight, each batch also gets rows behind
+    their time, their sequences drawn by tilt (data.LengthTilt). Returns the last batch's terms and the x1 tokens
+    seen."""
     raw, net, loss_cfg = unwrap(model), network_of(model), pick(LossConfig, globals())
     accum = gradient_accumulation_steps // (dist.get_world_size() if dist.is_initialized() else 1)
     for group in optimizer.param_groups:
@@ -362,8 +369,13 @@ def step(model, optimizer, ema, split, data_rng, lr, meta, dev):
         if dist.is_initialized():
             model.require_backward_grad_sync = micro == accum - 1
         batch, n_tokens = draw_batch(split, data_rng, meta, raw.cfg.max_len, dev)
+        behind = None
+        if tilt is not None:
+            t, s, log_r = behind_times(batch_size, loss_cfg, dev)
+            rows = draw_batch(split, data_rng, meta, raw.cfg.max_len, dev, tilt.draw(log_r.cpu().numpy(), data_rng))[0]
+            behind = (*rows, t, s)
         with autocast(dev, dtype):
-            loss, unmask, insert = batch_loss(net, *batch, loss_cfg, meta["mask_id"], meta["pad_id"])
+            loss, unmask, insert = batch_loss(net, *batch, loss_cfg, meta["mask_id"], meta["pad_id"], behind=behind)
         (loss / accum).backward()
         tokens += n_tokens
     if grad_clip:

@@ -74,6 +74,32 @@ def test_prior_term_is_the_insertion_loss_at_x0(row_tokens):
     assert prior > 0.1  # the check has something to see
 
 
+@pytest.mark.parametrize("row_tokens", [0, 32], ids=["padded", "packed"])
+def test_behind_rows_add_the_insertion_term_at_their_time(row_tokens):
+    """Rows behind their time: drawn at s, asked at t. With s = 0 the state is x_0 (the fixed tokens), so the
+    loss gains behind_weight * w_alpha(t) * sum_j phi(gap_j, g(x_0, t)_j) (flat: w = 1), counted by hand; the
+    main rows at t = 1 give eq. 7's sum_j g(x1, 1)_j as before."""
+    from interpolant import bregman
+    V, MASK_ID, PAD_ID = 12, 11, 10
+    x1 = torch.tensor([[3, 1, 4, 1, 5, 9, 2, PAD_ID], [2, 7, 1, 8, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])
+    lengths, fixed = torch.tensor([7, 4]), torch.zeros(2, 8, dtype=torch.bool)
+    fixed[0, [1, 2, 5]] = True
+    x0, gaps0 = torch.tensor([[1, 4, 9], [PAD_ID] * 3]), torch.tensor([[1.0, 0.0, 2.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    model, t_behind = random_dit(V, PAD_ID, seed=3), torch.tensor([0.7, 0.4])
+    cfg = LossConfig(time_weighting="flat", behind_weight=0.5)
+    behind = (x1, lengths, fixed, t_behind, torch.zeros(2))
+    loss = flexmdm_loss(network(model, row_tokens), x1, lengths, fixed, torch.ones(2), cfg, MASK_ID, PAD_ID, gen(0),
+                        behind)[0]
+    with torch.no_grad():
+        g1 = model.forward_padded(x1, torch.ones(2), fixed)[1]
+        g0 = model.forward_padded(x0, t_behind, x0 != PAD_ID)[1]  # asked at t, not at s = 0
+    n = (torch.arange(8)[None] < lengths[:, None]).logical_and(~fixed).sum()
+    eq7 = (g1 * (torch.arange(9)[None] <= lengths[:, None])).sum() / n
+    behind_term = (bregman(gaps0, g0) * (torch.arange(4)[None] <= torch.tensor([[3], [0]]))).sum() / n
+    torch.testing.assert_close(loss, eq7 + 0.5 * behind_term)
+    assert behind_term > 0.1
+
+
 def test_early_rows_add_the_insertion_term_only():
     """prior_time > 0: the extra rows are early states with masks in them; they add to the insertion
     term only (main rows at t = 1 have no masks, so the unmasking term stays 0 however many masks the
@@ -217,3 +243,93 @@ def test_heldout_batch_reads_the_validation_split(tiny_maze):
     (x1, lengths, fixed), meta = diagnostics.heldout_batch(os.path.join(str(tiny_maze), "data", "tiny"), 50)
     assert x1.shape == (50, meta["max_len"]) and fixed.sum(1).eq(2).all()  # K = 2: start and goal fixed
     assert ((x1 != meta["pad_id"]).sum(1) == lengths).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows behind their time (interpolant.behind_times): the minimiser of the insertion term stays eq. 7's
+
+SEQUENCES = {(0,): 0.2, (0, 1): 0.1, (1, 1): 0.15, (0, 0, 1): 0.2, (1, 0, 1, 1): 0.25, (0, 1, 1, 0, 1): 0.1}
+
+
+def status_chances(tau, alpha, beta, grid=4000):
+    """P(absent), P(mask), P(clean) of one token at time tau under the joint interpolant (eq. 6): inserted at
+    T1 ~ alpha, clean at T2 with beta(T2) ~ U(beta(T1), 1), by quadrature over T1."""
+    u = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid * tau
+    a, b = alpha(torch.tensor(tau, dtype=torch.float64)), beta(torch.tensor(tau, dtype=torch.float64))
+    clean = float((alpha.deriv(u) * (b - beta(u)) / (1 - beta(u))).sum() * tau / grid)
+    return 1 - float(a), float(a) - clean, clean
+
+
+def state_law(time, alpha, beta, tilt=1.0):
+    """{state x: (probability, E[gaps | x])} of the interpolant at `time` over SEQUENCES, each x1 weighted by
+    tilt^len(x1) (1: the data's own law), exactly, by enumerating every token's status."""
+    chances = status_chances(time, alpha, beta)
+    mass, gaps = {}, {}
+    for x1, p in SEQUENCES.items():
+        for statuses in np.ndindex(*(3,) * len(x1)):  # 0 absent, 1 mask, 2 clean
+            q = p * tilt ** len(x1) * math.prod(chances[s] for s in statuses)
+            present = [i for i, s in enumerate(statuses) if s]
+            x = tuple("m" if statuses[i] == 1 else x1[i] for i in present)
+            edges = [-1, *present, len(x1)]
+            target = np.array([b - a - 1 for a, b in zip(edges, edges[1:])], dtype=np.float64)
+            mass[x] = mass.get(x, 0.0) + q
+            gaps[x] = gaps.get(x, 0.0) + q * target
+    total = sum(mass.values())
+    return {x: (m / total, gaps[x] / m) for x, m in mass.items()}
+
+
+@pytest.mark.parametrize("alpha,beta", [(LINEAR, LINEAR), (Schedule("cosine"), Schedule("poly", 2.0))],
+                         ids=["linear", "cosine-poly2"])
+@pytest.mark.parametrize("t,u", [(0.3, 0.5), (0.6, 0.8), (0.8, 0.25)])
+def test_behind_rows_keep_the_minimiser(alpha, beta, t, u):
+    """Exactly, by enumeration: states drawn at s = u t from sequences drawn with probability proportional to
+    r^len, r = (1 - alpha(t)) / (1 - alpha(s)), have the interpolant's own posterior mean of the gaps at t,
+    E[gaps | x] (the minimiser of the insertion term at (x, t)), for every state; and their law is not the one
+    at t: it leans to states with fewer tokens (the point of drawing them)."""
+    s = u * t
+    r = float((1 - alpha(torch.tensor(t, dtype=torch.float64))) / (1 - alpha(torch.tensor(s, dtype=torch.float64))))
+    at_t, behind = state_law(t, alpha, beta), state_law(s, alpha, beta, tilt=r)
+    assert set(behind) == set(at_t)
+    for x, (_, mean) in at_t.items():
+        np.testing.assert_allclose(behind[x][1], mean, rtol=1e-10, atol=1e-12)
+    tokens = lambda law: sum(p * len(x) for x, (p, _) in law.items())
+    assert tokens(behind) < tokens(at_t) - 0.1
+    # the tilt is needed: states drawn at s from the data's own lengths have another posterior
+    untilted = state_law(s, alpha, beta)
+    assert max(abs(untilted[x][1] - at_t[x][1]).max() for x in at_t) > 0.05
+
+
+def test_behind_rows_as_the_loss_draws_them():
+    """The implemented path (behind_times, data.LengthTilt, the interpolant at s) against the exact posterior at t,
+    by Monte Carlo: for each frequent state, the mean gaps of 200,000 behind rows within 4 standard errors."""
+    from data import LengthTilt
+    from interpolant import behind_times, flexmdm_interpolant
+    seqs, probs = list(SEQUENCES), torch.tensor(list(SEQUENCES.values()))
+    copies = torch.multinomial(probs, 20000, replacement=True, generator=gen(0)).numpy()  # a dataset of the law
+    idx = np.concatenate([[0], np.cumsum([len(seqs[c]) for c in copies])])
+    cfg = LossConfig(behind_weight=1.0, behind_lag=0.5)
+    n = 200_000
+    t, s, log_r = behind_times(n, cfg, generator=gen(1))
+    assert ((s >= 0.5 * t) & (s <= t)).all() and torch.allclose(log_r, torch.log1p(-t) - torch.log1p(-s))
+    t = torch.full((n,), 0.6)  # one t, so that the states can be pooled; s = u t with u as drawn
+    s = t * torch.rand(n, generator=gen(4)) * 0.5 + 0.5 * t
+    log_r = torch.log1p(-cfg.alpha(t)) - torch.log1p(-cfg.alpha(s))
+    chosen = copies[LengthTilt(idx).draw(log_r.numpy(), np.random.default_rng(2))]
+    x1 = torch.full((n, 5), PAD)
+    for b, c in enumerate(chosen):
+        x1[b, :len(seqs[c])] = torch.tensor(seqs[c])
+    lengths = torch.tensor([len(seqs[c]) for c in chosen])
+    fb = flexmdm_interpolant(x1, lengths, s, cfg.alpha, cfg.beta, MASK, PAD, generator=gen(3))
+    rows = {}
+    for b in range(n):
+        m = int(fb.lengths[b])
+        x = tuple("m" if v == MASK else int(v) for v in fb.xt[b, :m].tolist())
+        rows.setdefault(x, []).append(fb.gaps[b, : m + 1].numpy())
+    exact, checked = state_law(0.6, LINEAR, LINEAR), 0  # the posterior at t, whatever s the state was drawn at
+    for x, found in rows.items():
+        if len(found) >= 2000:
+            found = np.array(found)
+            se = found.std(0) / math.sqrt(len(found)) + 1e-9
+            assert (abs(found.mean(0) - exact[x][1]) < 4 * se + 1e-3).all(), (x, found.mean(0), exact[x][1])
+            checked += 1
+    assert checked >= 5
