@@ -22,7 +22,8 @@ Tasks:
   maze  success rate of subgoal-conditioned paths (paper section 5.1.2, appendix F.2). Each line
         holds at least {"tokens": [...], "subgoals": [...]}: `tokens` the generated path as token
         ids (for MDM the part after SEP, pads stripped), `subgoals` the fixed tokens g1..gK. --png
-        draws three solved and three failed samples, each failure named and marked (render_maze_png).
+        draws three solved and three failed samples, each failure named and marked (render_maze_png),
+        under a title with the success rate and the samples file it scored.
   maze_lengths  where the samples' lengths fall among the held-out lengths of their subgoals, and
         with --ckpt a re-sampled trace of the model's forecast of the insertions to come (--png draws it).
   length  length fidelity of text samples against the data (--data_dir, --data_split=val): total
@@ -300,9 +301,9 @@ def draw_maze_panel(ax, maze, path, subgoals):
     ax.set_title(title if reason == "ok" else "fail, " + title, fontsize=9)
 
 
-def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=6, cols=3):
-    """PNG of the maze with up to max_panels paths, one panel each, `cols` panels a row, and a
-    legend: walls black, the path as a blue line (non-cell tokens left out), subgoals numbered in
+def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=6, cols=3, title=""):
+    """PNG of the maze with up to max_panels paths, one panel each, `cols` panels a row, a title above
+    them (if given) and a legend: walls black, the path as a blue line (non-cell tokens left out), subgoals numbered in
     order (start g1 green, goal gK red, the others orange). A failed panel's title names its failure
     (maze_path_failure: jump, jump (repeat), wall, missed subgoal, wrong start, wrong end, non-cell
     token, empty) and a magenta mark shows where it happens: a cross on both cells of the first jump,
@@ -317,7 +318,8 @@ def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=6, cols=3):
     rows, cols = -(-n // cols), min(n, cols)
     legend_cols = {1: 1, 2: 3}.get(cols, 4)
     legend_height = 0.15 * -(-7 // legend_cols) + 0.15  # inches below the panels, for the 7 entries
-    fig_height = rows * (4 * H / W + 0.4) + legend_height
+    title_height = 0.3 if title else 0.0  # inches above them
+    fig_height = rows * (4 * H / W + 0.4) + legend_height + title_height
     fig, axes = pyplot().subplots(rows, cols, figsize=(4 * cols, fig_height), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.imshow(maze, cmap="gray_r", vmin=0, vmax=1.5, interpolation="nearest")
@@ -333,7 +335,9 @@ def render_maze_png(maze, paths, subgoal_lists, filename, max_panels=6, cols=3):
               Line2D([], [], ls="", label="repeated cell (a jump of length 0)", **MARK_STYLES["square"]),
               Line2D([], [], ls="", label="missed subgoal", **MARK_STYLES["ring"])]
     fig.legend(handles=legend, loc="lower center", ncol=legend_cols, fontsize=7, markerscale=0.7, frameon=False)
-    fig.tight_layout(rect=(0, legend_height / fig_height, 1, 1))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, legend_height / fig_height, 1, 1 - title_height / fig_height))
     return save_png(fig, filename)
 
 
@@ -377,7 +381,8 @@ def evaluate_maze(samples, data_dir, png="", overwrite=False):
           f"{100 * collapsed_se:.1f}%")
     if png:  # the first three solved and the first three failed samples
         shown = [i for i in range(len(ok)) if ok[i]][:3] + [i for i in range(len(ok)) if not ok[i]][:3]
-        render_maze_png(maze, [paths[i] for i in shown], [subgoals[i] for i in shown], png)
+        render_maze_png(maze, [paths[i] for i in shown], [subgoals[i] for i in shown], png,
+                        title=f"success rate {100 * rate:.1f} % +- {100 * se:.1f} (n={len(rows)}) of {samples}")
         metrics["png"] = png
         print(f"wrote {png} (up to 3 solved and 3 failed samples)")
     print(f"wrote {write_metrics(metrics_path, metrics)}")

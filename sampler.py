@@ -53,11 +53,18 @@ Length control (FlexMDM; lengths count the prompt):
   falls short of n - len(x_t), g is scaled up to that total, and the last inserting step tops any row still
   short up to n. An approximation (measured TV 0.05-0.13 to p1 conditioned on the length on the oracle).
 
+Infilling: infill(model_fn, num_samples, cfg, pieces) fills the gaps between fixed pieces of tokens (sample.py's
+text prompts): generate with the pieces as the prompt, open at the gaps between them only, and the final fixed
+flags telling which tokens filled which gap (generate_with_fixed). The MDM baseline gets a fixed number of
+masks per gap instead, in a canvas closed after the last piece. generate(..., trace=[None] * k) records the
+first k samples step by step (what was inserted and unmasked at each step), for sample.py --trace=True.
+
 Randomness: one `generator` drives every batch in turn (None: torch's global one), or with `seed` batch i
 (samples i * batch_size onwards) draws from its own generator seeded with batch_seed(seed, i), so the
 samples depend on seed and batch_size only; with rank and world (torchrun) a process makes the batches
 i with i % world == rank.
 """
+import itertools
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -354,13 +361,14 @@ def initial_state(prompts, open_gaps, n, cfg):
     return State(*(z.to(cfg.device) for z in state))
 
 
-def finish(x, length, prompt_len, cfg):
-    """The sample as a list: FlexMDM the whole sequence; MDM cut at its first pad after the prompt."""
+def finish(x, fixed, length, prompt_len, cfg):
+    """The sample and its fixed flags, as lists: FlexMDM the whole sequence; MDM cut at its first pad after the
+    prompt."""
     seq = x[:length].tolist()
     if cfg.model_type == "mdm":
         tail = seq[prompt_len:]
         seq = seq[:prompt_len] + (tail[:tail.index(cfg.pad_id)] if cfg.pad_id in tail else tail)
-    return seq
+    return seq, fixed[:len(seq)].tolist()
 
 
 def finished(state, cfg):
@@ -375,17 +383,57 @@ def finished(state, cfg):
 
 
 def retire(state, done, samples, cfg):
-    """Move the finished rows' samples into samples (at their original index); returns the other rows."""
+    """Move the finished rows' (sample, fixed flags) into samples (at their original index); returns the other rows."""
     for b in done.nonzero().flatten().tolist():
-        samples[int(state.index[b])] = finish(state.x[b], int(state.lengths[b]), int(state.prompt_len[b]), cfg)
+        samples[int(state.index[b])] = finish(state.x[b], state.fixed[b], int(state.lengths[b]),
+                                              int(state.prompt_len[b]), cfg)
     return state.rows(~done)
 
 
+# ----------------------------------------------------------------------------------------------
+# The trace: the state after every step, for a few samples (generate's trace)
+
+def start_trace(trace, state):
+    """trace[i] = {"start": sample i's first state, "fixed": its fixed flags, "steps": []} for the rows whose
+    sample is traced (index < len(trace))."""
+    for b in (state.index < len(trace)).nonzero().flatten().tolist():
+        n = int(state.lengths[b])
+        trace[int(state.index[b])] = {"start": state.x[b, :n].tolist(), "fixed": state.fixed[b, :n].tolist(),
+                                      "steps": []}
+
+
+def snapshot(state, trace):
+    """The traced rows' tokens and lengths before a step (None when no live row is traced)."""
+    rows = state.index < len(trace) if trace else None
+    return None if rows is None or not rows.any() else (rows, state.x[rows], state.lengths[rows])
+
+
+def record_step(trace, before, state, counts, t, mask_id):
+    """Append to trace the step that took the traced rows from before (snapshot) to state: "t" the time the
+    step reached, "unmasked" [[position, token]] and "inserted" [position] (the new masks), both positions in
+    the state after the step, and "tokens" that state. counts [B, L+1]: the masks inserted per gap, or None."""
+    if before is None:
+        return
+    rows, x_before, len_before = before
+    for r, b in enumerate(rows.nonzero().flatten().tolist()):
+        n, now = int(len_before[r]), state.x[b, :int(state.lengths[b])]
+        moved = torch.arange(n, device=now.device)  # where token i of the state before went
+        if counts is not None:
+            moved = moved + counts[b, :n].cumsum(0)
+        revealed = ((x_before[r, :n] == mask_id) & (now[moved] != mask_id)).nonzero().flatten()
+        inserted = torch.ones(len(now), dtype=torch.bool, device=now.device).index_fill(0, moved, False)
+        trace[int(state.index[b])]["steps"].append(
+            {"t": t, "unmasked": [[int(moved[i]), int(now[moved[i]])] for i in revealed],
+             "inserted": inserted.nonzero().flatten().tolist(), "tokens": now.tolist()})
+
+
 @torch.no_grad()
-def generate_batch(model_fn, n, cfg, prompts, open_gaps, generator, bar):
-    """n samples (lists) from one random stream: the steps of Algorithm 1 on the live rows (module docstring),
-    the model called once per step on the rows' current width; bar advances one step at a time."""
+def generate_batch(model_fn, n, cfg, prompts, open_gaps, generator, bar, trace):
+    """n (sample, fixed flags) pairs of lists from one random stream: the steps of Algorithm 1 on the live rows
+    (module docstring), the model called once per step on the rows' current width; bar advances one step at a
+    time; the first len(trace) samples are traced into trace (generate's trace)."""
     state = initial_state(prompts, open_gaps, n, cfg)
+    start_trace(trace, state)
     times, taus = time_grid(cfg.steps, cfg.model_type, cfg.grid_power)
     tail = insertion_tail(cfg.alpha, times, taus).to(cfg.device)
     samples = [None] * n
@@ -402,7 +450,7 @@ def generate_batch(model_fn, n, cfg, prompts, open_gaps, generator, bar):
         # target_len: after step 0 every row is at its final length, whose posterior is q_1 (appendix
         # E.2.1: given n = len(x), (1 - alpha_t)^(n - len(x)) = 1 at every t), so the model is asked at t = 1
         logits, g = model_fn(x, torch.ones_like(t) if cfg.target_len and k > 0 else t, fixed)
-        last = k == cfg.steps - 1
+        last, before, counts = k == cfg.steps - 1, snapshot(state, trace), None
         unmask_step(x, x == cfg.mask_id, f_reader(logits, cfg.banned_ids), t, tau, cfg, last, generator)
         if cfg.model_type == "flexmdm" and not last and not (cfg.target_len and k > 0):
             gaps = open_gap_mask(fixed, state.open_left[:, :width], state.open_end, lengths)
@@ -411,6 +459,7 @@ def generate_batch(model_fn, n, cfg, prompts, open_gaps, generator, bar):
             below_floor = lengths + counts.sum(1) < cfg.min_len
             state.to_come = torch.where(below_floor, math.inf, (g * gaps).sum(1) * tail[k])
             insert_masks(state, torch.nn.functional.pad(counts, (0, cfg.max_len - width)), cfg.mask_id, cfg.pad_id)
+        record_step(trace, before, state, counts, times[k] + tau, cfg.mask_id)
         bar.update(1)
     retire(state, torch.ones_like(state.index, dtype=torch.bool), samples, cfg)
     return samples
@@ -425,8 +474,10 @@ def batch_seed(seed, index):
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
 
 
-def check_call(cfg, num_samples, prompts, open_gaps, generator, seed, rank, world):
-    """One-line errors for what a call brings: the per-sample lists and the random streams."""
+def check_call(cfg, num_samples, prompts, open_gaps, generator, seed, rank, world, trace=None):
+    """One-line errors for what a call brings: the per-sample lists, the random streams and the trace."""
+    if trace is not None and not isinstance(trace, list):
+        raise InputError(f"trace must be a list (its length: the samples to trace), got a {type(trace).__name__}")
     for name, per_sample in (("prompts", prompts), ("open_gaps", open_gaps)):
         if per_sample is not None and len(per_sample) != num_samples:
             raise InputError(f"{len(per_sample)} {name} for {num_samples} samples")
@@ -443,13 +494,12 @@ def check_call(cfg, num_samples, prompts, open_gaps, generator, seed, rank, worl
         raise InputError(f"rank {rank} is not one of the {world} processes")
 
 
-def generate(model_fn, num_samples, cfg, prompts=None, open_gaps=None, seed=None, generator=None, rank=0, world=1):
-    """num_samples samples as lists of token ids (module docstring), with the settings cfg (SamplerConfig).
-    prompts: one list of fixed tokens per sample (for the MDM, mask_id inside a prompt marks a position to
-    fill); open_gaps: per sample, the prompt's gaps where insertion may happen (default: all). Randomness:
-    a seed (one stream per batch) or one generator (None for both: torch's global one). rank, world (with
-    seed): make only the batches i with i % world == rank, and return None for the others' samples."""
-    check_call(cfg, num_samples, prompts, open_gaps, generator, seed, rank, world)
+def generate_with_fixed(model_fn, num_samples, cfg, prompts=None, open_gaps=None, seed=None, generator=None, rank=0,
+                        world=1, trace=None):
+    """generate's samples, each with its fixed flags: (tokens, fixed) pairs of lists, where fixed tells the
+    prompt's tokens (wherever insertions moved them) from the generated ones. The one loop over the batches,
+    behind generate and infill."""
+    check_call(cfg, num_samples, prompts, open_gaps, generator, seed, rank, world, trace)
     batch_size = cfg.batch_size or max(num_samples, 1)
     mine = range(rank, math.ceil(num_samples / batch_size), world)  # the batches this process makes
     samples, made, t0 = [None] * num_samples, 0, time.perf_counter()
@@ -457,10 +507,96 @@ def generate(model_fn, num_samples, cfg, prompts=None, open_gaps=None, seed=None
         for batches_made, i in enumerate(mine, 1):
             chunk = slice(i * batch_size, min(num_samples, (i + 1) * batch_size))
             rng = generator if seed is None else torch.Generator(device=cfg.device).manual_seed(batch_seed(seed, i))
+            traced = [None] * max(0, min(len(trace or ()), chunk.stop) - chunk.start)  # this batch's traced samples
             samples[chunk] = generate_batch(model_fn, chunk.stop - chunk.start, cfg,
                                             prompts[chunk] if prompts is not None else None,
-                                            open_gaps[chunk] if open_gaps is not None else None, rng, bar)
+                                            open_gaps[chunk] if open_gaps is not None else None, rng, bar, traced)
+            if traced:
+                trace[chunk.start:chunk.start + len(traced)] = traced
             made += chunk.stop - chunk.start
             bar.update(cfg.steps * batches_made - bar.n)  # a batch whose rows all finished early stopped short
             bar.set_postfix_str(f"{made / (time.perf_counter() - t0):.2f} samples/s")
     return samples
+
+
+def generate(model_fn, num_samples, cfg, prompts=None, open_gaps=None, seed=None, generator=None, rank=0, world=1,
+             trace=None):
+    """num_samples samples as lists of token ids (module docstring), with the settings cfg (SamplerConfig).
+    prompts: one list of fixed tokens per sample (for the MDM, mask_id inside a prompt marks a position to
+    fill); open_gaps: per sample, the prompt's gaps where insertion may happen (default: all). Randomness:
+    a seed (one stream per batch) or one generator (None for both: torch's global one). rank, world (with
+    seed): make only the batches i with i % world == rank, and return None for the others' samples.
+    trace: a list, whose first len(trace) samples are recorded step by step: trace[i] becomes {"start": sample
+    i's first state (the prompt; the MDM's with its masks), "fixed": its fixed flags, "steps": one record per
+    step, the state after it: "t" the time it reached, "unmasked" [[position, token]], "inserted" [position]
+    (positions in that state) and "tokens"} (None for a sample another process made). Applying each step's
+    insertions (masks at those positions, the other tokens in order) and then its unmaskings to "start"
+    gives the step's "tokens", and after the last step the sample (for the MDM before its cut at the first
+    pad). Tracing draws no random number: the samples are the same with and without it."""
+    samples = generate_with_fixed(model_fn, num_samples, cfg, prompts, open_gaps, seed, generator, rank, world, trace)
+    return [None if s is None else s[0] for s in samples]
+
+
+# ----------------------------------------------------------------------------------------------
+# Infilling: fixed pieces with gaps between them
+
+def infill_prompts(pieces, cfg, infill_len):
+    """generate's prompts and open_gaps for infill: FlexMDM the pieces joined, open only at the gaps between
+    them; the MDM the pieces joined by infill_len masks each and followed by fixed pads up to max_len."""
+    if cfg.model_type == "flexmdm" and infill_len:
+        raise InputError(f"infill_len={infill_len!r} is the MDM's masks per gap: a FlexMDM chooses each gap's length "
+                         "(leave it 0)")
+    if isinstance(infill_len, (list, tuple)) and len(infill_len) != len(pieces):
+        raise InputError(f"{len(infill_len)} infill_len values for {len(pieces)} samples")
+    prompts, open_gaps = [], []
+    for b, parts in enumerate(pieces):
+        if len(parts) < 2 or any(not p for p in parts[1:-1]) or any(cfg.mask_id in p for p in parts):
+            raise InputError(f"pieces[{b}] must be two or more token lists, a gap between each two, none empty but the "
+                             f"first and the last (two adjacent gaps are one), without mask_id {cfg.mask_id}")
+        prompt, bounds = [v for p in parts for v in p], list(itertools.accumulate(len(p) for p in parts[:-1]))
+        if cfg.model_type == "mdm":
+            n = infill_len[b] if isinstance(infill_len, (list, tuple)) else infill_len
+            prompt = list(parts[0]) + [v for p in parts[1:] for v in [cfg.mask_id] * n + list(p)]
+            if n < 1 or len(prompt) > cfg.max_len:
+                raise InputError(f"pieces[{b}] with {n} masks per gap is {len(prompt)} tokens: the MDM needs 1 to "
+                                 f"{cfg.max_len} in all (max_len), at least one mask per gap")
+            prompt += [cfg.pad_id] * (cfg.max_len - len(prompt))
+        prompts.append(prompt)
+        open_gaps.append(bounds)
+    return prompts, open_gaps if cfg.model_type == "flexmdm" else None
+
+
+def gap_tokens(seq, fixed, parts, pad_id=None):
+    """Each gap's tokens in a sample (seq, fixed) of infill: the generated tokens that follow exactly as many
+    fixed tokens as the pieces before the gap hold; pad_id (the MDM's) is left out."""
+    bounds = list(itertools.accumulate(len(p) for p in parts[:-1]))
+    gaps, seen = [[] for _ in bounds], 0
+    for v, f in zip(seq, fixed):
+        seen += f
+        if not f and v != pad_id:
+            gaps[bounds.index(seen)].append(v)
+    return gaps
+
+
+def interleave(parts, gaps):
+    """The sequence of the pieces with each gap's tokens between them."""
+    return [v for p, gap in zip(parts, [*gaps, []]) for v in [*p, *gap]]
+
+
+def infill(model_fn, num_samples, cfg, pieces, infill_len=0, seed=None, generator=None, rank=0, world=1, trace=None):
+    """Fill the gaps between fixed pieces: pieces[b] is sample b's list of token lists p_0, ..., p_k, a gap
+    between each two (k gaps; p_0 = [] puts a gap at the start, p_k = [] one at the end, [[], []] is one gap:
+    unconditional). Returns per sample the list of each gap's tokens (None for a sample another process made);
+    interleave(pieces[b], gaps) is the whole sample. Works with any model_fn (generate's).
+    FlexMDM: the pieces are fixed tokens, insertion happens in the gaps only, each gap gets as many tokens as
+    the chain inserts there (target_len / min_len count the pieces too). The MDM baseline cannot choose a
+    length: each gap gets infill_len masks (an int, or one per sample), and the canvas is closed after the
+    last piece: its positions after it are fixed pads, the MDM's own end of a sequence as it was trained
+    (padded to max_len), so nothing is appended. A pad the MDM draws inside a gap is left out of the gap (it
+    shortens the infill: its way to a shorter one). seed, generator, rank, world and trace are generate's."""
+    if len(pieces) != num_samples:
+        raise InputError(f"{len(pieces)} pieces lists for {num_samples} samples")
+    prompts, open_gaps = infill_prompts(pieces, cfg, infill_len)
+    samples = generate_with_fixed(model_fn, num_samples, cfg, prompts, open_gaps, seed, generator, rank, world, trace)
+    pad = cfg.pad_id if cfg.model_type == "mdm" else None
+    return [None if s is None else gap_tokens(*s, parts, pad) for s, parts in zip(samples, pieces)]
