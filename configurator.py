@@ -184,6 +184,8 @@ def configure(config, argv):
             value = literal_eval(raw)
         except (SyntaxError, ValueError):
             value = raw
+        if isinstance(config.get(key), str) and not isinstance(value, str):  # a text setting keeps the text
+            value = raw                                                      # as typed: --prompt=[...], --name=42
         _set(config, key, value, "the command line")
         given.add(key)
     return given

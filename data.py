@@ -120,20 +120,21 @@ def dataset_dir_problem(path):
 
 def output_problem(path):
     """Why the existing file at path is not an output of this repo (None if it is one), by its content: a PNG,
-    a JSON object (a metrics file) or JSON lines whose first line is an object (a samples file)."""
+    a JSON object (a metrics file), JSON lines whose first line is an object (a samples file), or a markdown
+    table (the experiments' tables)."""
     if os.path.isdir(path):
         return "it is a directory"
     with open(path, "rb") as f:
         head = f.read(8)
         f.seek(0)
         first = f.readline()
-    if head == b"\x89PNG\r\n\x1a\n":
+    if head == b"\x89PNG\r\n\x1a\n" or first.startswith(b"| "):
         return None
     for text in (first, open(path, "rb").read() if first.strip() == b"{" else b""):
         with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError):
             if isinstance(json.loads(text), dict):
                 return None
-    return "it is not a samples, metrics or PNG file of this repo"
+    return "it is not a samples, metrics, table or PNG file of this repo"
 
 
 def check_output(path, overwrite, setting=None, inputs=()):

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from checkpoint import load_model
-from configurator import InputError
+from configurator import InputError, pick
 from data import check_same_data, get_batch, load_data, maze_prompts
-from interpolant import bregman, flexmdm_interpolant, schedules
+from interpolant import LossConfig, batch_loss, bregman, flexmdm_interpolant, num_targets, schedules
+from model import network
 from sampler import SamplerConfig, generate, time_grid
 
 CALIBRATION_TIMES = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
@@ -224,3 +225,53 @@ def plot_insertion_trace(times, lengths, forecast, final, sample_lengths, data_l
     plot_forecast(right, times, lengths, forecast, final)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Numbers per checkpoint for the length-fidelity tables: g on states that fell behind, and the validation bound
+
+def behind_ratio(model_fn, x1, lengths, fixed, alpha, beta, mask_id, pad_id, t, lag, draws=4, batch=128, seed=0):
+    """g's forecast against the posterior's on states that fell behind: x_t drawn at lag * t from every held-out
+    sequence (draws times over), asked at t, weighted back to time t (module docstring); the ratio of the weighted
+    sums, sum w forecast / sum w remaining, with its delta-method standard error and the effective sample size."""
+    generator, forecast, remaining = torch.Generator().manual_seed(seed), [], []
+    for _ in range(draws):
+        for a in range(0, len(x1), batch):
+            rows = slice(a, a + batch)
+            f, r, _ = g_on_interpolant(model_fn, x1[rows], lengths[rows], fixed[rows], torch.full((len(x1[rows]),), t),
+                                       alpha, beta, mask_id, pad_id, lag, generator)
+            forecast.append(f)
+            remaining.append(r)
+    f, r = torch.cat(forecast), torch.cat(remaining)
+    log_w = r * torch.log((1 - alpha(torch.tensor(t, dtype=torch.float64))) / (1 - alpha(torch.tensor(lag * t, dtype=torch.float64))))
+    w = torch.exp(log_w - log_w.max())
+    w = w / w.sum()
+    ratio = float((w * f).sum() / (w * r).sum())
+    se = float(((w ** 2) * (f - ratio * r) ** 2).sum().sqrt() / (w * r).sum())
+    return {"t": t, "lag": lag, "ratio": ratio, "se": se, "ess": float(1 / (w ** 2).sum()), "n": len(f)}
+
+
+@torch.no_grad()
+def validation_bound(ckpt_path, data_dir, draws=4, batch=32, seed=0):
+    """The checkpoint's loss (eq. 7 for a FlexMDM, the MDM's for the baseline, with eq. 7's weighting) per data
+    token over the whole validation split of data_dir, draws times over (a time and a state per sequence each):
+    an upper bound on -log p(x) per token, in nats (the MDM's on the padded sequence, which its length
+    determines). Returns {"loss", "unmask", "insert", "loss_se" (over the draws), "tokens", "draws"}."""
+    model, ckpt = load_model(ckpt_path, "cpu")
+    meta, splits = load_data(data_dir)
+    check_same_data(ckpt["meta"], meta, data_dir)
+    cfg, net = pick(LossConfig, ckpt["config"]).eq7(), network(model)
+    generator, sums, tokens = torch.Generator().manual_seed(seed), torch.zeros(draws, 3, dtype=torch.float64), 0
+    val = splits["val"]
+    for d in range(draws):
+        for a in range(0, len(val[1]) - 1, batch):
+            x1, lengths, fixed = get_batch(val, range(a, min(a + batch, len(val[1]) - 1)), meta,
+                                           ckpt["model_args"]["model_type"], model.cfg.max_len)
+            n = float(num_targets(lengths, fixed))
+            sums[d] += n * torch.stack(batch_loss(net, x1, lengths, fixed, cfg, meta["mask_id"], meta["pad_id"],
+                                                  generator)).double()
+            tokens += n if d == 0 else 0
+    per_token = sums / tokens
+    loss = per_token[:, 0]
+    return {"loss": float(loss.mean()), "unmask": float(per_token[:, 1].mean()), "insert": float(per_token[:, 2].mean()),
+            "loss_se": float(loss.std() / draws ** 0.5) if draws > 1 else None, "tokens": int(tokens), "draws": draws}

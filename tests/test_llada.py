@@ -597,7 +597,7 @@ MISTAKES = [
     (("--stage=generate", "--init_from=resume", "--out_dir={W}/run"),
      "'{W}/run/gsm8k.jsonl' already exists: pass --overwrite=True to replace it, or another --samples_file"),
     ((*GEN, "--samples_file={W}/notes.txt", "--overwrite=True"),
-     "'{W}/notes.txt' is not replaced: it is not a samples, metrics or PNG file of this repo; give another --samples_file"),
+     "'{W}/notes.txt' is not replaced: it is not a samples, metrics, table or PNG file of this repo; give another --samples_file"),
     ((*GEN, "--eval_source={W}/problems.jsonl", "--samples_file={W}/problems.jsonl", "--overwrite=True"),
      "'{W}/problems.jsonl' is also a file this command reads: it is not written over, or another --samples_file"),
     ((*GEN, "--samples_file={W}/run/ckpt.pt", "--overwrite=True"),

@@ -762,7 +762,7 @@ MISTAKES = [
     (MAZE + " --sample=x", r"^unknown config key 'sample'"),
     # outputs (data.check_output)
     (MAZE + " --png={S} --overwrite=True", r"^'.*/S' is also a file this command reads: it is not written over"),
-    (MAZE + " --png={notes} --overwrite=True", r"notes.txt' is not replaced: it is not a samples, metrics or PNG file"),
+    (MAZE + " --png={notes} --overwrite=True", r"notes.txt' is not replaced: it is not a samples, metrics, table or PNG file"),
     (MAZE + " --png={a}/meta.json --overwrite=True", r"meta.json' is also a file this command reads"),
     (MAZE + " --png={S}.maze.json", r"^two outputs of this task are the same file"),
     (MAZE + " --png={folder} --overwrite=True", r"folder' is not replaced: it is a directory"),

@@ -736,7 +736,7 @@ def test_existing_samples_file_is_refused(maze_run, tmp_path):
         assert kept.read_text() == '{"tokens": [1, 2], "length": 2}\n'
     notes = tmp_path / "notes.txt"
     notes.write_text("keep\n")
-    with pytest.raises(InputError, match=r"is not replaced: it is not a samples, metrics or PNG file"):
+    with pytest.raises(InputError, match=r"is not replaced: it is not a samples, metrics, table or PNG file"):
         run_sample([f"--out_dir={run_dir}", f"--samples_file={notes}", "--overwrite=True", *CLI_ARGS], cwd)
     with pytest.raises(InputError, match=r"is also a file this command reads"):
         run_sample([f"--out_dir={run_dir}", f"--samples_file={run_dir / 'ckpt.pt'}", "--overwrite=True", *CLI_ARGS], cwd)

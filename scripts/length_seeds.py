@@ -1,0 +1,131 @@
+"""
+The tables of the length-fidelity claim with seeds (RESULTS.md; scripts/length_seeds.sh runs the cells).
+
+--cell=RUN (a run directory of length_seeds.sh, with its samples and their evaluate.py metrics): gathers the
+cell's numbers into results/seeds/<data>/<run>.json, a small file to commit as it lands: the iterations the
+budget gave, the validation bound per token (diagnostics.validation_bound), for each sampler setting the length
+metrics (W1, TV, mean and quantiles of samples and data) and the generative perplexity, and for a FlexMDM g's
+forecast at the empty state against the data's mean length and on states that fell behind (drawn at lag t,
+lag = 0.3, a law training never draws: it draws u ~ U[behind_lag, 1); diagnostics.behind_ratio).
+
+Without --cell: every results/seeds/*/*.json into results/length_seeds.md, mean and standard error over the seeds
+of each (data, run) cell.
+
+    python scripts/length_seeds.py --cell=out/seeds/wikitext128/flex_s1
+    python scripts/length_seeds.py --overwrite=True                     # -> results/length_seeds.md
+"""
+import glob
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configurator import InputError, configure, run  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from checkpoint import load_checkpoint  # noqa: E402
+from data import atomic_write, check_output  # noqa: E402
+from diagnostics import behind_ratio, calibration_table, heldout_batch, load_flexmdm, validation_bound  # noqa: E402
+
+cell = ""  # a run directory out/seeds/<data>/<run>; empty: make the table
+results = "results/seeds"  # where the cells' JSON go, results/seeds/<data>/<run>.json
+out = "results/length_seeds.md"  # the table
+overwrite = False  # replace the table (a cell's JSON is written once: delete it to redo the cell)
+behind_samples = 4096  # held-out sequences behind each behind-state ratio (all of the split if fewer)
+# -----------------------------------------------------------------------------
+
+BEHIND_TIMES, BEHIND_LAG = (0.2, 0.4, 0.6), 0.3
+
+
+def sampled(run_dir):
+    """{setting: metrics} of every samples file of the run evaluated with --task=text (or length)."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "s*.jsonl.text.json")) + glob.glob(os.path.join(run_dir, "s*.jsonl.length.json"))):
+        metrics = json.load(open(path))
+        length = metrics["length"]
+        row = {"w1": length["wasserstein1"], "tv": length["tv_exact"], "tv32": length["tv_bin32"],
+               **{f"{k}": length["samples"][k] for k in ("mean", "p10", "p50", "p90")},
+               **{f"data_{k}": length["data"][k] for k in ("mean", "p10", "p50", "p90")}}
+        row.update({k: metrics[k] for k in ("genppl", "unigram_entropy") if k in metrics})
+        found[os.path.basename(path).split(".")[0]] = row
+    return found
+
+
+def g_checks(ckpt, data_dir):
+    """A FlexMDM's forecast at x_0 over the data's mean length, and its behind-state ratios."""
+    model_fn, cfg, _ = load_flexmdm(ckpt)
+    (x1, lengths, fixed), _ = heldout_batch(data_dir, behind_samples)
+    prior = calibration_table(model_fn, x1, lengths, fixed, cfg.alpha, cfg.beta, cfg.mask_id, cfg.pad_id, times=(0.0,))[0]
+    behind = [behind_ratio(model_fn, x1, lengths, fixed, cfg.alpha, cfg.beta, cfg.mask_id, cfg.pad_id, t, BEHIND_LAG, draws=2)
+              for t in BEHIND_TIMES]
+    return {"x0_ratio": prior["ratio"], "behind": behind}
+
+
+def gather(run_dir):
+    data = os.path.basename(os.path.dirname(os.path.normpath(run_dir)))
+    path = os.path.join(results, data, os.path.basename(os.path.normpath(run_dir)) + ".json")
+    if os.path.exists(path):
+        raise InputError(f"{path} exists: the cell is done (delete it to redo it)")
+    ckpt_path = os.path.join(run_dir, "ckpt.pt")
+    ckpt = load_checkpoint(ckpt_path)
+    data_dir = os.path.join("data", ckpt["config"]["dataset"])
+    record = {"run": run_dir, "data": ckpt["config"]["dataset"], "model_type": ckpt["model_args"]["model_type"],
+              "seed": ckpt["config"]["seed"], "iterations": ckpt["iter_num"], "train_seconds": ckpt["train_seconds"],
+              "settings": {k: ckpt["config"][k] for k in ("prior_weight", "behind_weight", "behind_lag", "max_seconds",
+                                                        "max_iters") if k in ckpt["config"]},
+              "bound": validation_bound(ckpt_path, data_dir), "samples": sampled(run_dir)}
+    if record["model_type"] == "flexmdm":
+        record["g"] = g_checks(ckpt_path, data_dir)
+    atomic_write(path, lambda f: json.dump(record, f, indent=1))
+    print(f"wrote {path}")
+
+
+def mean_se(values):
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if not len(values):
+        return "-"
+    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return f"{values.mean():.1f} +- {se:.1f}" if abs(values.mean()) >= 10 else f"{values.mean():.3g} +- {se:.2g}"
+
+
+def table():
+    check_output(out, overwrite, "out")
+    cells = {}
+    for path in sorted(glob.glob(os.path.join(results, "*", "*.json"))):
+        record = json.load(open(path))
+        name = os.path.basename(path)[:-5].rsplit("_s", 1)[0]
+        cells.setdefault((record["data"], name), []).append(record)
+    if not cells:
+        raise InputError(f"no cell in {results}: run scripts/length_seeds.sh first")
+    lines = ["| data | run | seeds | iterations | bound (nats/token) | steps | W1 | TV | mean | p10 | p50 | p90 | data p10 / p50 / p90 "
+             "| genppl | g at x_0 / mean | behind ratio t = 0.2 / 0.4 / 0.6 |", "|" + " --- |" * 16]
+    for (data, name), records in sorted(cells.items()):
+        for steps in sorted({s for r in records for s in r["samples"]}, key=lambda s: int(s[1:])):
+            rows = [r["samples"][steps] for r in records if steps in r["samples"]]
+            get = lambda key: mean_se([row.get(key) for row in rows])
+            behind = [mean_se([r["g"]["behind"][i]["ratio"] for r in records if "g" in r]) for i in range(len(BEHIND_TIMES))]
+            lines.append(f"| {data} | {name} | {len(rows)} | {mean_se([r['iterations'] for r in records])} | "
+                         f"{mean_se([r['bound']['loss'] for r in records])} | {steps[1:]} | {get('w1')} | {get('tv')} | "
+                         f"{get('mean')} | {get('p10')} | {get('p50')} | {get('p90')} | "
+                         f"{rows[0]['data_p10']:.0f} / {rows[0]['data_p50']:.0f} / {rows[0]['data_p90']:.0f} | {get('genppl')} | "
+                         f"{mean_se([r['g']['x0_ratio'] for r in records if 'g' in r])} | {' / '.join(behind)} |")
+    atomic_write(out, lambda f: f.write("\n".join(lines) + "\n"))
+    print("\n".join(lines))
+    print(f"wrote {out}")
+
+
+def main():
+    configure(globals(), sys.argv[1:])
+    if cell:
+        if not os.path.exists(os.path.join(cell, "ckpt.pt")):
+            raise InputError(f"{cell} holds no ckpt.pt: not a run of scripts/length_seeds.sh")
+        gather(cell)
+    else:
+        table()
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    run(main, interrupted="nothing was written; run the command again")

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The length-fidelity claim with seeds (RESULTS.md): FlexMDM and the padded MDM on WikiText-2 paragraphs (long ones
+# dropped, chunked to 128, and max_len 512), config/wikitext_cpu*.py, BUDGET CPU-s each on one thread, seeds SEEDS;
+# 200 samples each with the vanilla sampler at 64 and 256 steps; length metrics and the generative perplexity under
+# the reference LM REF (scripts/reference_lm.py); scripts/length_seeds.py --cell then gathers each cell's numbers
+# (the validation bound, g on states that fell behind) into results/seeds/<data>/<run>.json.
+#   PHASE=pilot: the FlexMDM settings compared on seed 0 (not reported with the others), chunked and dropped
+#   PHASE=claim: FlexMDM (FLEX: the setting the pilot chose) and the MDM, seeds 1 2 3, all three datasets, and the
+#                MDM at the iterations of FlexMDM's seed 1 on the chunked data
+# Two cells at a time; a finished piece is not run again (rerun to resume); a finished cell is its JSON.
+#   python scripts/reference_lm.py --dataset=wikitext512 --out_dir=out/ref_lm
+#   PHASE=pilot bash scripts/length_seeds.sh && PHASE=claim bash scripts/length_seeds.sh
+#   python scripts/length_seeds.py --overwrite=True                     # -> results/length_seeds.md
+set -euo pipefail
+export OMP_NUM_THREADS=1 TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$(cd ../shared/tiktoken_cache && pwd)}
+OUT=${OUT:-out/seeds}
+BUDGET=${BUDGET:-600}
+SAMPLES=${SAMPLES:-200}
+REF=${REF:-out/ref_lm}
+RESULTS=${RESULTS:-results/seeds}
+FLEX=${FLEX:---prior_weight=1.0 --behind_weight=1.0}
+PHASE=${PHASE:-claim}
+
+prepare() {  # NAME MAX_LEN LONG
+    [ -f "data/$1/meta.json" ] || python prepare_owt.py --source=../shared/data/wikitext2_raw/wiki.test.raw \
+        --txt_unit=line --val_source=../shared/data/wikitext2_raw/wiki.valid.raw --max_len="$2" --long="$3" --out_dir="data/$1"
+}
+
+cell() {  # DATA RUN SEED CONFIG [TRAIN OVERRIDES...]: train, sample at 64 and 256 steps, evaluate, gather
+    local data=$1 run=$2 seed=$3 config=$4 dir="$OUT/$1/$2_s$3" steps file
+    shift 4
+    [ -f "$RESULTS/$data/${run}_s$seed.json" ] && return
+    mkdir -p "$OUT/$data"
+    [ -f "$dir/ckpt.pt" ] || python train.py "config/$config.py" --dataset="$data" --out_dir="$dir" --seed="$seed" \
+        --max_seconds="$BUDGET" "$@" > "$dir.train.log" 2>&1 || { echo "training $dir failed: $dir.train.log" >&2; return 1; }
+    for steps in 64 256; do
+        file="$dir/s$steps.jsonl"
+        [ -f "$file" ] || python sample.py --out_dir="$dir" --num_samples="$SAMPLES" --steps="$steps" --seed="$seed" \
+            --samples_file="$file" --progress=False > /dev/null
+        [ -f "$file.text.json" ] || python evaluate.py --task=text --samples="$file" --data_dir="data/$data" \
+            --ref_model="$REF" > /dev/null
+    done
+    python scripts/length_seeds.py --cell="$dir" --results="$RESULTS" > /dev/null
+}
+
+prepare wikitext128 128 chunk
+prepare wikitext128drop 128 drop
+prepare wikitext512 512 chunk
+[ -f "$REF/reference.json" ] || { echo "no reference LM in $REF: python scripts/reference_lm.py --out_dir=$REF" >&2; exit 1; }
+if [ "$PHASE" = pilot ]; then  # two at a time, one thread each: the budget is CPU time, so pairing changes nothing
+    (set -e; cell wikitext128 prior 0 wikitext_cpu --prior_weight=1.0
+     cell wikitext128drop prior 0 wikitext_cpu --prior_weight=1.0) & first=$!
+    (set -e; cell wikitext128 behind 0 wikitext_cpu --prior_weight=1.0 --behind_weight=1.0
+     cell wikitext128drop behind 0 wikitext_cpu --prior_weight=1.0 --behind_weight=1.0) & second=$!
+else
+    (set -e; for seed in 1 2 3; do for data in wikitext128drop wikitext128 wikitext512; do
+         cell "$data" flex "$seed" wikitext_cpu $FLEX; done; done) & first=$!
+    (set -e; for seed in 1 2 3; do for data in wikitext128drop wikitext128 wikitext512; do
+         cell "$data" mdm "$seed" wikitext_cpu_mdm; done; done
+     iters=$(python -c "import torch; print(torch.load('$OUT/wikitext128/flex_s1/ckpt.pt', weights_only=False)['iter_num'])")
+     cell wikitext128 mdm_iters 1 wikitext_cpu_mdm --max_seconds=0.0 --max_iters="$iters") & second=$!
+fi
+wait $first
+wait $second
