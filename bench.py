@@ -85,7 +85,8 @@ from torch.profiler import ProfilerActivity, record_function
 import interpolant
 import model
 from checkpoint import load_model
-from data import LengthTilt, atomic_write, check_output, get_batch, load_data, maze_prompts, max_prompt_len
+from data import (LengthTilt, atomic_write, check_output, get_batch, keep_spans, load_data, maze_prompts,
+                  max_prompt_len)
 from interpolant import LossConfig, batch_loss, behind_times, sample_times, schedules
 from model import Block, DiT, ModelConfig, autocast, network, pack
 from sampler import SamplerConfig, generate
@@ -135,6 +136,7 @@ prior_weight = 0.0
 prior_time = 0.0
 behind_weight = 0.0
 behind_lag = 0.5
+infill_prob = 0.0
 fixed_embedding = False
 learning_rate = 1e-4
 weight_decay = 0.01
@@ -186,7 +188,7 @@ def check_settings(given, inputs):
                                  num_sequences=">0", len_median=">0", len_sigma=">=0", max_len=">0", peak_flops=">0",
                                  num_threads=">=0", sample_steps=">0", sample_batch=">0", sample_rounds=">0",
                                  seed=">=0", learning_rate=">0", beta1="[0,1)", beta2="[0,1)", grad_clip=">=0",
-                                 ema_decay="[0,1)", weight_decay=">=0"))
+                                 ema_decay="[0,1)", weight_decay=">=0", infill_prob="[0,1]"))
     if vocab_size < 3:
         raise InputError(f"vocab_size={vocab_size!r} must be >= 3 (the data's tokens, then pad and mask)")
     other = "sample" if mode == "train" else "train"
@@ -310,6 +312,8 @@ def draw_steps(split, meta, seq_len, rng, raw, loss_cfg):
     rows = lambda indices: tuple(z.to(device) for z in get_batch(split, indices, meta, model_type, seq_len))
     for i in range(warmup_steps + timed_steps):
         x1, lengths, fixed = rows(rng.integers(0, n_seq, size=batch_size))
+        if infill_prob:  # as train.py's step: span-trained rows
+            fixed = keep_spans(lengths.cpu(), fixed.cpu(), infill_prob, rng, model_type == "mdm").to(device)
         behind = None
         if tilt is not None:  # as train.py's step: rows behind their time, length-tilted
             t, s, log_r = behind_times(batch_size, loss_cfg, device, tgen)

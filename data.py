@@ -350,6 +350,23 @@ class LengthTilt:
         return self.order[self.starts[k] + rng.integers(0, self.counts[k])]
 
 
+def keep_spans(lengths, fixed, prob, rng, pads=False):
+    """Infilling rows (the span-trained models, as paper F.3 trains its infilling model): each sequence, with
+    probability prob, keeps one span of its tokens free and has the others fixed, present and clean at every t
+    (a prefix and a suffix); with pads=True its pads too (the MDM's canvas, closed after the suffix). The span: a
+    length uniform in 1..n, then a start uniform among the places it fits. Returns the new fixed flags [B, L]."""
+    import torch
+    B, L = fixed.shape
+    n = lengths.numpy()
+    chosen = rng.random(B) < prob
+    span = rng.integers(1, n + 1)
+    start = rng.integers(0, n - span + 1)
+    j = np.arange(L)[None]
+    outside = (j < start[:, None]) | (j >= (start + span)[:, None])
+    allowed = np.ones_like(outside) if pads else j < n[:, None]
+    return fixed | torch.from_numpy(chosen[:, None] & outside & allowed)
+
+
 def maze_prompts(data_dir, n, trained):
     """Subgoal lists g1..gK of the held-out (val) paths, distinct, in file order, cycled to n; the data must be
     the one a checkpoint was trained on (trained: the meta.json it keeps)."""

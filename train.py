@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, save_checkpoint
-from data import LengthTilt, check_same_data, get_batch, load_data, max_prompt_len
+from data import LengthTilt, check_same_data, get_batch, keep_spans, load_data, max_prompt_len
 from interpolant import LossConfig, batch_loss, behind_times
 from model import DiT, ModelConfig, autocast, network
 
@@ -82,6 +82,8 @@ prior_time = 0.0  # > 0: those extra rows at t = prior_time * u^2 instead of t =
 behind_weight = 0.0  # > 0: also train g on states behind their time, where a sampler that fell behind goes
     # (interpolant.behind_times: the same minimiser); 0: the paper's loss
 behind_lag = 0.5  # those states drawn at s = u t, u ~ U[behind_lag, 1)
+infill_prob = 0.0  # > 0: with this probability a training sequence keeps one random span free, its other tokens
+    # fixed (data.keep_spans: the span-trained infilling models of paper F.3)
 fixed_embedding = False  # add a learned vector to fixed tokens, so subgoals differ from unmasked cells (model.py)
 # optimiser
 learning_rate = 1e-4
@@ -144,7 +146,7 @@ def check_settings():
                                  eval_iters=">0", log_interval=">0", save_interval=">=0", save_seconds=">=0",
                                  learning_rate=">0", min_lr=">=0", max_iters=">=0", max_seconds=">=0", warmup_iters=">=0",
                                  lr_decay_iters=">=0", weight_decay=">=0", beta1="[0,1)", beta2="[0,1)", grad_clip=">=0",
-                                 ema_decay="[0,1)", seed=">=0"))
+                                 ema_decay="[0,1)", seed=">=0", infill_prob="[0,1]"))
     if not isinstance(keep_at, tuple) or not all(isinstance(p, (int, float)) and p >= 0 for p in keep_at):
         raise InputError(f"keep_at={keep_at!r} must be a tuple of budget points >= 0, e.g. --keep_at=(100,200)")
     if packing and model_type == "mdm":
@@ -369,6 +371,9 @@ def step(model, optimizer, ema, split, data_rng, lr, meta, dev, tilt=None):
         if dist.is_initialized():
             model.require_backward_grad_sync = micro == accum - 1
         batch, n_tokens = draw_batch(split, data_rng, meta, raw.cfg.max_len, dev)
+        if infill_prob:
+            x1, lengths, fixed = batch
+            batch = x1, lengths, keep_spans(lengths.cpu(), fixed.cpu(), infill_prob, data_rng, model_type == "mdm").to(dev)
         behind = None
         if tilt is not None:
             t, s, log_r = behind_times(batch_size, loss_cfg, dev)

@@ -81,7 +81,7 @@ def test_bench_builds_trains_model_and_loss(tmp_path, packing):
     assert fixed.any()  # the fixed-token embedding is in play
     t = sample_times(8, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(3)  # dropout's draws
-    loss = bench.forward_backward(net, dict(batch=(x1, lengths, fixed, t), seed=11), loss_cfg, meta, torch.Generator())
+    loss = bench.forward_backward(net, dict(batch=(x1, lengths, fixed, t), behind=None, seed=11), loss_cfg, meta, torch.Generator())
     torch.manual_seed(3)
     with autocast("cpu", "float32"):
         expected = batch_loss(train.network_of(train_model), x1, lengths, fixed, train_cfg, meta["mask_id"],
@@ -89,6 +89,36 @@ def test_bench_builds_trains_model_and_loss(tmp_path, packing):
     expected.backward()
     assert torch.equal(loss, expected)
     assert all(torch.equal(p.grad, q.grad) for p, q in zip(raw.parameters(), train_model.parameters()))
+
+
+def test_bench_times_the_rows_behind_their_time_and_the_spans(tmp_path):
+    """behind_weight and infill_prob change what a step computes: bench.py's drawn steps carry the rows behind
+    their time (drawn at s < t, their sequences length-tilted) and the span-trained rows' fixed flags, and its
+    timed loss is batch_loss on exactly those rows with train.py's LossConfig."""
+    config = tmp_path / "step.py"
+    config.write_text("behind_weight = 1.0\nbehind_lag = 0.3\ninfill_prob = 0.5\nn_layer = 1\nn_head = 2\nn_embd = 16\n"
+                      "cond_dim = 8\ndropout = 0.0\nbatch_size = 8\npacking = True\npack_tokens = 64\ndevice = 'cpu'\n"
+                      "dtype = 'float32'\n")
+    bench, train = fresh("bench"), fresh("train")
+    configure(vars(bench), [str(config), f"--data={MAZE}"])
+    configure(vars(train), [str(config)])
+    meta, split, seq_len = bench.bench_data(np.random.default_rng(0))
+    raw, net, loss_cfg, _, _ = bench.build(meta, seq_len)
+    step = bench.draw_steps(split, meta, seq_len, np.random.default_rng(1), raw, loss_cfg)[0]
+    x1, lengths, fixed, t = step["batch"]
+    *rows, t_behind, s_behind = step["behind"]
+    assert ((s_behind >= 0.3 * t_behind) & (s_behind <= t_behind)).all() and len(rows[0]) == 8
+    data_fixed = get_batch(split, np.arange(len(split[1]) - 1), meta, "flexmdm", seq_len)[2].sum(1).max()
+    assert (fixed.sum(1) > data_fixed).any()  # spans: more fixed tokens than the data's subgoals
+    train_cfg = pick(LossConfig, vars(train))
+    assert loss_cfg == train_cfg and (train_cfg.behind_weight, train_cfg.behind_lag) == (1.0, 0.3)
+    loss = bench.forward_backward(net, step, loss_cfg, meta, torch.Generator())
+    expected = batch_loss(net, x1, lengths, fixed, train_cfg, meta["mask_id"], meta["pad_id"],
+                          torch.Generator().manual_seed(step["seed"]), t=t, behind=step["behind"])[0]
+    assert torch.equal(loss.detach(), expected.detach())
+    no_behind = batch_loss(net, x1, lengths, fixed, train_cfg, meta["mask_id"], meta["pad_id"],
+                           torch.Generator().manual_seed(step["seed"]), t=t)[0]
+    assert not torch.equal(loss.detach(), no_behind.detach())  # the behind rows are in the timed loss
 
 
 @pytest.mark.parametrize("options", [["--prior_weight=1.0", "--prior_time=0.1", "--insert_head=mlp", "--packing=True"],
