@@ -38,7 +38,7 @@ import sys
 from collections import deque
 
 # first, before torch loads: from here on Ctrl-C is one line (configurator.py)
-from configurator import InputError, configure, run
+from configurator import InputError, check_ranges, configure, run
 
 import numpy as np
 from tqdm import tqdm
@@ -324,6 +324,8 @@ def build(m=20, n=20, K=2, num_pairs=15000, paths_per_pair=10, seed=2025, extra_
 def main(argv=None):
     c = dict(globals())  # this run's settings; the module's defaults stay as they are
     configure(c, sys.argv[1:] if argv is None else argv)
+    check_ranges(c, dict(m=">0", n=">0", num_pairs=">0", paths_per_pair=">0", seed=">=0", extra_door_frac="[0,1]",
+                         detour_slack=">=0"))  # and build's own checks: K, the size of the vocabulary
     return build(c["m"], c["n"], c["K"], c["num_pairs"], c["paths_per_pair"], c["seed"], c["extra_door_frac"],
                  c["out_dir"], c["detour_slack"], overwrite=c["overwrite"])
 

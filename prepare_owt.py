@@ -43,7 +43,7 @@ import os
 import sys
 
 # first, before torch loads: from here on Ctrl-C is one line (configurator.py)
-from configurator import InputError, configure, run
+from configurator import InputError, check_ranges, configure, run
 
 import numpy as np
 
@@ -330,6 +330,7 @@ def build(source="Skylion007/openwebtext", val_source=None, val_frac=0.0005, txt
 def main(argv=None):
     c = dict(globals())  # this run's settings; the module's defaults stay as they are
     configure(c, sys.argv[1:] if argv is None else argv)
+    check_ranges(c, dict(num_proc=">0", seed=">=0", max_docs=">=0"))  # and build's own checks: max_len, long, val_frac
     return build(c["source"], c["val_source"], c["val_frac"], c["txt_unit"], c["max_len"], c["out_dir"], c["streaming"],
                  c["num_proc"], c["seed"], c["max_docs"], c["cache_dir"], c["revision"], c["long"], c["overwrite"])
 

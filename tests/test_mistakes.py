@@ -162,7 +162,8 @@ TRAIN_RULES = ["batch_size=0", "gradient_accumulation_steps=0", "pack_tokens=0",
 SAMPLE_RULES = ["num_samples=0", "batch_size=-1", "seed=-1", "dtype='float16'", "steps=1", "temperature=-1.0",
                 "grid_power=0.0", "early_stop=-1.0", "min_len=-1", "target_len=99", "gamma1=-1.0", "gamma2=0",
                 "sampler='greedy'", "unmask='maybe'", "confidence='vibes'", "final='best'"]
-MAZE_RULES = ["m=0", "K=1"]
+MAZE_RULES = ["m=0", "n=0", "K=1", "num_pairs=0", "paths_per_pair=0", "seed=-1", "extra_door_frac=1.5", "detour_slack=-1"]
+OWT_RULES = ["num_proc=0", "seed=-1", "max_docs=-1", "max_len=0", "long='keep'", "txt_unit='page'", "val_frac=0.0"]
 RELATIONS = [("train", "--n_embd=30 --n_head=4", "n_embd=30"), ("train", "--n_embd=12 --n_head=4", "even"),
              ("train", "--model_type=mdm --packing=True", "packing"), ("train", "--model_type=mdm --prior_weight=1.0",
                                                                        "prior_weight"),
@@ -173,6 +174,9 @@ for key_value in SAMPLE_RULES:
     ROWS.append((f"sample-{key_value}", "sample", [*SAMPLE, f"--{key_value}"], None, key_value.split("=")[0]))
 for key_value in MAZE_RULES:
     ROWS.append((f"prepare-{key_value}", "prepare_maze", [f"--{key_value}", "--out_dir=data/new"], None, key_value.split("=")[0]))
+for key_value in OWT_RULES:
+    ROWS.append((f"prepare-owt-{key_value}", "prepare_owt", [f"--source={WIKI}/wiki.valid.raw", f"--{key_value}",
+                                                            "--out_dir=data/new"], None, key_value.split("=")[0]))
 for script, args, needle in RELATIONS:
     ROWS.append((f"{script}-{args}", script, [*(TRAIN if script == "train" else SAMPLE), *args.split()], None, needle))
 
