@@ -21,6 +21,7 @@ import ast
 import dataclasses
 import io
 import os
+import signal
 import sys
 import time
 import tokenize
@@ -34,17 +35,20 @@ class InputError(Exception):
     """Bad input from the user; the message is one line naming the problem."""
 
 
-def _interrupted_at_start(kind, value, traceback):
+def _interrupted_at_start(signum, frame):
     """Ctrl-C before a script's run(main) has started (while it imports torch): one line and status 130, as
-    run() gives; any other uncaught exception as Python prints it."""
-    if issubclass(kind, KeyboardInterrupt):
-        sys.stderr.write("interrupted: nothing was written; run the command again\n")
-        os._exit(130)
-    sys.__excepthook__(kind, value, traceback)
+    run() gives. It exits at once rather than raising KeyboardInterrupt, which torch's import may meet inside
+    C++ code that cannot pass it on (the process would abort)."""
+    sys.stderr.write("interrupted: nothing was written; run the command again\n")
+    os._exit(130)
 
 
-# Set when a script imports this module, which each script does first, before torch.
-sys.excepthook = _interrupted_at_start
+# Set when a script imports this module, which each script does first, before torch; run() hands Ctrl-C back
+# to Python. A program that merely imports the library (pytest, a notebook) keeps its own Ctrl-C.
+_main_file = getattr(sys.modules["__main__"], "__file__", None) or ""
+if (os.path.dirname(os.path.abspath(_main_file)) == os.path.dirname(os.path.abspath(__file__))
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):  # not where the shell ignores it
+    signal.signal(signal.SIGINT, _interrupted_at_start)
 
 
 def run(main, interrupted="nothing was written; run the command again"):
@@ -52,6 +56,8 @@ def run(main, interrupted="nothing was written; run the command again"):
     of a traceback for what the user can mend: an InputError (`error: ...`, status 1) and Ctrl-C
     (`interrupted: ...`, status 130; `interrupted` says what was kept and how to go on). Under torchrun only
     rank 0 prints the line; every rank exits with the status."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_at_start:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         status = main()
     except InputError as e:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The length-fidelity claim with seeds (RESULTS.md): FlexMDM and the padded MDM on WikiText-2 paragraphs (long ones
-# dropped, chunked to 128, and max_len 512), config/wikitext_cpu*.py, BUDGET CPU-s each on one thread, seeds SEEDS;
+# dropped, chunked to 128, and max_len 512: DATA), config/wikitext_cpu*.py, BUDGET CPU-s each on one thread, seeds SEEDS;
 # 200 samples each with the vanilla sampler at 64 and 256 steps; length metrics and the generative perplexity under
 # the reference LM REF (scripts/reference_lm.py); scripts/length_seeds.py --cell then gathers each cell's numbers
 # (the validation bound, g on states that fell behind) into results/seeds/<data>/<run>.json.
@@ -20,6 +20,8 @@ REF=${REF:-out/ref_lm}
 RESULTS=${RESULTS:-results/seeds}
 FLEX=${FLEX:---prior_weight=1.0 --behind_weight=1.0}
 PHASE=${PHASE:-claim}
+SEEDS=${SEEDS:-1 2 3}
+DATA=${DATA:-wikitext128drop wikitext128 wikitext512}
 
 prepare() {  # NAME MAX_LEN LONG
     [ -f "data/$1/meta.json" ] || python prepare_owt.py --source=../shared/data/wikitext2_raw/wiki.test.raw \
@@ -48,14 +50,12 @@ prepare wikitext128drop 128 drop
 prepare wikitext512 512 chunk
 [ -f "$REF/reference.json" ] || { echo "no reference LM in $REF: python scripts/reference_lm.py --out_dir=$REF" >&2; exit 1; }
 if [ "$PHASE" = pilot ]; then  # two at a time, one thread each: the budget is CPU time, so pairing changes nothing
-    (set -e; cell wikitext128 prior 0 wikitext_cpu --prior_weight=1.0
-     cell wikitext128drop prior 0 wikitext_cpu --prior_weight=1.0) & first=$!
-    (set -e; cell wikitext128 behind 0 wikitext_cpu --prior_weight=1.0 --behind_weight=1.0
-     cell wikitext128drop behind 0 wikitext_cpu --prior_weight=1.0 --behind_weight=1.0) & second=$!
+    (set -e; for data in $DATA; do cell "$data" prior 0 wikitext_cpu --prior_weight=1.0; done) & first=$!
+    (set -e; for data in $DATA; do cell "$data" behind 0 wikitext_cpu --prior_weight=1.0 --behind_weight=1.0; done) & second=$!
 else
-    (set -e; for seed in 1 2 3; do for data in wikitext128drop wikitext128 wikitext512; do
+    (set -e; for seed in $SEEDS; do for data in $DATA; do
          cell "$data" flex "$seed" wikitext_cpu $FLEX; done; done) & first=$!
-    (set -e; for seed in 1 2 3; do for data in wikitext128drop wikitext128 wikitext512; do
+    (set -e; for seed in $SEEDS; do for data in $DATA; do
          cell "$data" mdm "$seed" wikitext_cpu_mdm; done; done
      iters=$(python -c "import torch; print(torch.load('$OUT/wikitext128/flex_s1/ckpt.pt', weights_only=False)['iter_num'])")
      cell wikitext128 mdm_iters 1 wikitext_cpu_mdm --max_seconds=0.0 --max_iters="$iters") & second=$!

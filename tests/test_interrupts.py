@@ -93,6 +93,23 @@ def limited_run(args, cwd, max_bytes):
                           timeout=300, preexec_fn=limit)
 
 
+def test_ctrl_c_while_a_script_imports_exits_without_raising(tmp_path):
+    """Ctrl-C while a script imports torch ends the process at once (one line, status 130) rather than raising
+    KeyboardInterrupt, which torch's import may meet in C++ code that cannot pass it on: the process aborted
+    (pybind11's error_already_set, SIGABRT) in about 1 run in 60. A program that only imports the library
+    (this test run) keeps its own Ctrl-C."""
+    program = (f"import os, signal, sys; sys.modules['__main__'].__file__ = {os.path.join(ROOT, 'x.py')!r}\n"
+               "import configurator\n"
+               "try:\n    os.kill(os.getpid(), signal.SIGINT); import time; time.sleep(5)\n"
+               "except KeyboardInterrupt:\n    print('raised')\n")
+    proc = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, user_lines(proc.stderr)) == (
+        130, "", ["interrupted: nothing was written; run the command again"]), proc
+    import configurator  # noqa: F401
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_failed_checkpoint_write_is_one_line(workspace, tmp_path):
     root = tmp_path / "w"
     shutil.copytree(workspace, root)
