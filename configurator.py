@@ -43,10 +43,11 @@ def _interrupted_at_start(signum, frame):
     os._exit(130)
 
 
-# Set when a script imports this module, which each script does first, before torch; run() hands Ctrl-C back
-# to Python. A program that merely imports the library (pytest, a notebook) keeps its own Ctrl-C.
-_main_file = getattr(sys.modules["__main__"], "__file__", None) or ""
-if (os.path.dirname(os.path.abspath(_main_file)) == os.path.dirname(os.path.abspath(__file__))
+# Set when a script (here or in scripts/) imports this module, which each script does first, before torch;
+# run() hands Ctrl-C back to Python. A program that merely imports the library (pytest, a notebook) keeps its own.
+_here = os.path.dirname(os.path.abspath(__file__))
+_main_file = getattr(sys.modules["__main__"], "__file__", None)
+if (_main_file and os.path.dirname(os.path.abspath(_main_file)) in (_here, os.path.join(_here, "scripts"))
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler):  # not where the shell ignores it
     signal.signal(signal.SIGINT, _interrupted_at_start)
 
