@@ -9,7 +9,7 @@ forecast at the empty state against the data's mean length and on states that fe
 lag = 0.3, a law training never draws: it draws u ~ U[behind_lag, 1); diagnostics.behind_ratio).
 
 Without --cell: every results/seeds/*/*.json into results/length_seeds.md, mean and standard error over the seeds
-of each (data, run) cell.
+of each (data, run) cell, and per dataset the floor of 200 samples (floors(): W1 and the quantile tolerance).
 
     python scripts/length_seeds.py --cell=out/seeds/wikitext128/flex_s1
     python scripts/length_seeds.py --overwrite=True                     # -> results/length_seeds.md
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from checkpoint import load_checkpoint  # noqa: E402
-from data import atomic_write, check_output  # noqa: E402
+from data import atomic_write, check_output, sequence_lengths  # noqa: E402
 from diagnostics import behind_ratio, calibration_table, heldout_batch, load_flexmdm, validation_bound  # noqa: E402
 
 cell = ""  # a run directory out/seeds/<data>/<run>; empty: make the table
@@ -86,8 +86,25 @@ def mean_se(values):
     values = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if not len(values):
         return "-"
-    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return f"{values.mean():.1f} +- {se:.1f}" if abs(values.mean()) >= 10 else f"{values.mean():.3g} +- {se:.2g}"
+    mean = f"{values.mean():.1f}" if abs(values.mean()) >= 10 else f"{values.mean():.3g}"
+    if len(values) == 1:  # one seed: no standard error
+        return mean
+    se = values.std(ddof=1) / np.sqrt(len(values))
+    return f"{mean} +- {se:.1f}" if abs(values.mean()) >= 10 else f"{mean} +- {se:.2g}"
+
+
+def floors(data, draws=1000, n=200):
+    """What 200 samples of the data's own lengths give (the validation split, drawn with replacement): the
+    mean W1 against the split, and the quantile tolerance of the length claim: for p10, p50 and p90 the larger
+    of 10 % of the data's quantile and twice its spread over the draws."""
+    lengths = sequence_lengths(os.path.join("data", data)).astype(np.float64)
+    rng, grid = np.random.default_rng(0), np.arange(lengths.max() + 1)
+    cdf = lambda x: np.searchsorted(np.sort(x), grid, side="right") / len(x)
+    drawn = [rng.choice(lengths, n) for _ in range(draws)]
+    w1 = np.mean([np.abs(cdf(d) - cdf(lengths)).sum() for d in drawn])
+    q = np.percentile(lengths, (10, 50, 90))
+    spread = np.std([np.percentile(d, (10, 50, 90)) for d in drawn], axis=0)
+    return w1, q, np.maximum(0.1 * q, 2 * spread)
 
 
 def table():
@@ -111,6 +128,11 @@ def table():
                          f"{get('mean')} | {get('p10')} | {get('p50')} | {get('p90')} | "
                          f"{rows[0]['data_p10']:.0f} / {rows[0]['data_p50']:.0f} / {rows[0]['data_p90']:.0f} | {get('genppl')} | "
                          f"{mean_se([r['g']['x0_ratio'] for r in records if 'g' in r])} | {' / '.join(behind)} |")
+    lines += ["", "| data | W1 of 200 draws of the data | data p10 / p50 / p90 | tolerance p10 / p50 / p90 |",
+              "| --- | --- | --- | --- |"]
+    for data in sorted({data for data, _ in cells}):
+        w1, q, tol = floors(data)
+        lines.append(f"| {data} | {w1:.1f} | {' / '.join(f'{v:.0f}' for v in q)} | {' / '.join(f'{v:.1f}' for v in tol)} |")
     atomic_write(out, lambda f: f.write("\n".join(lines) + "\n"))
     print("\n".join(lines))
     print(f"wrote {out}")
