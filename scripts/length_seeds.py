@@ -93,15 +93,21 @@ def mean_se(values):
     return f"{mean} +- {se:.1f}" if abs(values.mean()) >= 10 else f"{mean} +- {se:.2g}"
 
 
+def wasserstein1(a, b):
+    """W1 between the empirical laws of two samples of integer lengths: the area between their CDFs."""
+    grid = np.arange(max(a.max(), b.max()) + 1)
+    cdf = lambda x: np.searchsorted(np.sort(x), grid, side="right") / len(x)
+    return float(np.abs(cdf(a) - cdf(b)).sum())
+
+
 def floors(data, draws=1000, n=200):
     """What 200 samples of the data's own lengths give (the validation split, drawn with replacement): the
     mean W1 against the split, and the quantile tolerance of the length claim: for p10, p50 and p90 the larger
     of 10 % of the data's quantile and twice its spread over the draws."""
     lengths = sequence_lengths(os.path.join("data", data)).astype(np.float64)
-    rng, grid = np.random.default_rng(0), np.arange(lengths.max() + 1)
-    cdf = lambda x: np.searchsorted(np.sort(x), grid, side="right") / len(x)
+    rng = np.random.default_rng(0)
     drawn = [rng.choice(lengths, n) for _ in range(draws)]
-    w1 = np.mean([np.abs(cdf(d) - cdf(lengths)).sum() for d in drawn])
+    w1 = np.mean([wasserstein1(d, lengths) for d in drawn])
     q = np.percentile(lengths, (10, 50, 90))
     spread = np.std([np.percentile(d, (10, 50, 90)) for d in drawn], axis=0)
     return w1, q, np.maximum(0.1 * q, 2 * spread)

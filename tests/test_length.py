@@ -10,6 +10,7 @@ import torch
 
 import diagnostics
 from conftest import random_dit
+from data import load_data
 from interpolant import LossConfig, Schedule, flexmdm_loss
 from model import DiT, ModelConfig, network
 from sampler import SamplerConfig, generate, time_grid
@@ -333,3 +334,17 @@ def test_behind_rows_as_the_loss_draws_them():
             assert (abs(found.mean(0) - exact[x][1]) < 4 * se + 1e-3).all(), (x, found.mean(0), exact[x][1])
             checked += 1
     assert checked >= 5
+
+
+def test_floor_of_200_samples(tiny_maze, monkeypatch):
+    """scripts/length_seeds.py's floor: its W1 is the area between CDFs (for samples of one size, the mean
+    distance between sorted values), and the quantile tolerance is at least 10 % of the data's quantiles."""
+    from scripts.length_seeds import floors, wasserstein1
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(1, 50, 300).astype(float), rng.integers(5, 80, 300).astype(float)
+    assert wasserstein1(a, b) == pytest.approx(np.abs(np.sort(a) - np.sort(b)).mean())
+    assert wasserstein1(a, a) == 0
+    monkeypatch.chdir(tiny_maze)
+    lengths = np.diff(load_data(os.path.join("data", "tiny"))[1]["val"][1])
+    w1, q, tol = floors("tiny", draws=200)
+    assert np.allclose(q, np.percentile(lengths, (10, 50, 90))) and (tol >= 0.1 * q).all() and 0 < w1 < lengths.std()
