@@ -13,10 +13,12 @@ FLEX=${FLEX:---prior_weight=1.0 --behind_weight=1.0}
 REF=${REF:-out/ref_lm}
 
 train() {  # RUN CONFIG [OVERRIDES...]
-    local run=$1 config=$2
+    local run=$1 config=$2 init
     shift 2
-    [ -f "$OUT/$run/ckpt.pt" ] || python train.py "config/$config.py" --dataset=wikitext512 --out_dir="$OUT/$run" --seed=1 \
-        --max_seconds="$BUDGET" "$@" > "$OUT/$run.train.log" 2>&1 || { echo "training $run failed: $OUT/$run.train.log" >&2; return 1; }
+    grep -qs "^stopped after" "$OUT/$run.train.log" && return  # trained to the end
+    [ -f "$OUT/$run/ckpt.pt" ] && init=resume || init=scratch
+    python train.py "config/$config.py" --dataset=wikitext512 --out_dir="$OUT/$run" --seed=1 --init_from="$init" \
+        --max_seconds="$BUDGET" "$@" >> "$OUT/$run.train.log" 2>&1 || { echo "training $run failed: $OUT/$run.train.log" >&2; return 1; }
 }
 
 for run in flex_s1 mdm_s1; do

@@ -29,12 +29,15 @@ prepare() {  # NAME MAX_LEN LONG
 }
 
 cell() {  # DATA RUN SEED CONFIG [TRAIN OVERRIDES...]: train, sample at 64 and 256 steps, evaluate, gather
-    local data=$1 run=$2 seed=$3 config=$4 dir="$OUT/$1/$2_s$3" steps file
+    local data=$1 run=$2 seed=$3 config=$4 dir="$OUT/$1/$2_s$3" steps file init
     shift 4
     [ -f "$RESULTS/$data/${run}_s$seed.json" ] && return
     mkdir -p "$OUT/$data"
-    [ -f "$dir/ckpt.pt" ] || python train.py "config/$config.py" --dataset="$data" --out_dir="$dir" --seed="$seed" \
-        --max_seconds="$BUDGET" "$@" > "$dir.train.log" 2>&1 || { echo "training $dir failed: $dir.train.log" >&2; return 1; }
+    if ! grep -qs "^stopped after" "$dir.train.log"; then  # not trained to the end: from scratch, or resumed
+        [ -f "$dir/ckpt.pt" ] && init=resume || init=scratch
+        python train.py "config/$config.py" --dataset="$data" --out_dir="$dir" --seed="$seed" --init_from="$init" \
+            --max_seconds="$BUDGET" "$@" >> "$dir.train.log" 2>&1 || { echo "training $dir failed: $dir.train.log" >&2; return 1; }
+    fi
     for steps in 64 256; do
         file="$dir/s$steps.jsonl"
         [ -f "$file" ] || python sample.py --out_dir="$dir" --num_samples="$SAMPLES" --steps="$steps" --seed="$seed" \
