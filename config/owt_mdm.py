@@ -6,3 +6,5 @@ exec(open('config/owt.py').read())
 out_dir = 'out/owt_mdm'
 model_type = 'mdm'
 packing = False
+prior_weight = 0.0  # FlexMDM-only settings of the included config: off (train.py refuses them for the MDM)
+behind_weight = 0.0

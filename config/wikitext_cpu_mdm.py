@@ -4,3 +4,5 @@ exec(open("config/wikitext_cpu.py").read())
 out_dir = "out/wikitext_cpu_mdm"
 model_type = "mdm"
 packing = False
+prior_weight = 0.0  # FlexMDM-only settings of the included config: off (train.py refuses them for the MDM)
+behind_weight = 0.0

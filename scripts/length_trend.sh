@@ -60,12 +60,13 @@ prepare wikitext128 128 chunk
 prepare wikitext128drop 128 drop
 prepare wikitext512 512 chunk
 # two at a time, one thread each; the budget is CPU time, so the pairing does not change what each run gets
-# paper: config/wikitext_cpu.py as it is (the paper's loss); prior: the same with the length prior (PRIOR)
+# paper: config/wikitext_cpu.py with the paper's loss (PAPER); prior: the same with the length prior (PRIOR)
 PRIOR=${PRIOR:---prior_weight=1.0}
+PAPER=--prior_weight=0.0
 (set -e; run mdm_chunk wikitext_cpu_mdm wikitext128 "$BUDGET"; run mdm_drop wikitext_cpu_mdm wikitext128drop "$BUDGET";
- run mdm_512 wikitext_cpu_mdm wikitext512 600; run paper_drop wikitext_cpu wikitext128drop "$BUDGET";
- run paper_512 wikitext_cpu wikitext512 600) & first=$!
+ run mdm_512 wikitext_cpu_mdm wikitext512 600; run paper_drop wikitext_cpu wikitext128drop "$BUDGET" $PAPER;
+ run paper_512 wikitext_cpu wikitext512 600 $PAPER) & first=$!
 (set -e; run prior_chunk wikitext_cpu wikitext128 "$BUDGET" $PRIOR; run prior_drop wikitext_cpu wikitext128drop "$BUDGET" $PRIOR;
- run prior_512 wikitext_cpu wikitext512 600 $PRIOR; run paper_chunk wikitext_cpu wikitext128 "$BUDGET") & second=$!
+ run prior_512 wikitext_cpu wikitext512 600 $PRIOR; run paper_chunk wikitext_cpu wikitext128 "$BUDGET" $PAPER) & second=$!
 wait $first
 wait $second

@@ -578,3 +578,19 @@ def test_compile_gives_the_eager_losses(tiny_maze, tmp_path):
     finally:
         torch._dynamo.reset()
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # dynamo did compile
+
+
+TRAIN_CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "config")) if not f.startswith("llada"))
+
+
+@pytest.mark.parametrize("name", TRAIN_CONFIGS)
+def test_every_config_gives_a_loss_train_accepts(name, monkeypatch):
+    """Each of train.py's config files, read as train.py reads it, gives settings LossConfig accepts: an MDM
+    config that includes a FlexMDM one resets the FlexMDM-only settings (prior_weight, behind_weight)."""
+    from configurator import configure, pick
+    monkeypatch.chdir(ROOT)  # a config file may include another by its path from the repo root
+    settings = {k: v for k, v in vars(train).items() if not k.startswith("_")}
+    configure(settings, [os.path.join("config", name)])
+    loss = pick(LossConfig, settings)
+    assert loss.model_type == settings["model_type"] and (loss.model_type == "flexmdm" or
+                                                          loss.prior_weight == loss.behind_weight == 0)
