@@ -1,10 +1,10 @@
 """
 What widens the spread of a text FlexMDM's sampled lengths (RESULTS.md): one checkpoint sampled with the vanilla
-sampler at 64 steps (the baseline, the length tables' setting) and with one setting changed at a time (more steps,
-the power-2 time grid, f's temperature, the exact unmasking rule, argmax at the last step, the early stop), 200 samples each;
-sample.py and evaluate.py --task=length run as processes, and their length metrics (W1, mean, p10, p50, p90
-against the data's) go into one markdown table. The sampler's own share, with the exact f and g of the data's
-length law, is scripts/length_oracle.py's.
+sampler at 64 steps (the baseline, the length tables' setting) and with one setting changed at a time (more
+steps, the power-2 time grid, f's temperature, the exact unmasking rule, argmax at the last step, the early
+stop), 200 samples each; sample.py and evaluate.py --task=length run as processes, and their length metrics (W1,
+mean, p10, p50, p90 against the data's) go into one markdown table. The sampler's own share, with the exact f
+and g of the data's length law, is scripts/length_oracle.py's.
 
     python scripts/length_spread.py --run_dir=out/seeds/wikitext128drop/flex_s1     # -> RUN_DIR/spread.md
 """
