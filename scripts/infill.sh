@@ -29,4 +29,4 @@ train mdm_span_s1 wikitext_cpu_mdm --infill_prob=0.5 & second=$!
 wait $first
 wait $second
 python scripts/infill.py --runs="flex=$OUT/flex_s1/ckpt.pt,flex_span=$OUT/flex_span_s1/ckpt.pt,mdm=$OUT/mdm_s1/ckpt.pt,mdm_span=$OUT/mdm_span_s1/ckpt.pt" \
-    --ref_model="$REF" --out=results/infill
+    --num_paragraphs=100 --steps=64 --ref_model="$REF" --out=results/infill  # 100 and 64: what 2 CPU cores allowed
