@@ -48,7 +48,7 @@ def workspace(tmp_path_factory):
     os.makedirs(root / "out" / "flex")
     shutil.copy(os.path.join(ROOT, "tests", "compat", "flex", "ckpt.pt"), root / "out" / "flex" / "ckpt.pt")
     os.makedirs(root / "text")
-    for i in range(8):  # WikiText-2 eight times over: tens of CPU-seconds of tokenizing
+    for i in range(64):  # WikiText-2 64 times over: still tokenizing 4 s in on a fast idle core (8 took 2 s)
         os.symlink(os.path.join(WIKI, "wiki.test.raw"), root / "text" / f"part{i}.raw")
     return root
 
@@ -73,8 +73,8 @@ def test_ctrl_c_is_one_line_and_leaves_nothing(workspace, tmp_path, name, args, 
     shutil.copytree(workspace, root)
     before = files(root)
     status, err = interrupt([os.path.join(ROOT, args[0]), *args[1:]], root, when)
-    lines = [l for l in user_lines(err) if not l.startswith(("paths (", "tokenizing", "writing", "Generating"))]
-    assert status == 130 and len(lines) == 1 and "Traceback" not in err, err  # progress bars may come before it
+    lines = [l for l in user_lines(err) if not l.startswith(("paths (", "tokenizing", "writing", "Generating", "Downloading"))]
+    assert status == 130 and len(lines) == 1 and "Traceback" not in err, (lines, err)  # progress bars may come before it
     if when < 1:  # still loading torch (configurator's line), or at its first work (the script's)
         assert lines[0].startswith("interrupted: ") and ("nothing was written" in lines[0] or says in lines[0]), lines
     elif name != "train":  # train.py at work stops in its loop, with its own line (test_train.py)
