@@ -1,7 +1,8 @@
 """
 Checks of a FlexMDM checkpoint's insertion head g: they load the model and run it, on interpolant states
 and through the sampler. evaluate.py's tasks calibration and maze_lengths call them and write their
-metrics and figures; here they return numbers and matplotlib figures.
+metrics and figures; here they return numbers and matplotlib figures. wasserstein1, the length W1 of a
+samples file against the data, is here too: evaluate.py and scripts/ measure lengths with the one function.
 
 g_j(x_t, t) is the model's E[gap_j | x_t] (Prop. 1), so its total over the gaps of x_t, the forecast
 sum_j g_j, estimates the tokens of x1 still to be inserted, n - len(x_t). Three checks, each exact for an
@@ -275,3 +276,14 @@ def validation_bound(ckpt_path, data_dir, draws=4, batch=32, seed=0):
     loss = per_token[:, 0]
     return {"loss": float(loss.mean()), "unmask": float(per_token[:, 1].mean()), "insert": float(per_token[:, 2].mean()),
             "loss_se": float(loss.std() / draws ** 0.5) if draws > 1 else None, "tokens": int(tokens), "draws": draws}
+
+
+def wasserstein1(a, b):
+    """Wasserstein-1 distance of two 1-D samples: the area between their empirical CDFs,
+    integral |F_a(x) - F_b(x)| dx (in tokens for lengths)."""
+    a, b = np.sort(np.asarray(a, dtype=np.float64)), np.sort(np.asarray(b, dtype=np.float64))
+    x = np.concatenate([a, b])
+    x.sort()
+    fa = np.searchsorted(a, x[:-1], side="right") / len(a)
+    fb = np.searchsorted(b, x[:-1], side="right") / len(b)
+    return float(np.sum(np.abs(fa - fb) * np.diff(x)))

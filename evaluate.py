@@ -68,7 +68,7 @@ import torch.nn.functional as F
 
 from data import (DATASET_FILES, SPLITS, atomic_write, check_output, decode, gpt2, load_data, read_jsonl, read_meta,
                   sequence_lengths)
-from diagnostics import calibrate, insertion_trace, plot_calibration, plot_insertion_trace, pyplot
+from diagnostics import calibrate, insertion_trace, plot_calibration, plot_insertion_trace, pyplot, wasserstein1
 
 # -----------------------------------------------------------------------------
 task = ""  # one of TASKS (the CLI section at the end)
@@ -492,17 +492,6 @@ def total_variation(a, b, bin_width=1):
     n = int(max(a.max(), b.max())) + 1
     p, q = np.bincount(a, minlength=n) / len(a), np.bincount(b, minlength=n) / len(b)
     return float(0.5 * np.abs(p - q).sum())
-
-
-def wasserstein1(a, b):
-    """Wasserstein-1 distance of two 1-D samples: the area between their empirical CDFs,
-    integral |F_a(x) - F_b(x)| dx (in tokens for lengths)."""
-    a, b = np.sort(np.asarray(a, dtype=np.float64)), np.sort(np.asarray(b, dtype=np.float64))
-    x = np.concatenate([a, b])
-    x.sort()
-    fa = np.searchsorted(a, x[:-1], side="right") / len(a)
-    fb = np.searchsorted(b, x[:-1], side="right") / len(b)
-    return float(np.sum(np.abs(fa - fb) * np.diff(x)))
 
 
 def length_summary(lengths):

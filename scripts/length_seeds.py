@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from checkpoint import load_checkpoint  # noqa: E402
 from data import atomic_write, check_output, sequence_lengths  # noqa: E402
-from diagnostics import behind_ratio, calibration_table, heldout_batch, load_flexmdm, validation_bound  # noqa: E402
+from diagnostics import (behind_ratio, calibration_table, heldout_batch, load_flexmdm, validation_bound,  # noqa: E402
+                         wasserstein1)
 
 cell = ""  # a run directory out/seeds/<data>/<run>; empty: make the table
 results = "results/seeds"  # where the cells' JSON go, results/seeds/<data>/<run>.json
@@ -91,13 +92,6 @@ def mean_se(values):
         return mean
     se = values.std(ddof=1) / np.sqrt(len(values))
     return f"{mean} +- {se:.1f}" if abs(values.mean()) >= 10 else f"{mean} +- {se:.2g}"
-
-
-def wasserstein1(a, b):
-    """W1 between the empirical laws of two samples of integer lengths: the area between their CDFs."""
-    grid = np.arange(max(a.max(), b.max()) + 1)
-    cdf = lambda x: np.searchsorted(np.sort(x), grid, side="right") / len(x)
-    return float(np.abs(cdf(a) - cdf(b)).sum())
 
 
 def floors(data, draws=1000, n=200):

@@ -337,9 +337,11 @@ def test_behind_rows_as_the_loss_draws_them():
 
 
 def test_floor_of_200_samples(tiny_maze, monkeypatch):
-    """scripts/length_seeds.py's floor: its W1 is the area between CDFs (for samples of one size, the mean
-    distance between sorted values), and the quantile tolerance is at least 10 % of the data's quantiles."""
-    from scripts.length_seeds import floors, wasserstein1
+    """scripts/length_seeds.py's floor: its W1 (diagnostics.wasserstein1) is the area between CDFs (for samples of
+    one size, the mean distance between sorted values), and the quantile tolerance is at least 10 % of the data's
+    quantiles."""
+    from diagnostics import wasserstein1
+    from scripts.length_seeds import floors
     rng = np.random.default_rng(1)
     a, b = rng.integers(1, 50, 300).astype(float), rng.integers(5, 80, 300).astype(float)
     assert wasserstein1(a, b) == pytest.approx(np.abs(np.sort(a) - np.sort(b)).mean())
