@@ -9,7 +9,8 @@ forecast at the empty state against the data's mean length and on states that fe
 lag = 0.3, a law training never draws: it draws u ~ U[behind_lag, 1); diagnostics.behind_ratio).
 
 Without --cell: every results/seeds/*/*.json into results/length_seeds.md, mean and standard error over the seeds
-of each (data, run) cell, and per dataset the floor of 200 samples (floors(): W1 and the quantile tolerance).
+of each (data, run) cell, per dataset the floor of 200 samples (floors(): W1 and the quantile tolerance), and
+the claim checked per dataset and sampler setting (verdict()).
 
     python scripts/length_seeds.py --cell=out/seeds/wikitext128/flex_s1
     python scripts/length_seeds.py --overwrite=True                     # -> results/length_seeds.md
@@ -107,6 +108,26 @@ def floors(data, draws=1000, n=200):
     return w1, q, np.maximum(0.1 * q, 2 * spread)
 
 
+def stats(values):
+    values = np.asarray(values, dtype=np.float64)
+    return values.mean(), (values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan)
+
+
+def verdict(flex, mdm, steps, q, tol):
+    """The claim of issue-level "done" for one dataset and sampler setting, from the seeded records of FlexMDM and the
+    MDM: FlexMDM's mean W1 at most half the MDM's, their 2-SE intervals apart (no interval with one seed), FlexMDM's
+    mean p10 / p50 / p90 each within tol of the data's q, and g's behind-state ratio at least 0.9 within one SE at every
+    time. Returns the row's cells (yes / no each)."""
+    (fw, fs), (mw, ms) = (stats([r["samples"][steps]["w1"] for r in rs]) for rs in (flex, mdm))
+    sampled = np.array([[r["samples"][steps][k] for k in ("p10", "p50", "p90")] for r in flex]).mean(0)
+    behind = [stats([r["g"]["behind"][i]["ratio"] for r in flex]) for i in range(len(BEHIND_TIMES))]
+    behind_ok = all(m + (0 if np.isnan(se) else se) >= 0.9 for m, se in behind)
+    yes = lambda ok: "yes" if ok else "no"
+    apart = "-" if np.isnan(fs + ms) else yes(fw + 2 * fs < mw - 2 * ms)
+    quantiles = " / ".join(f"{v:.0f} {yes(abs(v - d) <= e)}" for v, d, e in zip(sampled, q, tol))
+    return [f"{fw:.1f} / {mw:.1f}", yes(fw <= mw / 2), apart, quantiles, yes(behind_ok)]
+
+
 def table():
     check_output(out, overwrite, "out")
     cells = {}
@@ -130,9 +151,16 @@ def table():
                          f"{mean_se([r['g']['x0_ratio'] for r in records if 'g' in r])} | {' / '.join(behind)} |")
     lines += ["", "| data | W1 of 200 draws of the data | data p10 / p50 / p90 | tolerance p10 / p50 / p90 |",
               "| --- | --- | --- | --- |"]
-    for data in sorted({data for data, _ in cells}):
-        w1, q, tol = floors(data)
+    floor = {data: floors(data) for data in sorted({data for data, _ in cells})}
+    for data, (w1, q, tol) in floor.items():
         lines.append(f"| {data} | {w1:.1f} | {' / '.join(f'{v:.0f}' for v in q)} | {' / '.join(f'{v:.1f}' for v in tol)} |")
+    lines += ["", "| data | steps | W1 FlexMDM / MDM | at most half | 2-SE apart | FlexMDM p10 / p50 / p90 within tolerance "
+              "| behind ratio >= 0.9 |", "|" + " --- |" * 7]
+    for data, (_, q, tol) in floor.items():
+        flex, mdm = cells.get((data, "flex")), cells.get((data, "mdm"))
+        if flex and mdm:
+            for steps in sorted(set(flex[0]["samples"]) & set(mdm[0]["samples"]), key=lambda s: int(s[1:])):
+                lines.append(f"| {data} | {steps[1:]} | " + " | ".join(verdict(flex, mdm, steps, q, tol)) + " |")
     atomic_write(out, lambda f: f.write("\n".join(lines) + "\n"))
     print("\n".join(lines))
     print(f"wrote {out}")

@@ -7,7 +7,7 @@
 #   PHASE=pilot: the FlexMDM settings compared on seed 0 (not reported with the others), chunked and dropped
 #   PHASE=claim: FlexMDM (FLEX: the setting the pilot chose) and the MDM, seeds 1 2 3, all three datasets, and the
 #                MDM at the iterations of FlexMDM's seed 1 on the chunked data
-# Two cells at a time; a finished piece is not run again (rerun to resume); a finished cell is its JSON.
+# A finished piece is not run again (rerun to resume); a finished cell is its JSON.
 #   python scripts/reference_lm.py --dataset=wikitext512 --out_dir=out/ref_lm
 #   PHASE=pilot bash scripts/length_seeds.sh && PHASE=claim bash scripts/length_seeds.sh
 #   python scripts/length_seeds.py --overwrite=True                     # -> results/length_seeds.md
@@ -52,16 +52,19 @@ prepare wikitext128 128 chunk
 prepare wikitext128drop 128 drop
 prepare wikitext512 512 chunk
 [ -f "$REF/reference.json" ] || { echo "no reference LM in $REF: python scripts/reference_lm.py --out_dir=$REF" >&2; exit 1; }
-if [ "$PHASE" = pilot ]; then  # two at a time, one thread each: the budget is CPU time, so pairing changes nothing
-    (set -e; for data in $DATA; do cell "$data" prior 0 wikitext_cpu --prior_weight=1.0; done) & first=$!
-    (set -e; for data in $DATA; do cell "$data" behind 0 wikitext_cpu --prior_weight=1.0 --behind_weight=1.0; done) & second=$!
-else
-    (set -e; for seed in $SEEDS; do for data in $DATA; do
-         cell "$data" flex "$seed" wikitext_cpu $FLEX; done; done) & first=$!
-    (set -e; for seed in $SEEDS; do for data in $DATA; do
-         cell "$data" mdm "$seed" wikitext_cpu_mdm; done; done
-     iters=$(python -c "import torch; print(torch.load('$OUT/wikitext128/flex_s1/ckpt.pt', weights_only=False)['iter_num'])")
-     cell wikitext128 mdm_iters 1 wikitext_cpu_mdm --max_seconds=0.0 --max_iters="$iters") & second=$!
-fi
-wait $first
-wait $second
+# The cells, the longest first within a seed: two workers (one thread each) take them in turn; the budget is CPU
+# time, so sharing the cores changes nothing. A failed cell is reported and the others go on.
+cells() {
+    if [ "$PHASE" = pilot ]; then
+        for data in $DATA; do echo "$data prior 0 wikitext_cpu --prior_weight=1.0"
+            echo "$data behind 0 wikitext_cpu --prior_weight=1.0 --behind_weight=1.0"; done
+        return
+    fi
+    for seed in $SEEDS; do for data in $(printf '%s\n' $DATA | sort -r); do  # wikitext512 first
+        echo "$data mdm $seed wikitext_cpu_mdm"; echo "$data flex $seed wikitext_cpu $FLEX"; done; done
+    iters=$(python -c "import json; print(json.load(open('$RESULTS/wikitext128/flex_s1.json'))['iterations'])")
+    echo "wikitext128 mdm_iters 1 wikitext_cpu_mdm --max_seconds=0.0 --max_iters=$iters"
+}
+export OUT BUDGET SAMPLES REF RESULTS
+export -f cell
+cells | xargs -P 2 -L 1 bash -c 'set -euo pipefail; cell "$@"' cell

@@ -350,3 +350,23 @@ def test_floor_of_200_samples(tiny_maze, monkeypatch):
     lengths = np.diff(load_data(os.path.join("data", "tiny"))[1]["val"][1])
     w1, q, tol = floors("tiny", draws=200)
     assert np.allclose(q, np.percentile(lengths, (10, 50, 90))) and (tol >= 0.1 * q).all() and 0 < w1 < lengths.std()
+
+
+def test_claim_verdict():
+    """scripts/length_seeds.py's verdict: half the MDM's W1, 2-SE intervals apart (none with one seed), quantiles
+    within tolerance, behind ratio at least 0.9 within one SE; each can say yes and no."""
+    from scripts.length_seeds import verdict
+
+    def record(w1, quantiles=(10, 50, 100), behind=(0.95, 0.9, 0.9)):
+        return {"samples": {"s64": {"w1": w1, **dict(zip(("p10", "p50", "p90"), quantiles))}},
+                "g": {"behind": [{"ratio": r} for r in behind]}}
+    q, tol = np.array([10.0, 50.0, 100.0]), np.array([1.0, 5.0, 10.0])
+    mdm = [record(w) for w in (20, 21, 22)]
+    assert verdict([record(w) for w in (4, 5, 6)], mdm, "s64", q, tol) == [
+        "5.0 / 21.0", "yes", "yes", "10 yes / 50 yes / 100 yes", "yes"]
+    assert verdict([record(w) for w in (1, 5, 25)], mdm, "s64", q, tol)[1:3] == ["yes", "no"]  # 10.3 +- 7.4 vs 21
+    assert verdict([record(12)], [record(20)], "s64", q, tol)[1:3] == ["no", "-"]
+    low = [record(5, (8, 50, 120), (0.8, 0.85, 0.88)), record(5, (8, 50, 120), (0.8, 0.85, 0.9))]
+    assert verdict(low, mdm, "s64", q, tol)[3:] == ["8 no / 50 yes / 120 no", "no"]
+    close = [record(5, behind=(0.9, 0.87, 0.85)), record(5, behind=(0.9, 0.93, 0.93))]  # 0.89 +- 0.04 reaches 0.9
+    assert verdict(close, mdm, "s64", q, tol)[4] == "yes"
