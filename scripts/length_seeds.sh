@@ -5,8 +5,8 @@
 # the reference LM REF (scripts/reference_lm.py); scripts/length_seeds.py --cell then gathers each cell's numbers
 # (the validation bound, g on states that fell behind) into results/seeds/<data>/<run>.json.
 #   PHASE=pilot: the FlexMDM settings PILOT (prior, behind) compared on seed 0 (not reported with the others)
-#   PHASE=claim: FlexMDM (FLEX: the setting the pilot chose) and the MDM, seeds 1 2 3, all three datasets, and the
-#                MDM at the iterations of FlexMDM's seed 1 on the chunked data
+#   PHASE=claim: FlexMDM (FLEX: the setting the pilot chose, run name FLEXRUN) and the MDM, seeds 1 2 3, all three
+#                datasets, and the MDM at the iterations of FlexMDM's seed 1 on the chunked data
 # A finished piece is not run again (rerun to resume); a finished cell is its JSON.
 #   python scripts/reference_lm.py --dataset=wikitext512 --out_dir=out/ref_lm
 #   PHASE=pilot bash scripts/length_seeds.sh && PHASE=claim bash scripts/length_seeds.sh
@@ -21,6 +21,7 @@ RESULTS=${RESULTS:-results/seeds}
 FLEX=${FLEX:---prior_weight=1.0 --behind_weight=1.0}
 PHASE=${PHASE:-claim}
 PILOT=${PILOT:-prior behind}
+FLEXRUN=${FLEXRUN:-flex}
 SEEDS=${SEEDS:-1 2 3}
 DATA=${DATA:-wikitext128drop wikitext128 wikitext512}
 
@@ -64,7 +65,7 @@ cells() {
         return
     fi
     for seed in $SEEDS; do for data in $(printf '%s\n' $DATA | sort -r); do  # wikitext512 first
-        echo "$data mdm $seed wikitext_cpu_mdm"; echo "$data flex $seed wikitext_cpu $FLEX"; done; done
+        echo "$data mdm $seed wikitext_cpu_mdm"; echo "$data $FLEXRUN $seed wikitext_cpu $FLEX"; done; done
     iters=$(python -c "import json; print(json.load(open('$RESULTS/wikitext128/flex_s1.json'))['iterations'])")
     echo "wikitext128 mdm_iters 1 wikitext_cpu_mdm --max_seconds=0.0 --max_iters=$iters"
 }
