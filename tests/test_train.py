@@ -127,9 +127,10 @@ def test_resume_with_other_random_streams_ends_elsewhere(tiny_maze, tmp_path):
 # Two processes (gloo on CPU)
 
 def test_torchrun_two_processes(tiny_maze, tmp_path):
+    # with the length prior and the rows behind their time, as config/owt.py trains
     args = ["--dataset=tiny", *TINY_TRAIN_ARGS, "--batch_size=16", "--max_iters=4", "--eval_interval=4",
             "--eval_iters=2", "--log_interval=1", "--warmup_iters=1", "--ema_decay=0.9",
-            "--gradient_accumulation_steps=2"]
+            "--gradient_accumulation_steps=2", "--prior_weight=1.0", "--behind_weight=1.0"]
     try:
         proc = run_python(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            os.path.join(ROOT, "train.py"), *args, f"--out_dir={tmp_path / 'ddp'}"], cwd=tiny_maze,
