@@ -84,15 +84,21 @@ def gather(run_dir):
     print(f"wrote {path}")
 
 
+def stats(values):
+    """Mean and standard error over the seeds (nan with one seed)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values.mean(), (values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan)
+
+
 def mean_se(values):
-    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if not len(values):
+    values = [v for v in values if v is not None]
+    if not values:
         return "-"
-    mean = f"{values.mean():.1f}" if abs(values.mean()) >= 10 else f"{values.mean():.3g}"
-    if len(values) == 1:  # one seed: no standard error
+    m, se = stats(values)
+    mean = f"{m:.1f}" if abs(m) >= 10 else f"{m:.3g}"
+    if np.isnan(se):  # one seed: no standard error
         return mean
-    se = values.std(ddof=1) / np.sqrt(len(values))
-    return f"{mean} +- {se:.1f}" if abs(values.mean()) >= 10 else f"{mean} +- {se:.2g}"
+    return f"{mean} +- {se:.1f}" if abs(m) >= 10 else f"{mean} +- {se:.2g}"
 
 
 def floors(data, draws=1000, n=200):
@@ -106,11 +112,6 @@ def floors(data, draws=1000, n=200):
     q = np.percentile(lengths, (10, 50, 90))
     spread = np.std([np.percentile(d, (10, 50, 90)) for d in drawn], axis=0)
     return w1, q, np.maximum(0.1 * q, 2 * spread)
-
-
-def stats(values):
-    values = np.asarray(values, dtype=np.float64)
-    return values.mean(), (values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan)
 
 
 def verdict(flex, mdm, steps, q, tol):
