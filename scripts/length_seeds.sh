@@ -4,7 +4,7 @@
 # 200 samples each with the vanilla sampler at 64 and 256 steps; length metrics and the generative perplexity under
 # the reference LM REF (scripts/reference_lm.py); scripts/length_seeds.py --cell then gathers each cell's numbers
 # (the validation bound, g on states that fell behind) into results/seeds/<data>/<run>.json.
-#   PHASE=pilot: the FlexMDM settings PILOT (prior, behind) compared on seed 0 (not reported with the others)
+#   PHASE=pilot: the FlexMDM settings PILOT (prior, behind, behind<weight>) compared on seed 0 (not reported with the others)
 #   PHASE=claim: FlexMDM (FLEX: the setting the pilot chose, run name FLEXRUN) and the MDM, seeds 1 2 3, all three
 #                datasets, and the MDM at the iterations of FlexMDM's seed 1 on the chunked data
 # A finished piece is not run again (rerun to resume); a finished cell is its JSON.
@@ -18,7 +18,7 @@ BUDGET=${BUDGET:-600}
 SAMPLES=${SAMPLES:-200}
 REF=${REF:-out/ref_lm}
 RESULTS=${RESULTS:-results/seeds}
-FLEX=${FLEX:---prior_weight=1.0 --behind_weight=1.0}
+FLEX=${FLEX:---prior_weight=1.0}
 PHASE=${PHASE:-claim}
 PILOT=${PILOT:-prior behind}
 FLEXRUN=${FLEXRUN:-flex}
@@ -61,7 +61,9 @@ cells() {
         for data in $DATA; do for run in $PILOT; do case $run in
             prior) echo "$data prior 0 wikitext_cpu --prior_weight=1.0";;
             behind) echo "$data behind 0 wikitext_cpu --prior_weight=1.0 --behind_weight=1.0";;
-            *) echo "PILOT: prior or behind, not $run" >&2; return 1;; esac; done; done
+            behind[0-9]*) echo "$data $run 0 wikitext_cpu --prior_weight=1.0 --behind_weight=${run#behind}.0";;
+            *) echo "PILOT: prior, behind or behind<weight> (behind4: behind_weight=4), not $run" >&2; return 1;; esac
+        done; done
         return
     fi
     for seed in $SEEDS; do for data in $(printf '%s\n' $DATA | sort -r); do  # wikitext512 first

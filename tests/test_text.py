@@ -171,20 +171,46 @@ def test_unigram_entropy():
     assert evaluate.unigram_entropy([[1, 2, 3, 4]]) == pytest.approx(math.log(4))
 
 
+def train_reference(data_root, out_dir, seed=0):
+    """scripts/reference_lm.py on a prepared dataset data_root/data/wt, 3 steps of a 2-layer GPT-2 (width 32)."""
+    from scripts import reference_lm
+    cwd = os.getcwd()
+    os.chdir(data_root)
+    try:
+        reference_lm.main(["--dataset=wt", f"--out_dir={out_dir}", "--n_layer=2", "--n_head=2", "--n_embd=32",
+                           "--window=16", "--batch_size=2", "--max_iters=3", f"--seed={seed}"])
+    finally:
+        os.chdir(cwd)
+    with open(os.path.join(out_dir, "reference.json")) as f:
+        return json.load(f)
+
+
 @pytest.fixture(scope="module")
 def tiny_reference(tmp_path_factory):
-    """A randomly initialised 2-layer GPT-2 saved with a GPT-2 tokenizer built offline from the
-    BPE files in the tiktoken cache (encoder.json and vocab.bpe, cached under sha1 of their URL)."""
-    import hashlib
-    from transformers import GPT2Config, GPT2LMHeadModel
-    path = str(tmp_path_factory.mktemp("ref") / "tiny_gpt2")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=128)).save_pretrained(path)
-    url = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
-    for name, dst in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
-        shutil.copy(os.path.join(os.environ["TIKTOKEN_CACHE_DIR"], hashlib.sha1((url + name).encode()).hexdigest()),
-                    os.path.join(path, dst))
+    """The judge as scripts/reference_lm.py makes it: a small GPT-2 saved with a GPT-2 tokenizer built offline from
+    the BPE files in the tiktoken cache, trained 3 steps on a tiny WikiText dataset."""
+    root = tmp_path_factory.mktemp("ref")
+    prepare(root / "data", "wt", source=os.path.join(WIKI, "wiki.valid.raw"), txt_unit="line",
+            val_source=os.path.join(WIKI, "wiki.test.raw"), max_docs=150, max_len=64)
+    path = str(root / "tiny_gpt2")
+    train_reference(root, path)
     return path
+
+
+def test_reference_lm_is_the_same_judge_on_a_rerun(tiny_reference, tmp_path):
+    """Its budget is steps, so the same command gives the same weights and perplexity; it refuses to overwrite."""
+    root = os.path.dirname(tiny_reference)
+    again = train_reference(root, str(tmp_path / "again"))
+    with open(os.path.join(tiny_reference, "reference.json")) as f:
+        first = json.load(f)
+    assert again == first and first["steps"] == 3 and math.isfinite(first["val_perplexity"])
+    from transformers import GPT2LMHeadModel
+    a, b = (GPT2LMHeadModel.from_pretrained(p).state_dict() for p in (tiny_reference, str(tmp_path / "again")))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = train_reference(root, str(tmp_path / "seed1"), seed=1)
+    assert other["val_perplexity"] != first["val_perplexity"]
+    with pytest.raises(InputError, match="already exists"):
+        train_reference(root, str(tmp_path / "again"))
 
 
 def test_generative_perplexity_matches_hand_computation(tiny_reference):
