@@ -4,7 +4,7 @@ to 3 whole sentences and fill the gap (sampler.infill) with each checkpoint: a F
 chooses, an MDM told the span's true length and wrong ones (--mdm_scales, 1, 0.5 and 2 times by default: an
 MDM has a fixed number of masks per gap, and a canvas closed after the paragraph). Per run, against the true
 span: the infill's length error, and its overlap, an F1 over the longest common subsequence of token ids
-(lcs_f1). Two floors are told the true length: random tokens, and tokens drawn from the unigram law of the
+(lcs_f1); for a FlexMDM also its g at the start, in the open gap and over all gaps (start_forecast). Two floors are told the true length: random tokens, and tokens drawn from the unigram law of the
 data's train split. With --ref_model (a local directory of a causal LM that transformers loads, e.g. a small
 one trained on the train split; GPT-2 itself is not needed) also the generative perplexity of the infilled
 paragraphs, by evaluate.py --task=genppl, beside that of the paragraphs as they are ("truth").
@@ -248,6 +248,25 @@ def genppl(path):
 # -----------------------------------------------------------------------------
 # The rows
 
+@torch.no_grad()
+def start_forecast(model_fn, cases, pad_id):
+    """A FlexMDM's g on each case's start state (its prefix and suffix, all fixed, at t = 0), as notes: g in the
+    open gap (the infill length it forecasts) and summed over every gap (what it forecasts the paragraph lacks,
+    wherever), their means over the cases. Its training never marks which gap is open: where a span was cut is
+    only seen once a token of it is present."""
+    g_open, g_all, size = [], [], batch_size or len(cases)
+    for i in range(0, len(cases), size):
+        seqs = [c["prefix"] + c["suffix"] for c in cases[i:i + size]]
+        x = torch.full((len(seqs), max(map(len, seqs))), pad_id, device=device)
+        for b, seq in enumerate(seqs):
+            x[b, :len(seq)] = torch.tensor(seq)
+        g = model_fn(x, torch.zeros(len(seqs), device=device), x != pad_id)[1].float()
+        for b, c in enumerate(cases[i:i + size]):
+            g_open.append(g[b, len(c["prefix"])].item())
+            g_all.append(g[b, :len(seqs[b]) + 1].sum().item())
+    return {"g_open": float(np.mean(g_open)), "g_all": float(np.mean(g_all))}
+
+
 def fill_with(label, path, cases):
     """{row: (model, gap length, infills, notes)} of one run: a FlexMDM's one row, an MDM's one per scale (its
     masks: the scale times the span length, at least 1, at most what its canvas leaves: notes count those cut)."""
@@ -265,7 +284,8 @@ def fill_with(label, path, cases):
             masks = [min(max(1, round(scale * len(c["span"]))), r) for c, r in zip(cases, room)] if scale else 0
             gaps = [filled[0] for filled in infill(model_fn, len(cases), cfg, pieces, masks, seed=seed)]
             notes = {"masks": float(np.mean(masks)), "masks_cut": sum(m < round(scale * len(c["span"]))
-                                                                      for m, c in zip(masks, cases))} if scale else {}
+                                                                      for m, c in zip(masks, cases))} if scale else \
+                start_forecast(model_fn, cases, meta["pad_id"])
             rows[f"{label}_x{scale:g}" if scale else label] = ("MDM" if scale else "FlexMDM",
                                                                f"{scale:g} x true" if scale else "its own", gaps, notes)
     return rows
@@ -304,7 +324,8 @@ def table(rows):
              "LCS F1 (token ids) | genppl |", "|" + " --- |" * 11]
     for name, r in rows.items():
         scored = "span_len" in r
-        gap = r["gap"] + (f" ({r['masks']:.1f} masks, {r['masks_cut']} cut to the canvas)" if "masks" in r else "")
+        gap = r["gap"] + (f" ({r['masks']:.1f} masks, {r['masks_cut']} cut to the canvas)" if "masks" in r else "") + (
+            f" (g at t = 0: {r['g_open']:.1f} in the gap, {r['g_all']:.1f} in all)" if "g_open" in r else "")
         cells = [name, r["model"], gap, r["paragraphs"]] + ([
             f"{r['span_len']:.1f}", f"{r['infill_len']:.1f}", f"{r['len_abs_err']:.1f}", f"{r['len_err']:+.1f}",
             f"{100 * r['exact_len']:.0f} %", f"{r['f1']:.3f} +- {r['f1_se']:.3f}"] if scored else [""] * 6) + [

@@ -9,7 +9,7 @@ set -euo pipefail
 export OMP_NUM_THREADS=1 TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$(cd ../shared/tiktoken_cache && pwd)}
 OUT=${OUT:-out/seeds/wikitext512}
 BUDGET=${BUDGET:-600}
-FLEX=${FLEX:---prior_weight=1.0 --behind_weight=1.0}
+FLEX=${FLEX:---prior_weight=1.0}
 REF=${REF:-out/ref_lm}
 
 train() {  # RUN CONFIG [OVERRIDES...]

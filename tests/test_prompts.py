@@ -362,6 +362,9 @@ def test_infill_script_runs_resumes_and_refuses(text_runs, monkeypatch):
     result = json.loads((text_runs / "r" / "inf.json").read_text())
     assert list(result["rows"]) == ["floor_random", "floor_unigram", "flex", "mdm_x1", "mdm_x0.5", "mdm_x2"]
     assert result["rows"]["mdm_x1"]["exact_len"] <= 1 and result["rows"]["floor_random"]["len_abs_err"] == 0
+    flex = result["rows"]["flex"]
+    assert 0 < flex["g_open"] < flex["g_all"] and "g_open" not in result["rows"]["mdm_x1"]
+    assert f"{flex['g_open']:.1f} in the gap, {flex['g_all']:.1f} in all" in (text_runs / "r" / "inf.md").read_text()
     assert (text_runs / "r" / "inf.md").read_text().startswith(infill_script().TABLE_HEAD)
     rows = read_lines(text_runs / "r" / "inf.flex.jsonl")
     assert len(rows) == 4 and all(r["prompt"].replace("[...]", r["infills"][0]) == r["text"] for r in rows)
@@ -376,6 +379,28 @@ def test_infill_script_runs_resumes_and_refuses(text_runs, monkeypatch):
     monkeypatch.setattr("sys.argv", ["infill.py", *args, "--seed=2"])
     with pytest.raises(InputError, match="holds results of other settings \\(seed=1337, now 2\\)"):
         infill_script().main()
+
+
+def test_start_forecast_reads_g_at_the_start_state(text_runs):
+    """g in the open gap and summed over all gaps of each prefix + suffix, fixed, at t = 0: batched (padded) as the
+    network reads one state alone."""
+    from checkpoint import load_model
+    from interpolant import schedules
+    s = infill_script()
+    model, ckpt = load_model(str(text_runs / "flex" / "ckpt.pt"), "cpu")
+    model_fn, pad = model.sampler_fn(schedules(ckpt["config"])[0]), ckpt["meta"]["pad_id"]
+    cases = [{"prefix": ENC.encode_ordinary("The cat sat."), "suffix": ENC.encode_ordinary(" Then it left the room.")},
+             {"prefix": [], "suffix": ENC.encode_ordinary(" An ending.")}]
+    s.device, s.batch_size = "cpu", 2
+    forecast = s.start_forecast(model_fn, cases, pad)
+    opened, whole = [], []
+    for c in cases:
+        x = torch.tensor([c["prefix"] + c["suffix"]])
+        g = model.padded_states(x, torch.zeros(1), torch.ones_like(x, dtype=torch.bool))[1][0]
+        opened.append(g[len(c["prefix"])].item())
+        whole.append(g.sum().item())
+    assert forecast["g_open"] == pytest.approx(sum(opened) / 2, rel=1e-5)
+    assert forecast["g_all"] == pytest.approx(sum(whole) / 2, rel=1e-5)
 
 
 def test_infill_script_genppl_under_a_reference(text_runs, tiny_reference, monkeypatch):  # noqa: F811
