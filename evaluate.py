@@ -614,12 +614,13 @@ def length_report(rows, ref, data_split):
     return metrics
 
 
-def scoring_inputs(rows, ref_model, device):
+def scoring_inputs(rows, ref_model, device, required=True):
     """What genppl_report needs, gathered before any work (a missing BPE or reference LM is one line first):
     the texts of the samples longer than PPL_MIN_TOKENS (their "text", else their tokens decoded with the
-    GPT-2 BPE), and the reference LM with its tokenizer."""
+    GPT-2 BPE), and the reference LM with its tokenizer. None of them that long is an error when the perplexity
+    is what was asked for (required), else an empty list: task text still reports the lengths of such samples."""
     kept = [r for r, n in zip(rows, sample_lengths(rows)) if n > PPL_MIN_TOKENS]
-    if not kept:
+    if not kept and required:
         raise InputError(f"no sample has more than {PPL_MIN_TOKENS} tokens: nothing to score")
     enc = gpt2() if any("text" not in r for r in kept) else None
     texts = [r["text"] if "text" in r else decode(enc, r["tokens"]) for r in kept]
@@ -631,12 +632,17 @@ def genppl_report(rows, scoring, ref_model, ref_batch_size, device):
     scoring_inputs), and the unigram entropy of all samples. The decoded text is re-tokenized with the
     reference tokenizer (the GPT-2 family shares our BPE, so there the ids barely change; any other LM works too)."""
     texts, model, tokenizer = scoring
+    entropy = unigram_entropy([r["tokens"] for r in rows])
+    if not texts:
+        print(f"genppl: none, no sample has more than {PPL_MIN_TOKENS} tokens")
+        return {"genppl": None, "ref_model": ref_model, "scored_samples": 0, "filtered_short": len(rows),
+                "unigram_entropy": entropy}
     ids, cut = reference_ids(texts, lambda s: tokenizer(s)["input_ids"], tokenizer.bos_token_id,
                              getattr(model.config, "max_position_embeddings", None))
     ppl = generative_perplexity(model, ids, ref_batch_size, device)
     metrics = {"genppl": ppl["ppl"], "nll": ppl["nll"], "ref_model": ref_model, "scored_tokens": ppl["tokens"],
                "scored_samples": ppl["sequences"], "filtered_short": len(rows) - len(texts), "cut_to_context": cut,
-               "unigram_entropy": unigram_entropy([r["tokens"] for r in rows])}
+               "unigram_entropy": entropy}
     print(f"genppl {metrics['genppl']:.2f} under {ref_model} ({ppl['sequences']} samples, {ppl['tokens']} tokens; "
           f"{metrics['filtered_short']} samples of <= {PPL_MIN_TOKENS} tokens left out, {cut} cut to the context)")
     print(f"unigram entropy {metrics['unigram_entropy']:.3f} nats (mean over samples)")
@@ -659,7 +665,7 @@ def evaluate_text(task, samples, data_dir="", png="", data_split="val", compare=
                 for path in others]
     ref = sequence_lengths(data_dir, data_split) if lengths else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    scoring = scoring_inputs(rows, ref_model, device) if genppl else None
+    scoring = scoring_inputs(rows, ref_model, device, required=task == "genppl") if genppl else None
     metrics = {"task": task, "samples": samples, "n": len(rows)}
     if lengths:
         metrics["length"] = length_report(rows, ref, data_split)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The length-fidelity claim with seeds (RESULTS.md): FlexMDM and the padded MDM on WikiText-2 paragraphs (long ones
 # dropped, chunked to 128, and max_len 512: DATA), config/wikitext_cpu*.py, BUDGET CPU-s each on one thread, seeds SEEDS;
-# 200 samples each with the vanilla sampler at 64 and 256 steps; length metrics and the generative perplexity under
-# the reference LM REF (scripts/reference_lm.py); scripts/length_seeds.py --cell then gathers each cell's numbers
-# (the validation bound, g on states that fell behind) into results/seeds/<data>/<run>.json.
+# SAMPLES (200) samples each with the vanilla sampler at STEPS (64 and 256) steps; length metrics and the generative
+# perplexity under the reference LM REF (scripts/reference_lm.py); scripts/length_seeds.py --cell then gathers each
+# cell's numbers (the validation bound, g on BEHIND_SAMPLES states that fell behind) into RESULTS/<data>/<run>.json.
 #   PHASE=pilot: the FlexMDM settings PILOT (prior, behind, behind<weight>) compared on seed 0 (not reported with the others)
 #   PHASE=claim: FlexMDM (FLEX: the setting the pilot chose, run name FLEXRUN) and the MDM, seeds 1 2 3, all three
 #                datasets, and the MDM at the iterations of FlexMDM's seed 1 on the chunked data
@@ -16,6 +16,8 @@ export OMP_NUM_THREADS=1 TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$(cd ../shared
 OUT=${OUT:-out/seeds}
 BUDGET=${BUDGET:-600}
 SAMPLES=${SAMPLES:-200}
+STEPS=${STEPS:-64 256}
+BEHIND_SAMPLES=${BEHIND_SAMPLES:-4096}
 REF=${REF:-out/ref_lm}
 RESULTS=${RESULTS:-results/seeds}
 FLEX=${FLEX:---prior_weight=1.0}
@@ -30,7 +32,7 @@ prepare() {  # NAME MAX_LEN LONG
         --txt_unit=line --val_source=../shared/data/wikitext2_raw/wiki.valid.raw --max_len="$2" --long="$3" --out_dir="data/$1"
 }
 
-cell() {  # DATA RUN SEED CONFIG [TRAIN OVERRIDES...]: train, sample at 64 and 256 steps, evaluate, gather
+cell() {  # DATA RUN SEED CONFIG [TRAIN OVERRIDES...]: train, sample at STEPS, evaluate, gather
     local data=$1 run=$2 seed=$3 config=$4 dir="$OUT/$1/$2_s$3" steps file init
     shift 4
     [ -f "$RESULTS/$data/${run}_s$seed.json" ] && return
@@ -40,14 +42,14 @@ cell() {  # DATA RUN SEED CONFIG [TRAIN OVERRIDES...]: train, sample at 64 and 2
         python train.py "config/$config.py" --dataset="$data" --out_dir="$dir" --seed="$seed" --init_from="$init" \
             --max_seconds="$BUDGET" "$@" >> "$dir.train.log" 2>&1 || { echo "training $dir failed: $dir.train.log" >&2; return 1; }
     fi
-    for steps in 64 256; do
+    for steps in $STEPS; do
         file="$dir/s$steps.jsonl"
         [ -f "$file" ] || python sample.py --out_dir="$dir" --num_samples="$SAMPLES" --steps="$steps" --seed="$seed" \
             --samples_file="$file" --progress=False > /dev/null
         [ -f "$file.text.json" ] || python evaluate.py --task=text --samples="$file" --data_dir="data/$data" \
             --ref_model="$REF" > /dev/null
     done
-    python scripts/length_seeds.py --cell="$dir" --results="$RESULTS" > /dev/null
+    python scripts/length_seeds.py --cell="$dir" --results="$RESULTS" --behind_samples="$BEHIND_SAMPLES" > /dev/null
 }
 
 prepare wikitext128 128 chunk
@@ -74,6 +76,6 @@ cells() {
     iters=$(python -c "import json; print(json.load(open('$first'))['iterations'])")
     echo "wikitext128 mdm_iters 1 wikitext_cpu_mdm --max_seconds=0.0 --max_iters=$iters"
 }
-export OUT BUDGET SAMPLES REF RESULTS
+export OUT BUDGET SAMPLES STEPS BEHIND_SAMPLES REF RESULTS
 export -f cell
 cells | xargs -P 2 -L 1 bash -c 'set -euo pipefail; cell "$@"' cell

@@ -16,6 +16,7 @@ from model import DiT, ModelConfig, network
 from sampler import SamplerConfig, generate, time_grid
 from scripts.length_oracle import MASK, PAD, distances, oracle
 from test_sampler import DISCRETISATION, P1, flex_oracle, sample_flex, tv_check
+from test_text import tiny_reference  # noqa: F401 (a fixture)
 
 LINEAR = Schedule("linear")
 # a bimodal law over 1..12 with holes: any smoothing of the length shows
@@ -370,3 +371,42 @@ def test_claim_verdict():
     assert verdict(low, mdm, "s64", q, tol)[3:] == ["8 no / 50 yes / 120 no", "no"]
     close = [record(5, behind=(0.9, 0.87, 0.85)), record(5, behind=(0.9, 0.93, 0.93))]  # 0.89 +- 0.04 reaches 0.9
     assert verdict(close, mdm, "s64", q, tol)[4] == "yes"
+
+
+def test_length_seeds_script_runs_resumes_and_tabulates(tmp_path, tiny_reference):  # noqa: F811
+    """scripts/length_seeds.sh end to end on the dropped data, tiny: both cells of seed 1 (train, sample, evaluate
+    with the reference LM, gather), each landing as its JSON; run again, a finished cell is left as it is; then the
+    table with its verdict row. In a copy of the repo's layout, so that its data/ and out/ stay untouched."""
+    import json
+    import subprocess
+    import sys
+    from conftest import ROOT, subprocess_env
+    main = tmp_path / "main"
+    main.mkdir()
+    for name in os.listdir(ROOT):
+        if name not in ("data", "out", "results", ".git", ".venv"):
+            (main / name).symlink_to(os.path.join(ROOT, name))
+    (tmp_path / "shared").symlink_to(os.path.realpath(os.path.join(ROOT, "..", "shared")))
+    env = dict(subprocess_env(), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], PHASE="claim",
+               SEEDS="1", DATA="wikitext128drop", BUDGET="2", SAMPLES="4", STEPS="4", BEHIND_SAMPLES="16",
+               REF=tiny_reference, OUT=str(tmp_path / "out"), RESULTS=str(tmp_path / "results"))
+    script = lambda: subprocess.run(["bash", "scripts/length_seeds.sh"], cwd=main, env=env, capture_output=True,
+                                    text=True, timeout=900)
+    proc = script()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cells = {run: tmp_path / "results" / "wikitext128drop" / f"{run}_s1.json" for run in ("mdm", "flex")}
+    records = {run: json.loads(path.read_text()) for run, path in cells.items()}
+    for run, r in records.items():
+        assert r["seed"] == 1 and r["iterations"] > 0 and math.isfinite(r["bound"]["loss"]) and list(r["samples"]) == ["s4"]
+        genppl = r["samples"]["s4"]["genppl"]  # None where no sample of a 2-s model is long enough to score
+        assert (genppl is None or genppl > 1) and r["settings"]["max_seconds"] == 2
+    assert records["flex"]["settings"]["prior_weight"] == 1.0 and len(records["flex"]["g"]["behind"]) == 3
+    assert "g" not in records["mdm"]
+    stamps = {run: path.stat().st_mtime_ns for run, path in cells.items()}
+    proc = script()  # everything is done: nothing is trained, sampled or gathered again
+    assert proc.returncode == 0 and {run: path.stat().st_mtime_ns for run, path in cells.items()} == stamps
+    table = tmp_path / "table.md"
+    proc = subprocess.run([sys.executable, "scripts/length_seeds.py", f"--results={tmp_path / 'results'}",
+                           f"--out={table}"], cwd=main, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| wikitext128drop | flex | 4 | " in table.read_text()

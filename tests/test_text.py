@@ -253,6 +253,23 @@ def test_genppl_task_filters_short_samples(tiny_reference, tmp_path):
         assert json.load(f)["genppl"] == m["genppl"]
 
 
+def test_text_task_reports_lengths_when_no_sample_is_long_enough_to_score(tiny_reference, tmp_path):
+    """Task text on samples all of <= 10 tokens: the lengths, and no perplexity (None, nothing scored), not an
+    error; task genppl, which asks only for the perplexity, is refused in one line."""
+    out, _ = prepare(tmp_path / "data", "wt", source=os.path.join(WIKI, "wiki.valid.raw"), txt_unit="line",
+                     val_source=os.path.join(WIKI, "wiki.test.raw"), max_docs=150, max_len=32)
+    samples = tmp_path / "short.jsonl"
+    with open(samples, "w") as f:
+        for t in ("too short", "a few words here", ""):
+            tokens = ENC.encode_ordinary(t)
+            f.write(json.dumps({"tokens": tokens, "length": len(tokens), "text": t}) + "\n")
+    m = evaluate.main(["--task=text", f"--samples={samples}", f"--data_dir={out}", f"--ref_model={tiny_reference}"])
+    assert m["genppl"] is None and m["scored_samples"] == 0 and m["filtered_short"] == 3
+    assert m["length"]["samples"]["n"] == 3 and m["length"]["samples"]["max"] == 4
+    with pytest.raises(InputError, match="no sample has more than 10 tokens: nothing to score"):
+        evaluate.main(["--task=genppl", f"--samples={samples}", f"--ref_model={tiny_reference}"])
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end
 
