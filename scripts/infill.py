@@ -4,8 +4,8 @@ to 3 whole sentences and fill the gap (sampler.infill) with each checkpoint: a F
 chooses, an MDM told the span's true length and wrong ones (--mdm_scales, 1, 0.5 and 2 times by default: an
 MDM has a fixed number of masks per gap, and a canvas closed after the paragraph). Per run, against the true
 span: the infill's length error, and its overlap, an F1 over the longest common subsequence of token ids
-(lcs_f1); for a FlexMDM also its g at the start, in the open gap and over all gaps (start_forecast). Two floors are told the true length: random tokens, and tokens drawn from the unigram law of the
-data's train split. With --ref_model (a local directory of a causal LM that transformers loads, e.g. a small
+(lcs_f1); for a FlexMDM also its g at the start, in the open gap and over all gaps (start_forecast). Two
+floors are told the true length: random tokens, and tokens drawn from the unigram law of the data's train split. With --ref_model (a local directory of a causal LM that transformers loads, e.g. a small
 one trained on the train split; GPT-2 itself is not needed) also the generative perplexity of the infilled
 paragraphs, by evaluate.py --task=genppl, beside that of the paragraphs as they are ("truth").
 
@@ -41,7 +41,7 @@ from data import (GPT2_VOCAB, atomic_write, check_output, check_same_data, decod
                   write_jsonl)
 from interpolant import schedules  # noqa: E402
 from model import autocast  # noqa: E402
-from sampler import SamplerConfig, infill, interleave  # noqa: E402
+from sampler import SamplerConfig, infill, infill_prompts, initial_state, interleave  # noqa: E402
 
 # -----------------------------------------------------------------------------
 runs = ""  # LABEL=CKPT pairs, comma-separated: FlexMDM or MDM text checkpoints
@@ -249,21 +249,19 @@ def genppl(path):
 # The rows
 
 @torch.no_grad()
-def start_forecast(model_fn, cases, pad_id):
-    """A FlexMDM's g on each case's start state (its prefix and suffix, all fixed, at t = 0), as notes: g in the
-    open gap (the infill length it forecasts) and summed over every gap (what it forecasts the paragraph lacks,
-    wherever), their means over the cases. Its training never marks which gap is open: where a span was cut is
-    only seen once a token of it is present."""
-    g_open, g_all, size = [], [], batch_size or len(cases)
-    for i in range(0, len(cases), size):
-        seqs = [c["prefix"] + c["suffix"] for c in cases[i:i + size]]
-        x = torch.full((len(seqs), max(map(len, seqs))), pad_id, device=device)
-        for b, seq in enumerate(seqs):
-            x[b, :len(seq)] = torch.tensor(seq)
-        g = model_fn(x, torch.zeros(len(seqs), device=device), x != pad_id)[1].float()
-        for b, c in enumerate(cases[i:i + size]):
-            g_open.append(g[b, len(c["prefix"])].item())
-            g_all.append(g[b, :len(seqs[b]) + 1].sum().item())
+def start_forecast(model_fn, cfg, pieces):
+    """A FlexMDM's g on each case's start state (the state sampler.infill starts from: its prefix and suffix, all
+    fixed, at t = 0), as notes: g in the open gap (the infill length it forecasts) and summed over every gap (what
+    it forecasts the paragraph lacks, wherever), their means over the cases. Its training never marks which gap is
+    open: where a span was cut is only seen once a token of it is present."""
+    prompts, open_gaps = infill_prompts(pieces, cfg, 0)
+    g_open, g_all, size = [], [], cfg.batch_size or len(prompts)
+    for i in range(0, len(prompts), size):
+        state = initial_state(prompts[i:i + size], open_gaps[i:i + size], len(prompts[i:i + size]), cfg)
+        g = model_fn(state.x, torch.zeros(len(state.x), device=cfg.device), state.fixed)[1].float()
+        for b, (gap,) in enumerate(open_gaps[i:i + size]):
+            g_open.append(g[b, gap].item())
+            g_all.append(g[b, :state.lengths[b] + 1].sum().item())
     return {"g_open": float(np.mean(g_open)), "g_all": float(np.mean(g_all))}
 
 
@@ -285,7 +283,7 @@ def fill_with(label, path, cases):
             gaps = [filled[0] for filled in infill(model_fn, len(cases), cfg, pieces, masks, seed=seed)]
             notes = {"masks": float(np.mean(masks)), "masks_cut": sum(m < round(scale * len(c["span"]))
                                                                       for m, c in zip(masks, cases))} if scale else \
-                start_forecast(model_fn, cases, meta["pad_id"])
+                start_forecast(model_fn, cfg, pieces)
             rows[f"{label}_x{scale:g}" if scale else label] = ("MDM" if scale else "FlexMDM",
                                                                f"{scale:g} x true" if scale else "its own", gaps, notes)
     return rows

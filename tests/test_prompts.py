@@ -386,13 +386,14 @@ def test_start_forecast_reads_g_at_the_start_state(text_runs):
     network reads one state alone."""
     from checkpoint import load_model
     from interpolant import schedules
-    s = infill_script()
+    from sampler import SamplerConfig
     model, ckpt = load_model(str(text_runs / "flex" / "ckpt.pt"), "cpu")
-    model_fn, pad = model.sampler_fn(schedules(ckpt["config"])[0]), ckpt["meta"]["pad_id"]
+    alpha, beta = schedules(ckpt["config"])
+    cfg = SamplerConfig(max_len=model.cfg.max_len, mask_id=ckpt["meta"]["mask_id"], pad_id=ckpt["meta"]["pad_id"],
+                        model_type="flexmdm", alpha=alpha, beta=beta, device="cpu", batch_size=2)
     cases = [{"prefix": ENC.encode_ordinary("The cat sat."), "suffix": ENC.encode_ordinary(" Then it left the room.")},
              {"prefix": [], "suffix": ENC.encode_ordinary(" An ending.")}]
-    s.device, s.batch_size = "cpu", 2
-    forecast = s.start_forecast(model_fn, cases, pad)
+    forecast = infill_script().start_forecast(model.sampler_fn(alpha), cfg, [[c["prefix"], c["suffix"]] for c in cases])
     opened, whole = [], []
     for c in cases:
         x = torch.tensor([c["prefix"] + c["suffix"]])
