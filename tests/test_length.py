@@ -1,15 +1,18 @@
 """Length fidelity: the length prior term of the loss, the g head options, the sampler's time
 grid, the exact length oracle (i.i.d. tokens, g in closed form) and the calibration diagnostics of
 diagnostics.py, each against the math."""
+import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import diagnostics
-from conftest import random_dit
+from conftest import ROOT, random_dit, subprocess_env
 from data import load_data
 from interpolant import LossConfig, Schedule, flexmdm_loss
 from model import DiT, ModelConfig, network
@@ -377,10 +380,6 @@ def test_length_seeds_script_runs_resumes_and_tabulates(tmp_path, tiny_reference
     """scripts/length_seeds.sh end to end on the dropped data, tiny: both cells of seed 1 (train, sample, evaluate
     with the reference LM, gather), each landing as its JSON; run again, a finished cell is left as it is; then the
     table with its verdict row. In a copy of the repo's layout, so that its data/ and out/ stay untouched."""
-    import json
-    import subprocess
-    import sys
-    from conftest import ROOT, subprocess_env
     main = tmp_path / "main"
     main.mkdir()
     for name in os.listdir(ROOT):
