@@ -13,8 +13,8 @@ bench.py for this repo. Settings are the globals below, overridden by config fil
 Training (mode='train') times train.py's step, built by the same library calls from the same settings:
 the model DiT(configurator.pick(ModelConfig, settings)), the network model.network(model, row_tokens)
 and the loss interpolant.batch_loss with pick(LossConfig, settings), so every setting that changes a step
-(insert_head, insert_scale, fixed_embedding, time_weighting, prior_weight, prior_time, ...) is timed as
-trained. Every setting of train.py is a setting here, so a train config file loads; the block "train.py's,
+(insert_head, insert_scale, fixed_embedding, gap_embedding with infill_prob, time_weighting, prior_weight,
+prior_time, ...) is timed as trained. Every setting of train.py is a setting here, so a train config file loads; the block "train.py's,
 not used by one step" below is accepted and ignored. One timed step is train.py's loop body for one
 micro-batch of batch_size sequences (gradient_accumulation_steps repeats it): the loss, backward, grad
 clipping (grad_clip), the fused AdamW step and the EMA update (ema_decay), at the constant learning_rate
@@ -138,6 +138,7 @@ behind_weight = 0.0
 behind_lag = 0.5
 infill_prob = 0.0
 fixed_embedding = False
+gap_embedding = True
 learning_rate = 1e-4
 weight_decay = 0.01
 beta1 = 0.9
@@ -262,8 +263,8 @@ def build(meta, seq_len):
     """What train.py builds from the settings for its step: the model (torch seeded to seed, as train.py),
     the network the loss calls (compiled with compile=True), the loss settings, the fused AdamW and the EMA."""
     torch.manual_seed(seed)
-    raw = DiT(pick(ModelConfig, globals(), vocab_size=meta["vocab_size"], max_len=seq_len,
-                   pad_id=meta["pad_id"])).to(device)
+    raw = DiT(pick(ModelConfig, globals(), vocab_size=meta["vocab_size"], max_len=seq_len, pad_id=meta["pad_id"],
+                   gap_embedding=gap_embedding and infill_prob > 0)).to(device)
     optimizer = torch.optim.AdamW(raw.parameters(), lr=learning_rate, betas=(beta1, beta2), weight_decay=weight_decay,
                                   fused=True)
     ema = [p.detach().clone() for p in raw.parameters()]
@@ -288,7 +289,7 @@ def recorder(raw, row_tokens, seen):
     the loss asks of it and returns zeros. P, sq: the positions of its sequences and the sum of their
     squares; M: the masked positions where f is read; B: the sequences; xt: their x_t tokens; run: the
     positions the network runs in the layout of row_tokens."""
-    def net(xt, lengths, cond_time, fixed, at):
+    def net(xt, lengths, cond_time, fixed, at, closed=None):
         B, L = xt.shape
         if lengths is None:  # the MDM: every position is a token, pads included
             span, run, tokens = torch.full((B,), L), B * L, B * L
@@ -312,8 +313,9 @@ def draw_steps(split, meta, seq_len, rng, raw, loss_cfg):
     rows = lambda indices: tuple(z.to(device) for z in get_batch(split, indices, meta, model_type, seq_len))
     for i in range(warmup_steps + timed_steps):
         x1, lengths, fixed = rows(rng.integers(0, n_seq, size=batch_size))
+        span = None
         if infill_prob:  # as train.py's step: span-trained rows
-            fixed = keep_spans(lengths.cpu(), fixed.cpu(), infill_prob, rng, model_type == "mdm").to(device)
+            fixed, span = (z.to(device) for z in keep_spans(lengths.cpu(), fixed.cpu(), infill_prob, rng, model_type == "mdm"))
         behind = None
         if tilt is not None:  # as train.py's step: rows behind their time, length-tilted
             t, s, log_r = behind_times(batch_size, loss_cfg, device, tgen)
@@ -321,11 +323,11 @@ def draw_steps(split, meta, seq_len, rng, raw, loss_cfg):
         t = sample_times(batch_size, device=device, generator=tgen)
         seen = {}
         batch_loss(recorder(raw, row_tokens_of(seq_len), seen), x1, lengths, fixed, loss_cfg, meta["mask_id"],
-                   meta["pad_id"], gen.manual_seed(seed + i), t=t, behind=behind)
+                   meta["pad_id"], gen.manual_seed(seed + i), t=t, behind=behind, span=span)
         flops = (6 * (per_token + insert) * seen["P"] + 6 * head * seen["M"] + 6 * per_seq * seen["B"]
                  + 12 * n_layer * n_embd * seen["sq"])
-        steps.append(dict(batch=(x1, lengths, fixed, t), behind=behind, seed=seed + i, x1=int(lengths.sum()), flops=flops,
-                          **seen))
+        steps.append(dict(batch=(x1, lengths, fixed, t), behind=behind, span=span, seed=seed + i, x1=int(lengths.sum()),
+                          flops=flops, **seen))
     return steps
 
 
@@ -334,7 +336,7 @@ def forward_backward(net, step, loss_cfg, meta, gen):
     x1, lengths, fixed, t = step["batch"]
     with autocast(device, dtype):
         loss = batch_loss(net, x1, lengths, fixed, loss_cfg, meta["mask_id"], meta["pad_id"],
-                          gen.manual_seed(step["seed"]), t=t, behind=step["behind"])[0]
+                          gen.manual_seed(step["seed"]), t=t, behind=step["behind"], span=step["span"])[0]
     loss.backward()
     return loss
 
@@ -476,10 +478,11 @@ def train_report(timed, times, final_loss, raw, seq_len, shapes):
 def pad_to(model_fn, width, pad_id):
     """model_fn run on x padded to width with pad_id (fixed with False) and its outputs sliced back: the
     published FlexMDM code's layout. The network masks padding, so the samples' distribution is ours."""
-    def padded(x, t, fixed):
+    def padded(x, t, fixed, closed):
         extra = width - x.shape[1]
         logits, g = model_fn(torch.nn.functional.pad(x, (0, extra), value=pad_id), t,
-                             torch.nn.functional.pad(fixed, (0, extra), value=False))
+                             torch.nn.functional.pad(fixed, (0, extra), value=False),
+                             None if closed is None else torch.nn.functional.pad(closed, (0, extra), value=False))
         if callable(logits):  # f_at(where): read where the sampler reads, in the padded layout
             f_at = logits
             logits = lambda where: f_at(torch.nn.functional.pad(where, (0, extra), value=False))
@@ -519,10 +522,10 @@ def bench_sample():
     mt, mask_id = base["model_type"], base["mask_id"]
     net, calls = raw.sampler_fn(base["alpha"] if mt == "flexmdm" else base["beta"]), [0]  # conditioned as in training
 
-    def model_fn(x, t, fixed):
+    def model_fn(x, t, fixed, closed):
         calls[0] += 1
         with autocast(device, dtype):
-            f_at, g = net(x, t, fixed)
+            f_at, g = net(x, t, fixed, closed)
             if head_at == "masks":
                 masks = x == mask_id
                 at_masks = f_at(masks)

@@ -354,7 +354,8 @@ def keep_spans(lengths, fixed, prob, rng, pads=False):
     """Infilling rows (the span-trained models, as paper F.3 trains its infilling model): each sequence, with
     probability prob, keeps one span of its tokens free and has the others fixed, present and clean at every t
     (a prefix and a suffix); with pads=True its pads too (the MDM's canvas, closed after the suffix). The span: a
-    length uniform in 1..n, then a start uniform among the places it fits. Returns the new fixed flags [B, L]."""
+    length uniform in 1..n, then a start uniform among the places it fits. Returns the new fixed flags [B, L] and
+    each row's open span [B, 2] (start, end), (0, n) for the rows left whole (interpolant.flexmdm_loss)."""
     import torch
     B, L = fixed.shape
     n = lengths.numpy()
@@ -364,7 +365,8 @@ def keep_spans(lengths, fixed, prob, rng, pads=False):
     j = np.arange(L)[None]
     outside = (j < start[:, None]) | (j >= (start + span)[:, None])
     allowed = np.ones_like(outside) if pads else j < n[:, None]
-    return fixed | torch.from_numpy(chosen[:, None] & outside & allowed)
+    span = np.where(chosen[:, None], np.stack([start, start + span], 1), np.stack([0 * n, n], 1))
+    return fixed | torch.from_numpy(chosen[:, None] & outside & allowed), torch.from_numpy(span)
 
 
 def maze_prompts(data_dir, n, trained):

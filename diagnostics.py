@@ -71,7 +71,7 @@ def g_on_interpolant(model_fn, x1, lengths, fixed, t, alpha, beta, mask_id, pad_
     fb = flexmdm_interpolant(x1, lengths, lag * t, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
     width = max(1, int(fb.lengths.max()))
     with torch.no_grad():
-        g = model_fn(fb.xt[:, :width], t, fb.fixed[:, :width])[1][:, : width + 1].double()
+        g = model_fn(fb.xt[:, :width], t, fb.fixed[:, :width], fb.closed[:, :width + 1])[1][:, : width + 1].double()
     gaps = torch.arange(width + 1)[None] <= fb.lengths[:, None]
     target = fb.gaps[:, : width + 1].double()
     phi = (bregman(target, g) * gaps).sum(1) / gaps.sum(1)
@@ -125,8 +125,8 @@ def sampling_forecast(model_fn, n, cfg, prompts=None, generator=None):
                          "target_len or smaller batch_size")
     times, lengths, forecast = [], [], []
 
-    def recording(x, t, fixed):
-        f_at, g = model_fn(x, t, fixed)
+    def recording(x, t, fixed, closed):
+        f_at, g = model_fn(x, t, fixed, closed)
         m = (x != cfg.pad_id).sum(1)
         gaps = torch.arange(x.shape[1] + 1)[None] <= m[:, None]
         times.append(float(t[0]))

@@ -10,6 +10,9 @@ Conventions used across the repo:
 - A batch of clean sequences x1 is a LongTensor [B, L] right-padded with pad_id; lengths [B].
 - fixed [B, L] bool marks tokens exempt from the interpolant: present and clean at every t
   (maze subgoals, a prompt, an infilling prefix/suffix). They get no unmasking loss.
+- span [B, 2] (start, end) is the region of x1 a task leaves open to insertion (infilling: the cut span, between
+  a fixed prefix and suffix; default the whole sequence). The gaps of x_t outside it are closed: FlexBatch.closed,
+  the same gaps the sampler closes around a prompt (sampler.open_gap_mask), which the network reads as an input.
 - x_t of row b holds the present tokens of x1[b] in order, right-padded with pad_id.
 - Gap slots: a sequence of length n has n+1 gaps. Gap j sits just before token j; gap n is after
   the last token. gaps[b, j] (j <= len_b) counts the tokens of x1 still to be inserted there.
@@ -75,13 +78,15 @@ class FlexBatch(NamedTuple):
     masked: torch.Tensor   # [B, L] bool, x_t[j] is a mask (these get the unmasking loss)
     gaps: torch.Tensor     # [B, L+1] float, tokens of x1 still to be inserted in each gap
     fixed: torch.Tensor    # [B, L] bool, x_t[j] is a fixed token of x1
+    closed: torch.Tensor   # [B, L+1] bool, gap j lies outside the row's span: the task keeps it empty
 
 
-def flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=None, generator=None):
+def flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=None, span=None, generator=None):
     """Draw x_t from the joint interpolant (eq. 6) for every row of x1 at its own time t[b].
     Each token independently gets an insertion time T1 = alpha^-1(U1) and an unmasking time
     T2 >= T1 with beta(T2) ~ Uniform(beta(T1), 1); it is absent before T1, a mask in [T1, T2)
-    and clean after T2. Hence len(x_t) ~ Binomial(n, alpha(t)) and x_0 is empty."""
+    and clean after T2. Hence len(x_t) ~ Binomial(n, alpha(t)) and x_0 is empty.
+    span [B, 2] or None (module docstring): which gaps of x_t are closed."""
     B, L = x1.shape
     real = torch.arange(L, device=x1.device)[None, :] < lengths[:, None]
     fixed = torch.zeros_like(real) if fixed is None else fixed & real
@@ -107,7 +112,23 @@ def flexmdm_interpolant(x1, lengths, t, alpha, beta, mask_id, pad_id, fixed=None
     # i.e. gap number (#present before i).
     absent = real & ~present
     gaps = torch.zeros(B, L + 1, device=x1.device).scatter_add_(1, before, absent.float())
-    return FlexBatch(xt, present.sum(1), targets, masked, gaps, fixed_t)
+    source = compact(torch.arange(L, device=x1.device).expand(B, L), L)  # where each token of x_t sits in x1
+    m = present.sum(1)
+    return FlexBatch(xt, m, targets, masked, gaps, fixed_t, closed_gaps(source, m, span))
+
+
+def closed_gaps(source, m, span):
+    """Gap j of x_t (between its tokens j-1 and j, which came from x1's positions source[j-1] and source[j]) is
+    closed when it lies wholly before the span (source[j] < start) or after it (source[j-1] >= end): an x1 token
+    inserted there would sit outside the span. The gap between the last token before the span and the first
+    after it stays open (the cut). source [B, L] (L past the last token); m [B]; span [B, 2] or None (none)."""
+    B, L = source.shape
+    if span is None:
+        return torch.zeros(B, L + 1, dtype=torch.bool, device=source.device)
+    j = torch.arange(L + 1, device=source.device)[None]
+    right = torch.cat([source, source.new_full((B, 1), L)], 1)  # the end gap's right: past every token
+    left = torch.cat([source.new_full((B, 1), -1), source], 1)
+    return ((right < span[:, :1]) | (left >= span[:, 1:])) & (j <= m[:, None])
 
 
 def mdm_interpolant(x1, t, beta, mask_id, fixed=None, generator=None):
@@ -229,7 +250,7 @@ def behind_times(batch_size, cfg, device="cpu", generator=None):
     return t, s, torch.log1p(-cfg.alpha(t)) - torch.log1p(-cfg.alpha(s))
 
 
-def flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator=None, behind=None):
+def flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator=None, behind=None, span=None):
     """Eq. 7 for one batch, summed over sequences and divided by the number of x1 tokens that the
     interpolant acts on (non-fixed). Returns the (loss, unmask, insert) terms.
     cfg.prior_weight > 0 adds, with that weight, the insertion term of every sequence again at an early time
@@ -240,23 +261,28 @@ def flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator=Non
     position per sequence plus its few early tokens.
     behind = (x1, lengths, fixed, t, s) adds rows behind their time, with weight cfg.behind_weight times the
     time weighting at t: x_t drawn at s, the network asked at t, the insertion term only (behind_times has the
-    construction and why the minimiser stays eq. 7's)."""
+    construction and why the minimiser stays eq. 7's); their span is their whole sequence.
+    span [B, 2] or None: the region each row leaves open (infilling rows, data.keep_spans); the network is told
+    which gaps of x_t lie outside it (FlexBatch.closed)."""
     alpha, beta = cfg.alpha, cfg.beta
     n = num_targets(lengths, fixed)
+    whole = lambda lengths: torch.stack([torch.zeros_like(lengths), lengths], 1)
+    span = whole(lengths) if span is None else span
     weight_alpha = time_weight(alpha, t, cfg.time_weighting)
     rows, drawn = len(x1), t  # drawn: the time each row's x_t is drawn at; the network is asked at t
     if cfg.prior_weight:  # the same sequences again at an early time, the insertion term only
         early = cfg.prior_time * torch.rand(t.shape, device=t.device, generator=generator) ** 2 if cfg.prior_time else 0 * t
-        x1, lengths, fixed = (torch.cat([z, z]) for z in (x1, lengths, fixed))
+        x1, lengths, fixed, span = (torch.cat([z, z]) for z in (x1, lengths, fixed, span))
         t = drawn = torch.cat([t, early])
         weight_alpha = torch.cat([weight_alpha, torch.full_like(weight_alpha, cfg.prior_weight)])
     if behind is not None:
         x1, lengths, fixed = (torch.cat([z, extra]) for z, extra in zip((x1, lengths, fixed), behind[:3]))
+        span = torch.cat([span, whole(behind[1])])
         t, drawn = torch.cat([t, behind[3]]), torch.cat([drawn, behind[4]])
         weight_alpha = torch.cat([weight_alpha, cfg.behind_weight * time_weight(alpha, behind[3], cfg.time_weighting)])
-    fb = flexmdm_interpolant(x1, lengths, drawn, alpha, beta, mask_id, pad_id, fixed=fixed, generator=generator)
+    fb = flexmdm_interpolant(x1, lengths, drawn, alpha, beta, mask_id, pad_id, fixed=fixed, span=span, generator=generator)
     b, j = fb.masked[:rows].nonzero(as_tuple=True)  # the one host sync of the loss: the number of masks
-    logits, g = net(fb.xt, fb.lengths, alpha(t), fb.fixed, (b, j))
+    logits, g = net(fb.xt, fb.lengths, alpha(t), fb.fixed, (b, j), fb.closed)
     unmask = unmasking_loss(logits, fb.targets[b, j], time_weight(beta, t, cfg.time_weighting)[b])
     gap = torch.arange(g.shape[1], device=g.device)[None] <= fb.lengths[:, None]  # the gaps of each row; the rest weighs 0
     insert = insertion_loss(torch.where(gap, g, 0.0), fb.gaps, torch.where(gap, weight_alpha[:, None], 0.0))
@@ -274,10 +300,11 @@ def mdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, generator=None):
     return unmask / n, unmask.detach() / n, torch.zeros((), device=x1.device)
 
 
-def batch_loss(net, x1, lengths, fixed, cfg, mask_id, pad_id, generator=None, t=None, behind=None):
+def batch_loss(net, x1, lengths, fixed, cfg, mask_id, pad_id, generator=None, t=None, behind=None, span=None):
     """The loss of a batch of clean sequences at times t (default: low-discrepancy times, sample_times), with
-    FlexMDM's rows behind their time (flexmdm_loss): (loss, unmask, insert)."""
+    FlexMDM's rows behind their time and the rows' open spans (flexmdm_loss): (loss, unmask, insert). The MDM
+    has no gaps: its infilling rows close the canvas with fixed pads instead (data.keep_spans)."""
     t = sample_times(len(x1), device=x1.device, generator=generator) if t is None else t
     if cfg.model_type == "mdm":
         return mdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, generator)
-    return flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator, behind)
+    return flexmdm_loss(net, x1, lengths, fixed, t, cfg, mask_id, pad_id, generator, behind, span)

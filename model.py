@@ -58,6 +58,7 @@ class ModelConfig:
     pad_id: int = 0
     attention: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | flex | sdpa
     fixed_embedding: bool = False  # add a learned vector to fixed tokens (subgoals, prompts); RESULTS.md: no gain
+    gap_embedding: bool = False  # FlexMDM: add a learned vector at the gaps a task closed (infilling; see DiT.forward)
     insert_head: str = "linear"  # g's head on the final adaLN output: linear (one zero-initialised layer) | mlp
     # (Linear, GELU, Linear: the published code's length head); g = insert_scale * softplus(head)
     insert_scale: float = 1.0  # g = insert_scale * softplus(head); the published code uses max_len
@@ -155,6 +156,7 @@ class DiT(nn.Module):
         # network cannot tell a subgoal from an unmasked cell. Zero at init and created last (no RNG
         # drawn), so with the option off, or on at init, the model is exactly the one without it.
         self.fixed_emb = nn.Parameter(torch.zeros(cfg.n_embd)) if cfg.fixed_embedding else None
+        self.closed_emb = nn.Parameter(torch.zeros(cfg.n_embd)) if cfg.gap_embedding and self.slot_id is not None else None
 
     @staticmethod
     def _init_weights(module):
@@ -187,11 +189,18 @@ class DiT(nn.Module):
         angles = positions.float()[:, None, :, None] * inv_freq  # [R, 1, T, head_dim/2]
         return angles.cos(), angles.sin()
 
-    def forward(self, tokens, seq_ids, positions, cond_time, mask=None, fixed=None):
+    def forward(self, tokens, seq_ids, positions, cond_time, mask=None, fixed=None, closed=None):
         """tokens, seq_ids, positions: [R, T]; cond_time: [S], the conditioning time alpha(t) of
         each sequence; mask: attention_mask(seq_ids), built here if not given; fixed: [R, T] bool,
-        the fixed tokens (None: none), read only with fixed_embedding. Returns the final hidden
-        states [R, T, n_embd]; apply the heads to them."""
+        the fixed tokens (None: none), read only with fixed_embedding; closed: [R, T] bool, the
+        positions that carry a gap the task closed (None: none), read only with gap_embedding.
+        Returns the final hidden states [R, T, n_embd]; apply the heads to them.
+
+        Why closed gaps are an input: an infilling task (a prefix and a suffix fixed, one gap open) looks
+        at t = 0 like any fixed text, so without the mark the minimiser of eq. 7 at each gap is the span's
+        expected length times the chance that the cut is there, spread over every gap, while the sampler
+        opens only the true one (RESULTS.md, infilling). Given the mark, the minimiser is the posterior
+        mean of the gaps given (x_t, the closed gaps) (Prop. 1 with the task as part of the state)."""
         mask = self.attention_mask(seq_ids) if mask is None else mask
         cond = F.silu(self.time_emb(cond_time))
         seq_index = seq_ids.clamp_min(0)
@@ -199,6 +208,8 @@ class DiT(nn.Module):
         x = self.tok_emb(tokens)
         if self.fixed_emb is not None and fixed is not None:
             x = x + fixed[..., None] * self.fixed_emb
+        if self.closed_emb is not None and closed is not None:
+            x = x + closed[..., None] * self.closed_emb
         for block in self.blocks:
             x = block(x, cond, seq_index, rope, mask)
         shift, scale = self.ada_out(cond)[seq_index].chunk(2, dim=-1)
@@ -220,26 +231,27 @@ class DiT(nn.Module):
         tokens = torch.where(pos == lengths, self.slot_id, tokens)
         return tokens, torch.where(pos <= lengths, rows, -1), pos
 
-    def padded_states(self, x, cond_time, fixed=None):
-        """x [B, L] right-padded with pad_id, cond_time [B], fixed [B, L] bool or None -> (the final
-        hidden states at the tokens [B, L, n_embd], g [B, L+1] for FlexMDM or None for the MDM)."""
+    def padded_states(self, x, cond_time, fixed=None, closed=None):
+        """x [B, L] right-padded with pad_id, cond_time [B], fixed [B, L] bool or None, closed [B, L+1] bool
+        (FlexMDM: the closed gaps) or None -> (the final hidden states at the tokens [B, L, n_embd], g [B, L+1]
+        for FlexMDM or None for the MDM)."""
         if fixed is not None and self.slot_id is not None:
             fixed = torch.cat([fixed, torch.zeros_like(fixed[:, :1])], dim=1)  # the gap slot is not fixed
-        h = self(*self.padded_layout(x), cond_time, fixed=fixed)
+        h = self(*self.padded_layout(x), cond_time, fixed=fixed, closed=closed)
         return h[:, : x.shape[1]], (self.insertion_rates(h) if self.insert_head is not None else None)
 
-    def forward_padded(self, x, cond_time, fixed=None):
+    def forward_padded(self, x, cond_time, fixed=None, closed=None):
         """The sampler's model function of dense logits (sampler.py): (logits [B, L, V], g [B, L+1] or None)."""
-        h, g = self.padded_states(x, cond_time, fixed)
+        h, g = self.padded_states(x, cond_time, fixed, closed)
         return self.unmask_head(h).float(), g
 
     def sampler_fn(self, alpha):
-        """model_fn(x, t, fixed) for sample.generate: conditions the network on alpha(t) and returns f as
+        """model_fn(x, t, fixed, closed) for sample.generate: conditions the network on alpha(t) and returns f as
         a function of where it is read, f_at(where [B, L] bool) -> logits [where.sum(), V]. The sampler
         reads f only at the masks it unmasks (vanilla decides which before reading f), and at V = 50k
         the head costs more than the whole network."""
-        def model_fn(x, t, fixed):
-            h, g = self.padded_states(x, alpha(t), fixed)
+        def model_fn(x, t, fixed, closed):
+            h, g = self.padded_states(x, alpha(t), fixed, closed)
             return (lambda where: self.unmask_head(h[where]).float()), g
         return model_fn
 
@@ -303,12 +315,12 @@ def pack(xt, lengths, slot_id, pad_id, row_tokens):
 def network(model, row_tokens=0):
     """The DiT as the losses call it (interpolant.flexmdm_loss, mdm_loss):
     net(xt [B, L], lengths [B] or None (the MDM: every position is a token), cond_time [B], fixed [B, L],
-    at (rows, positions): where f is read) -> (logits [len(rows), V], g [B, L+1], 0 past each row's last gap,
-    or None for the MDM). model is the DiT or its wrapper (torch.compile, DDP), whose forward is the one
+    at (rows, positions): where f is read, closed [B, L+1] or None: the gaps the task closed) -> (logits
+    [len(rows), V], g [B, L+1], 0 past each row's last gap, or None for the MDM). model is the DiT or its wrapper (torch.compile, DDP), whose forward is the one
     that runs; row_tokens > 0 runs a FlexMDM on the packed layout, 0 on the padded one: the same function."""
     raw = model.module if hasattr(model, "module") else model
 
-    def net(xt, lengths, cond_time, fixed, at):
+    def net(xt, lengths, cond_time, fixed, at, closed=None):
         if lengths is None:
             tokens, seq_ids, positions = raw.padded_layout(xt)
             h = model(tokens, seq_ids, positions, cond_time, raw.attention_mask(seq_ids), fixed)
@@ -322,7 +334,10 @@ def network(model, row_tokens=0):
         fixed_rows = None
         if raw.fixed_emb is not None:  # the fixed flags of x_t, in the rows' layout
             fixed_rows = scatter_rows(where[:, :xt.shape[1]], fixed, False, tokens.shape)
-        h = model(tokens, seq_ids, positions, cond_time, raw.attention_mask(seq_ids), fixed_rows).flatten(0, 1)
+        closed_rows = None
+        if raw.closed_emb is not None and closed is not None:  # gap j's flag on its carrier, token j or the slot
+            closed_rows = scatter_rows(where, closed, False, tokens.shape)
+        h = model(tokens, seq_ids, positions, cond_time, raw.attention_mask(seq_ids), fixed_rows, closed_rows).flatten(0, 1)
         # g at every position of the rows (a cheap head), read at each gap slot
         g = torch.where(where >= 0, raw.insertion_rates(h)[where.clamp_min(0)], 0.0)
         return raw.unmask_head(h[where[at]]), g

@@ -12,6 +12,9 @@ from the checkpoint's safetensors. The retrofit (model_type="flexmdm") adds, all
 - insertion head: softplus(Linear(d, 1)) on the final hidden states; gap j is read at position j, the
   last gap at an extra *slot* position (as in model.py) whose input is a learned vector (initialised to
   LLaDA's EOS embedding); no token attends to the slot, so it cannot change the token logits;
+- closed gaps: a learned vector (zero at the start) added at the position of each gap the task keeps empty
+  (the prompt's, the infilling prefix's and suffix's), as model.DiT's gap_embedding: told which gap is open,
+  g need not spread the answer's length over every gap of the prompt;
 and LoRA (peft) on q/k/v of every block and on the output head ff_out ("crucial", F.3). The baseline
 (model_type="mdm") is LLaDA with the same LoRA and the plain MDM loss; pads are tokens it predicts
 (LLaDA's SFT convention). Prompts, infilling prefixes and suffixes are fixed tokens. Unlike the
@@ -120,7 +123,7 @@ dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # frozen weights
 seed = 1337
 # -----------------------------------------------------------------------------
 
-NEW_MODULES = ("time_emb", "ada", "ada_out", "slot_emb", "insert_head")
+NEW_MODULES = ("time_emb", "ada", "ada_out", "slot_emb", "closed_emb", "insert_head")
 LORA_TARGETS = r"transformer\.(blocks\.\d+\.(q_proj|k_proj|v_proj)|ff_out)"  # peft: a full match of the module name
 CHOICES = dict(stage=("pretrain", "ift_math", "ift_code", "generate", "bench"), model_type=("flexmdm", "mdm"),
                task=("gsm8k", "humaneval_infill"), dtype=("float32", "bfloat16"))
@@ -269,6 +272,7 @@ class LLaDA(nn.Module):
         if flex:
             self.time_emb, self.ada_out = TimeEmbedding(cond_dim), nn.Linear(cond_dim, 2 * d)
             self.slot_emb, self.insert_head = nn.Parameter(torch.zeros(d)), nn.Linear(d, 1)
+            self.closed_emb = nn.Parameter(torch.zeros(d))
 
     def rope(self, T, device):
         head_dim = self.arch["d_model"] // self.arch["n_heads"]
@@ -276,9 +280,9 @@ class LLaDA(nn.Module):
         angles = torch.arange(T, device=device, dtype=torch.float)[:, None] * inv_freq
         return angles.cos(), angles.sin()
 
-    def forward(self, x, lengths=None, cond_time=None, at=None):
+    def forward(self, x, lengths=None, cond_time=None, at=None, closed=None):
         """x [B, L]. FlexMDM: right-padded, lengths [B] real tokens, cond_time [B] = alpha(t); the slot
-        sits at position lengths[b]. MDM: every position is a token (pads included), full attention.
+        sits at position lengths[b]; closed [B, L+1] bool or None: the gaps the task keeps empty. MDM: every position is a token (pads included), full attention.
         Returns (logits [B, L, V], or [M, V] at the positions at = (rows [M], positions [M]);
         g [B, L+1] for FlexMDM, else None)."""
         B, L = x.shape
@@ -287,6 +291,8 @@ class LLaDA(nn.Module):
         if self.model_type == "flexmdm":
             pos = torch.arange(L + 1, device=x.device)
             h = torch.where((pos == lengths[:, None])[..., None], self.slot_emb.to(h.dtype), torch.cat([h, h[:, :1]], 1))
+            if closed is not None:
+                h = h + closed[..., None] * self.closed_emb.to(h.dtype)
             # every query sees the real tokens of its row, and itself (the slot; pads nobody reads)
             eye = torch.eye(L + 1, dtype=torch.bool, device=x.device)
             mask = ((pos < lengths[:, None])[:, None, :] | eye)[:, None]
@@ -396,6 +402,7 @@ def build_llada(s, arch, device, dtype, model_dir=None, lora=True):
             nn.init.zeros_(model.insert_head.weight)
             model.insert_head.bias.fill_(math.log(math.expm1(s.insert_init)))
             model.slot_emb.copy_(model.transformer.wte.weight[arch["eos_id"]])
+            model.closed_emb.zero_()
     if lora:
         from peft import LoraConfig, inject_adapter_in_model
         model = inject_adapter_in_model(LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
@@ -539,8 +546,9 @@ def draw_example(s, data, tok, rng, arch):
 
 
 def make_batch(s, examples, arch, dev):
-    """x1 [B, W], lengths [B], fixed [B, W]. FlexMDM: W = the longest example. MDM: pads are tokens;
-    GSM8K answers are padded to max_len (pads to predict), other rows' padding is fixed."""
+    """x1 [B, W], lengths [B], fixed [B, W], span [B, 2]. FlexMDM: W = the longest example. MDM: pads are tokens;
+    GSM8K answers are padded to max_len (pads to predict), other rows' padding is fixed. span: the free tokens
+    of each example, one run (the answer, the middle, or the whole sequence): the gaps outside it are closed."""
     answer_pads = s.model_type == "mdm" and s.stage == "ift_math"
     width = s.max_len if answer_pads else max(len(x) for x, _ in examples)
     x1 = torch.full((len(examples), width), arch["pad_id"], dtype=torch.long)
@@ -548,7 +556,8 @@ def make_batch(s, examples, arch, dev):
     for b, (x, f) in enumerate(examples):
         x1[b, :len(x)], fixed[b, :len(x)] = torch.tensor(x), torch.tensor(f)
     lengths = torch.tensor([width if s.model_type == "mdm" else len(x) for x, _ in examples])
-    return x1.to(dev), lengths.to(dev), fixed.to(dev)
+    span = torch.tensor([[f.index(False), len(f) - f[::-1].index(False)] if False in f else [0, len(f)] for _, f in examples])
+    return x1.to(dev), lengths.to(dev), fixed.to(dev), span.to(dev)
 
 
 # -----------------------------------------------------------------------------
@@ -561,14 +570,14 @@ def loss_config(model_type):
 
 def llada_net(model):
     """LLaDA as interpolant.batch_loss calls a network: net(xt [B, L], lengths [B] or None (the MDM),
-    cond_time [B], fixed [B, L], at=(rows, positions)) -> (logits at those positions, g [B, L+1] or None).
-    FlexMDM: x_t cut to its longest row for the forward, g padded back to L+1 columns with zeros. The MDM
-    has no time input (LLaDA's design) and ignores cond_time; neither reads fixed."""
-    def net(xt, lengths, cond_time, fixed, at):
+    cond_time [B], fixed [B, L], at=(rows, positions), closed [B, L+1] or None) -> (logits at those positions,
+    g [B, L+1] or None). FlexMDM: x_t cut to its longest row for the forward, g padded back to L+1 columns with
+    zeros. The MDM has no time input (LLaDA's design) and ignores cond_time and closed; neither reads fixed."""
+    def net(xt, lengths, cond_time, fixed, at, closed=None):
         if lengths is None:
             return model(xt, at=at)
         L = max(1, int(lengths.max()))
-        logits, g = model(xt[:, :L], lengths, cond_time, at=at)
+        logits, g = model(xt[:, :L], lengths, cond_time, at=at, closed=None if closed is None else closed[:, :L + 1])
         return logits, F.pad(g, (0, xt.shape[1] - L))
     return net
 
@@ -659,9 +668,9 @@ def train_loop(s, model, arch, tok, data, rank, world, dev, ck):
             if world > 1:
                 model.set_requires_gradient_sync(micro == accum - 1)
             examples = [draw_example(s, data, tok, data_rng, arch) for _ in range(s.micro_batch_size)]
-            x1, lengths, fixed = make_batch(s, examples, arch, dev)
+            x1, lengths, fixed, span = make_batch(s, examples, arch, dev)
             with autocast(dev, s.dtype):
-                loss, unmask, insert = batch_loss(net, x1, lengths, fixed, loss_cfg, arch["mask_id"], arch["pad_id"])
+                loss, unmask, insert = batch_loss(net, x1, lengths, fixed, loss_cfg, arch["mask_id"], arch["pad_id"], span=span)
             (loss / accum).backward()
         if s.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], s.grad_clip)
@@ -721,9 +730,9 @@ def generate_sequences(s, model, items, cfg, generator):
     an infilling batch's at most its longest prompt + infill_middle_tokens."""
 
     @torch.no_grad()
-    def model_fn(x, t, fixed):  # the MDM returns (logits, None); it has no time input (LLaDA's design)
+    def model_fn(x, t, fixed, closed):  # the MDM returns (logits, None); it has no time input (LLaDA's design)
         with autocast(cfg.device, s.dtype):
-            return model(x) if cfg.model_type == "mdm" else model(x, (x != cfg.pad_id).sum(1), cfg.alpha(t))
+            return model(x) if cfg.model_type == "mdm" else model(x, (x != cfg.pad_id).sum(1), cfg.alpha(t), closed=closed)
 
     infill_mdm = s.task == "humaneval_infill" and cfg.model_type == "mdm"  # its prompts hold the masks: one length per batch
     batches = []

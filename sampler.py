@@ -5,7 +5,9 @@ ids; sample.py is its command line, and the LLaDA retrofit, evaluate.py's checks
 and the exact-oracle tests drive it with their own model functions.
 
 The model. model_fn(x [B, L] right-padded with pad_id, t [B], fixed [B, L] bool: the prompt's tokens,
-wherever insertions moved them) -> (logits [B, L, V], g [B, L+1] or None for the MDM), with row b's tokens
+wherever insertions moved them, closed [B, L+1] bool or None (the MDM): the gaps where nothing may be inserted
+(open_gap_mask), as training marks them (interpolant.closed_gaps)) -> (logits [B, L, V], g [B, L+1] or None
+for the MDM), with row b's tokens
 x[b, :len_b] and g[b, j], j <= len_b, the insertion expectation of gap j (gap j sits just before token j,
 gap len_b after the last). Instead of the logits a model may return f_at(where [B, L] bool) -> logits
 [where.sum(), V], and the sampler then asks for f only where it reads it (DiT.sampler_fn does: at V = 50k
@@ -254,6 +256,13 @@ def open_gap_mask(fixed, open_left, open_end, lengths):
     return (opened | ~right_fixed | ~left_fixed) & (j <= lengths[:, None])
 
 
+def gap_masks(state, width):
+    """The open gaps of the state's rows [B, width+1] (open_gap_mask), and the closed ones, which the network
+    is told (model.DiT.forward; training marks the same gaps, interpolant.closed_gaps)."""
+    gaps = open_gap_mask(state.fixed[:, :width], state.open_left[:, :width], state.open_end, state.lengths)
+    return gaps, ~gaps & (torch.arange(width + 1, device=gaps.device) <= state.lengths[:, None])
+
+
 def cap_insertions(counts, room, generator):
     """Thin the insertion counts of rows that would exceed max_len: keep a uniformly random subset
     of the proposed masks (row-wise), so no gap is favoured."""
@@ -447,13 +456,13 @@ def generate_batch(model_fn, n, cfg, prompts, open_gaps, generator, bar, trace):
         t, tau = torch.full((B,), times[k], device=cfg.device), taus[k]
         width = max(1, int(lengths.max()))
         x, fixed = state.x[:, :width], state.fixed[:, :width]  # views: unmask_step writes into the state
+        gaps, closed = gap_masks(state, width) if cfg.model_type == "flexmdm" else (None, None)
         # target_len: after step 0 every row is at its final length, whose posterior is q_1 (appendix
         # E.2.1: given n = len(x), (1 - alpha_t)^(n - len(x)) = 1 at every t), so the model is asked at t = 1
-        logits, g = model_fn(x, torch.ones_like(t) if cfg.target_len and k > 0 else t, fixed)
+        logits, g = model_fn(x, torch.ones_like(t) if cfg.target_len and k > 0 else t, fixed, closed)
         last, before, counts = k == cfg.steps - 1, snapshot(state, trace), None
         unmask_step(x, x == cfg.mask_id, f_reader(logits, cfg.banned_ids), t, tau, cfg, last, generator)
         if cfg.model_type == "flexmdm" and not last and not (cfg.target_len and k > 0):
-            gaps = open_gap_mask(fixed, state.open_left[:, :width], state.open_end, lengths)
             counts, g = insertion_counts(g[:, : width + 1].float().clamp_min(0), gaps, lengths,
                                          tau * cfg.alpha.rate(t), cfg, k == cfg.steps - 2, generator)
             below_floor = lengths + counts.sum(1) < cfg.min_len

@@ -85,6 +85,8 @@ behind_lag = 0.5  # those states drawn at s = u t, u ~ U[behind_lag, 1)
 infill_prob = 0.0  # > 0: with this probability a training sequence keeps one random span free, its other tokens
     # fixed (data.keep_spans: the span-trained infilling models of paper F.3)
 fixed_embedding = False  # add a learned vector to fixed tokens, so subgoals differ from unmasked cells (model.py)
+gap_embedding = True  # with infill_prob (FlexMDM): tell the network which gaps the span leaves closed (model.py:
+    # without it g spreads the span over every gap, RESULTS.md); False: the unmarked span models of RESULTS.md
 # optimiser
 learning_rate = 1e-4
 max_iters = 10000
@@ -253,7 +255,8 @@ def build(meta, seq_len, rank, dev, ckpt=None):
     """The model, optimizer, EMA and data stream of a new run, or of the checkpoint it resumes. Returns
     (model, optimizer, ema, data_rng, iter_num, spent, model_args)."""
     model_args = ckpt["model_args"] if ckpt else asdict(pick(ModelConfig, globals(), vocab_size=meta["vocab_size"],
-                                                              max_len=seq_len, pad_id=meta["pad_id"]))
+                                                              max_len=seq_len, pad_id=meta["pad_id"],
+                                                              gap_embedding=gap_embedding and infill_prob > 0))
     torch.manual_seed(seed)  # the same initial model on every rank; per-rank streams after it
     data_rng = np.random.default_rng(seed + rank)
     model = DiT(ModelConfig(**model_args)).to(dev)
@@ -371,16 +374,18 @@ def step(model, optimizer, ema, split, data_rng, lr, meta, dev, tilt=None):
         if dist.is_initialized():
             model.require_backward_grad_sync = micro == accum - 1
         batch, n_tokens = draw_batch(split, data_rng, meta, raw.cfg.max_len, dev)
+        span = None
         if infill_prob:
             x1, lengths, fixed = batch
-            batch = x1, lengths, keep_spans(lengths.cpu(), fixed.cpu(), infill_prob, data_rng, model_type == "mdm").to(dev)
+            fixed, span = (z.to(dev) for z in keep_spans(lengths.cpu(), fixed.cpu(), infill_prob, data_rng, model_type == "mdm"))
+            batch = x1, lengths, fixed
         behind = None
         if tilt is not None:
             t, s, log_r = behind_times(batch_size, loss_cfg, dev)
             rows = draw_batch(split, data_rng, meta, raw.cfg.max_len, dev, tilt.draw(log_r.cpu().numpy(), data_rng))[0]
             behind = (*rows, t, s)
         with autocast(dev, dtype):
-            loss, unmask, insert = batch_loss(net, *batch, loss_cfg, meta["mask_id"], meta["pad_id"], behind=behind)
+            loss, unmask, insert = batch_loss(net, *batch, loss_cfg, meta["mask_id"], meta["pad_id"], behind=behind, span=span)
         (loss / accum).backward()
         tokens += n_tokens
     if grad_clip:

@@ -41,7 +41,7 @@ from data import (GPT2_VOCAB, atomic_write, check_output, check_same_data, decod
                   write_jsonl)
 from interpolant import schedules  # noqa: E402
 from model import autocast  # noqa: E402
-from sampler import SamplerConfig, infill, infill_prompts, initial_state, interleave  # noqa: E402
+from sampler import SamplerConfig, gap_masks, infill, infill_prompts, initial_state, interleave  # noqa: E402
 
 # -----------------------------------------------------------------------------
 runs = ""  # LABEL=CKPT pairs, comma-separated: FlexMDM or MDM text checkpoints
@@ -251,14 +251,16 @@ def genppl(path):
 @torch.no_grad()
 def start_forecast(model_fn, cfg, pieces):
     """A FlexMDM's g on each case's start state (the state sampler.infill starts from: its prefix and suffix, all
-    fixed, at t = 0), as notes: g in the open gap (the infill length it forecasts) and summed over every gap (what
-    it forecasts the paragraph lacks, wherever), their means over the cases. Its training never marks which gap is
-    open: where a span was cut is only seen once a token of it is present."""
+    fixed, at t = 0, the other gaps marked closed), as notes: g in the open gap (the infill length it forecasts)
+    and summed over every gap (what it forecasts the paragraph lacks, wherever), their means over the cases. A
+    model trained without gap_embedding is not told which gap is open: where a span was cut is only seen once a
+    token of it is present."""
     prompts, open_gaps = infill_prompts(pieces, cfg, 0)
     g_open, g_all, size = [], [], cfg.batch_size or len(prompts)
     for i in range(0, len(prompts), size):
         state = initial_state(prompts[i:i + size], open_gaps[i:i + size], len(prompts[i:i + size]), cfg)
-        g = model_fn(state.x, torch.zeros(len(state.x), device=cfg.device), state.fixed)[1].float()
+        closed = gap_masks(state, state.x.shape[1])[1]
+        g = model_fn(state.x, torch.zeros(len(state.x), device=cfg.device), state.fixed, closed)[1].float()
         for b, (gap,) in enumerate(open_gaps[i:i + size]):
             g_open.append(g[b, gap].item())
             g_all.append(g[b, :state.lengths[b] + 1].sum().item())

@@ -3,6 +3,8 @@
 # trained unconditionally (zero-shot: the seed-1 cells of scripts/length_seeds.sh) and span-trained (the same
 # settings with --infill_prob=0.5: half the training sequences keep one random span free, the rest fixed), all at
 # the same BUDGET CPU-s; scripts/infill.py cuts 1-3 sentences out of 200 validation paragraphs and fills them.
+# The span-trained FlexMDM twice: without the closed-gap marks (flex_span, --gap_embedding=False, the first table)
+# and with them (flex_gap, train.py's default; the second table, results/infill_gap, beside flex_span).
 # A finished piece is not run again (rerun to resume).
 #   bash scripts/infill.sh                    # after PHASE=claim bash scripts/length_seeds.sh
 set -euo pipefail
@@ -24,9 +26,12 @@ train() {  # RUN CONFIG [OVERRIDES...]
 for run in flex_s1 mdm_s1; do
     [ -f "$OUT/$run/ckpt.pt" ] || { echo "no $OUT/$run/ckpt.pt: run PHASE=claim bash scripts/length_seeds.sh first" >&2; exit 1; }
 done
-train flex_span_s1 wikitext_cpu $FLEX --infill_prob=0.5 & first=$!
+train flex_span_s1 wikitext_cpu $FLEX --infill_prob=0.5 --gap_embedding=False & first=$!
 train mdm_span_s1 wikitext_cpu_mdm --infill_prob=0.5 & second=$!
 wait $first
 wait $second
-python scripts/infill.py --runs="flex=$OUT/flex_s1/ckpt.pt,flex_span=$OUT/flex_span_s1/ckpt.pt,mdm=$OUT/mdm_s1/ckpt.pt,mdm_span=$OUT/mdm_span_s1/ckpt.pt" \
+train flex_gap_s1 wikitext_cpu $FLEX --infill_prob=0.5
+[ -f results/infill.md ] || python scripts/infill.py --runs="flex=$OUT/flex_s1/ckpt.pt,flex_span=$OUT/flex_span_s1/ckpt.pt,mdm=$OUT/mdm_s1/ckpt.pt,mdm_span=$OUT/mdm_span_s1/ckpt.pt" \
     --num_paragraphs=100 --steps=64 --ref_model="$REF" --out=results/infill  # 100 and 64: what 2 CPU cores allowed
+[ -f results/infill_gap.md ] || python scripts/infill.py --runs="flex_span=$OUT/flex_span_s1/ckpt.pt,flex_gap=$OUT/flex_gap_s1/ckpt.pt" \
+    --num_paragraphs=100 --steps=64 --ref_model="$REF" --out=results/infill_gap

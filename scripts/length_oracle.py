@@ -78,7 +78,7 @@ def lognormal_law(max_len=1024):
 
 def oracle(probs, alpha):
     """model_fn with the exact f (uniform over the VOCAB tokens) and g (every gap E[n - m | m] / (m + 1))."""
-    def model_fn(x, t, fixed):
+    def model_fn(x, t, fixed, closed):
         m = (x != PAD).sum(1)
         g = (length_posterior_insertions(probs, m, alpha(t)) / (m + 1)).float()
         return (lambda where: torch.zeros(int(where.sum()), VOCAB + 2)), g[:, None].expand(-1, x.shape[1] + 1)

@@ -53,6 +53,26 @@ def random_dit(vocab_size, pad_id, seed=0, **cfg):
     return model
 
 
+def off_and_on(option, vocab_size, pad_id, **cfg):
+    """The DiT built with a boolean option off and on, torch seeded alike: the same initial weights bitwise
+    (asserted: an option's vector must draw no RNG), then both randomised alike, so that the zero-initialised
+    adaLN and heads do not hide what the option changes."""
+    from model import DiT, ModelConfig
+    models = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        models.append(DiT(ModelConfig(vocab_size=vocab_size, max_len=32, n_layer=2, n_head=2, n_embd=32, cond_dim=16,
+                                      pad_id=pad_id, **{option: on}, **cfg)))
+    off, on = models
+    on_params = dict(on.named_parameters())
+    with torch.no_grad():
+        for name, p in off.named_parameters():
+            assert torch.equal(p, on_params[name]), name
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+            on_params[name].copy_(p)
+    return off, on
+
+
 def subprocess_env():
     """Environment for a child python: the repo importable, one thread, offline tokenizer cache."""
     return dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

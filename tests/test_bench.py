@@ -81,7 +81,7 @@ def test_bench_builds_trains_model_and_loss(tmp_path, packing):
     assert fixed.any()  # the fixed-token embedding is in play
     t = sample_times(8, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(3)  # dropout's draws
-    loss = bench.forward_backward(net, dict(batch=(x1, lengths, fixed, t), behind=None, seed=11), loss_cfg, meta, torch.Generator())
+    loss = bench.forward_backward(net, dict(batch=(x1, lengths, fixed, t), behind=None, span=None, seed=11), loss_cfg, meta, torch.Generator())
     torch.manual_seed(3)
     with autocast("cpu", "float32"):
         expected = batch_loss(train.network_of(train_model), x1, lengths, fixed, train_cfg, meta["mask_id"],
@@ -114,7 +114,7 @@ def test_bench_times_the_rows_behind_their_time_and_the_spans(tmp_path):
     assert loss_cfg == train_cfg and (train_cfg.behind_weight, train_cfg.behind_lag) == (1.0, 0.3)
     loss = bench.forward_backward(net, step, loss_cfg, meta, torch.Generator())
     expected = batch_loss(net, x1, lengths, fixed, train_cfg, meta["mask_id"], meta["pad_id"],
-                          torch.Generator().manual_seed(step["seed"]), t=t, behind=step["behind"])[0]
+                          torch.Generator().manual_seed(step["seed"]), t=t, behind=step["behind"], span=step["span"])[0]
     assert torch.equal(loss.detach(), expected.detach())
     no_behind = batch_loss(net, x1, lengths, fixed, train_cfg, meta["mask_id"], meta["pad_id"],
                            torch.Generator().manual_seed(step["seed"]), t=t)[0]

@@ -3,9 +3,9 @@ model is exactly the one without the option; on, the packed and padded layouts s
 sampler tells the model which tokens are fixed."""
 import torch
 
-from conftest import random_dit
+from conftest import off_and_on, random_dit
 from interpolant import LossConfig, flexmdm_loss, mdm_loss, sample_times
-from model import DiT, ModelConfig, network
+from model import network
 from sampler import SamplerConfig, generate
 
 V, PAD, MASK = 40, 38, 39
@@ -24,20 +24,8 @@ def batch(seed=0):
 
 def test_off_and_fresh_on_are_the_model_without_it():
     """Same initial weights bitwise (the vector draws no RNG), same outputs bitwise; off ignores fixed."""
-    models = []
-    for on in (False, True):
-        torch.manual_seed(0)
-        models.append(DiT(ModelConfig(vocab_size=V, max_len=32, n_layer=2, n_head=2, n_embd=32, cond_dim=16,
-                                      pad_id=PAD, fixed_embedding=on)))
-    off, on = models
+    off, on = off_and_on("fixed_embedding", V, PAD)
     assert off.fixed_emb is None and on.fixed_emb is not None and not on.fixed_emb.any()
-    on_params = dict(on.named_parameters())
-    for name, p in off.named_parameters():
-        assert torch.equal(p, on_params[name]), name
-    with torch.no_grad():  # the zero-initialised heads would hide everything: randomise them alike
-        for name, p in off.named_parameters():
-            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
-            on_params[name].copy_(p)
     x, _, fixed = batch()
     t = torch.rand(len(LENGTHS), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -90,7 +78,7 @@ def test_sampler_marks_the_prompt_as_fixed():
     prompts = [[3, 4, 5], [7], [1, 2]]
     calls = []
 
-    def model_fn(x, t, fixed):
+    def model_fn(x, t, fixed, closed):
         for b, p in enumerate(prompts):
             assert x[b][fixed[b]].tolist() == p
         calls.append(int((x != PAD).sum()))

@@ -39,8 +39,8 @@ def law_batch(n, seed=0):
 
 
 def scaled(model_fn, factor):
-    def wrong(x, t, fixed):
-        f_at, g = model_fn(x, t, fixed)
+    def wrong(x, t, fixed, closed):
+        f_at, g = model_fn(x, t, fixed, closed)
         return f_at, factor * g
     return wrong
 
@@ -215,7 +215,7 @@ def test_lagged_check_sees_a_g_that_ignores_the_shortfall():
     fewer tokens than t implies: the lagged check must flag it where the plain one cannot."""
     mean_length = float((LAW * torch.arange(13)).sum())
 
-    def blind(x, t, fixed):
+    def blind(x, t, fixed, closed):
         m = (x != PAD).sum(1)
         g = mean_length * (1 - LINEAR(t)) / (m + 1)
         return None, g[:, None].expand(-1, x.shape[1] + 1)
@@ -238,7 +238,7 @@ def test_sampling_forecast_of_the_exact_oracle():
     for k in (0, 64, 256):
         assert abs(gap[k].mean()) <= 4 * gap[k].std() / math.sqrt(1000) + 0.1, (k, gap[k].mean())
     exact = oracle(LAW, LINEAR)
-    slow = lambda x, t, fixed: exact(x, t / 2, fixed)
+    slow = lambda x, t, fixed, closed: exact(x, t / 2, fixed, closed)
     times, lengths, forecast, final = diagnostics.sampling_forecast(slow, 1000, cfg, generator=gen(4))
     gap = forecast - (final[None] - lengths)
     assert abs(gap[0].mean()) > 4 * gap[0].std() / math.sqrt(1000) + 0.1, gap[0].mean()

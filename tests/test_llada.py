@@ -248,6 +248,14 @@ def test_network_is_the_losses_contract(llada_dir):
     ref_logits, ref_g = model(x[:, :9], lengths, t)
     torch.testing.assert_close(logits, ref_logits[at], atol=1e-6, rtol=1e-5)
     assert g.shape == (2, 13) and torch.equal(g[:, :10], ref_g) and not g[:, 10:].any()
+    closed = torch.zeros(2, 13, dtype=torch.bool)
+    closed[0, :4], closed[1, 5] = True, True  # the gaps a task keeps empty: read from closed_emb (zero at the start)
+    with torch.no_grad():  # g's head starts at zero, reading nothing: randomise it too
+        model.closed_emb.normal_(0, 1, generator=gen), model.insert_head.weight.normal_(0, 1, generator=gen)
+    _, g = R.llada_net(model)(x, lengths, t, torch.zeros_like(x, dtype=torch.bool), at)
+    _, g_marked = R.llada_net(model)(x, lengths, t, torch.zeros_like(x, dtype=torch.bool), at, closed)
+    _, g_none = R.llada_net(model)(x, lengths, t, torch.zeros_like(x, dtype=torch.bool), at, closed & False)
+    assert torch.equal(g_none, g) and (g_marked - g).abs().max() > 1e-4
     mdm, _ = tiny_model(R, llada_dir, model_type="mdm")
     mdm.eval()
     logits, g = R.llada_net(mdm)(x, None, t, torch.zeros_like(x, dtype=torch.bool), at)
@@ -283,14 +291,17 @@ def test_steps_lower_the_loss_on_a_repeated_batch(llada_dir, stage, model_type):
     tok, s = R.load_tokenizer(llada_dir, arch), R.settings()
     rng = __import__("numpy").random.default_rng(0)
     batch = R.make_batch(s, [R.draw_example(s, R.stage_data(s, tok, 0, 1, 0), tok, rng, arch) for _ in range(4)], arch, "cpu")
-    x1, lengths, fixed = batch
+    x1, lengths, fixed, span = batch
     real = torch.arange(x1.shape[1])[None] < lengths[:, None]
     assert (fixed & real).any() == (stage != "pretrain") and (fixed & real).sum() < real.sum()
+    inside = (torch.arange(x1.shape[1])[None] >= span[:, :1]) & (torch.arange(x1.shape[1])[None] < span[:, 1:])
+    if model_type == "flexmdm":  # the span is the free run (the answer, the middle, or all); the MDM has no gaps
+        assert torch.equal(inside & real, ~fixed & real)
 
     def loss(train):
         model.train(train)
-        return batch_loss(R.llada_net(model), *batch, R.loss_config(model_type), arch["mask_id"], arch["pad_id"],
-                          torch.Generator().manual_seed(0))[0]
+        return batch_loss(R.llada_net(model), x1, lengths, fixed, R.loss_config(model_type), arch["mask_id"], arch["pad_id"],
+                          torch.Generator().manual_seed(0), span=span)[0]
 
     optimizer = R.make_optimizer(model, s.learning_rate, s.weight_decay)
     with torch.no_grad():

@@ -267,7 +267,7 @@ def test_sampler_fn_conditions_on_alpha_and_reads_f_at_the_masks():
     x, t = padded_batch(LENGTHS), times(len(LENGTHS))
     masks = x == MASK
     with torch.no_grad():
-        f_at, g = model.sampler_fn(alpha)(x, t, x == -1)  # no fixed tokens
+        f_at, g = model.sampler_fn(alpha)(x, t, x == -1, None)  # no fixed tokens, no closed gaps
         got = (f_at(masks), g)
         want = model.forward_padded(x, alpha(t))
         other = model.forward_padded(x, t)

@@ -63,7 +63,7 @@ def product_oracle(alpha, move_gap=False):
     (appendix F.3), so u_t and v_t are the independent interpolants of u and v, and f and g are test_sampler's
     exact ones of each beside F (the gap just before F is u's last, the one just after it v's first). With
     move_gap, g of the gap before F is given to the gap after it: a wrong oracle."""
-    def model_fn(x, t, fixed):
+    def model_fn(x, t, fixed, closed):
         B, L = x.shape
         j, j1 = torch.arange(L)[None], torch.arange(L + 1)[None]
         pos, n = fixed.float().argmax(1)[:, None], (x != PAD).sum(1, keepdim=True)
@@ -133,9 +133,9 @@ def test_mdm_infill_masks_per_gap_and_closed_canvas():
     seen = []
     oracle = mdm_oracle(5)
 
-    def model_fn(x, t, fixed):
+    def model_fn(x, t, fixed, closed):
         seen.append((x.clone(), fixed.clone()))
-        return oracle(x, t, fixed)
+        return oracle(x, t, fixed, closed)
     cfg = config(64, model_type="mdm")
     gaps = infill(model_fn, 2000, cfg, [[[0], []]] * 2000, infill_len=2, generator=gen(0))
     x, fixed = seen[0]

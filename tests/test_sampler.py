@@ -122,7 +122,7 @@ def flex_oracle(alpha, table=TABLE, g_transform=None, prompt_len=0):
     every x starts with that many fixed prompt tokens: they are exempt from the interpolant (appendix
     F.3), so the rest of x is the plain interpolant of the continuation, whose law is `table`; the
     prompt keeps its own tokens and the gaps before and inside it get g = 0."""
-    def model_fn(x, t, fixed):
+    def model_fn(x, t, fixed, closed):
         first, inverse = distinct_rows(x, t)
         x, t = x[first], t[first]
         f, g = exact_fg(x[:, prompt_len:], t, alpha, table)
@@ -169,7 +169,7 @@ def mdm_oracle(max_len):
     prob = torch.tensor(list(P1.values()), dtype=torch.float64)
     onehot = torch.nn.functional.one_hot(seqs, V).double()
 
-    def model_fn(x, t, fixed):
+    def model_fn(x, t, fixed, closed):
         first, inverse = distinct_rows(x, t)
         xs = x[first]
         w = prob[None] * ((xs[:, None] == seqs[None]) | (xs[:, None] == MASK)).all(-1)
@@ -397,9 +397,9 @@ def test_time_grid_reaches_one():
     times = []
     oracle = flex_oracle(SCHEDULE_PAIRS["linear"][0], alignment_table(p1))
 
-    def model_fn(x, t, fixed):
+    def model_fn(x, t, fixed, closed):
         times.append(float(t[0]))
-        return oracle(x, t, fixed)
+        return oracle(x, t, fixed, closed)
     samples = sample_flex(model_fn, 4000, "linear", steps=64, max_len=4)
     assert times[0] == 0.0 and times == sorted(times)
     missing = sum(4 - len(s) for s in samples) / len(samples)
@@ -423,7 +423,7 @@ def test_prompt_continuation_follows_p1():
     assert tv_in <= bound_in, (tv_in, bound_in)
 
 
-def greedy_inserter(x, t, fixed):
+def greedy_inserter(x, t, fixed, closed):
     """f: always symbol 0; g = 0.5 in every gap, prompt gaps included: insertion goes wherever it is allowed."""
     logits = torch.full((*x.shape, V), -1e4)
     logits[..., 0] = 0.0
@@ -485,9 +485,9 @@ def test_batch_size_splits():
     oracle = flex_oracle(SCHEDULE_PAIRS["linear"][0], prompt_len=1)
     rows = []
 
-    def model_fn(x, t, fixed):
+    def model_fn(x, t, fixed, closed):
         rows.append(len(x))
-        return oracle(x, t, fixed)
+        return oracle(x, t, fixed, closed)
     prompts = [[b % 3] for b in range(25)]
     samples = sample_flex(model_fn, 25, "linear", steps=32, max_len=MAX_LEN + 1, prompts=prompts,
                           open_gaps=[[1]] * 25, batch_size=4)
@@ -508,9 +508,9 @@ def test_bad_option_is_a_one_line_error(options):
 
 def counting(model_fn, rows):
     """model_fn that records the number of rows of every call in rows."""
-    def counted(x, t, fixed):
+    def counted(x, t, fixed, closed):
         rows.append(len(x))
-        return model_fn(x, t, fixed)
+        return model_fn(x, t, fixed, closed)
     return counted
 
 
@@ -593,9 +593,9 @@ def test_full_width_layout_gives_the_same_samples():
     widths = []
     oracle = flex_oracle(SCHEDULE_PAIRS["linear"][0])
 
-    def model_fn(x, t, fixed):
+    def model_fn(x, t, fixed, closed):
         widths.append(x.shape[1])
-        return oracle(x, t, fixed)
+        return oracle(x, t, fixed, closed)
     ours = sample_flex(oracle, 300, "linear", steps=32)
     full = sample_flex(pad_to(model_fn, MAX_LEN, PAD), 300, "linear", steps=32)
     assert full == ours and set(widths) == {MAX_LEN}
@@ -611,8 +611,8 @@ def test_f_read_where_needed_gives_the_same_samples(sampler):
     oracle = flex_oracle(SCHEDULE_PAIRS["linear"][0])
     reads, masks = [], []
 
-    def lazy(x, t, fixed):
-        logits, g = oracle(x, t, fixed)
+    def lazy(x, t, fixed, closed):
+        logits, g = oracle(x, t, fixed, closed)
         masks.append(int((x == MASK).sum()))
 
         def f_at(where):
