@@ -156,7 +156,9 @@ class DiT(nn.Module):
         # network cannot tell a subgoal from an unmasked cell. Zero at init and created last (no RNG
         # drawn), so with the option off, or on at init, the model is exactly the one without it.
         self.fixed_emb = nn.Parameter(torch.zeros(cfg.n_embd)) if cfg.fixed_embedding else None
-        self.closed_emb = nn.Parameter(torch.zeros(cfg.n_embd)) if cfg.gap_embedding and self.slot_id is not None else None
+        # The same for the gaps a task keeps empty (forward: why), FlexMDM only.
+        flex_gaps = cfg.gap_embedding and self.slot_id is not None
+        self.closed_emb = nn.Parameter(torch.zeros(cfg.n_embd)) if flex_gaps else None
 
     @staticmethod
     def _init_weights(module):
@@ -316,8 +318,9 @@ def network(model, row_tokens=0):
     """The DiT as the losses call it (interpolant.flexmdm_loss, mdm_loss):
     net(xt [B, L], lengths [B] or None (the MDM: every position is a token), cond_time [B], fixed [B, L],
     at (rows, positions): where f is read, closed [B, L+1] or None: the gaps the task closed) -> (logits
-    [len(rows), V], g [B, L+1], 0 past each row's last gap, or None for the MDM). model is the DiT or its wrapper (torch.compile, DDP), whose forward is the one
-    that runs; row_tokens > 0 runs a FlexMDM on the packed layout, 0 on the padded one: the same function."""
+    [len(rows), V], g [B, L+1], 0 past each row's last gap, or None for the MDM). model is the DiT or its
+    wrapper (torch.compile, DDP), whose forward is the one that runs; row_tokens > 0 runs a FlexMDM on the
+    packed layout, 0 on the padded one: the same function."""
     raw = model.module if hasattr(model, "module") else model
 
     def net(xt, lengths, cond_time, fixed, at, closed=None):
@@ -337,7 +340,8 @@ def network(model, row_tokens=0):
         closed_rows = None
         if raw.closed_emb is not None and closed is not None:  # gap j's flag on its carrier, token j or the slot
             closed_rows = scatter_rows(where, closed, False, tokens.shape)
-        h = model(tokens, seq_ids, positions, cond_time, raw.attention_mask(seq_ids), fixed_rows, closed_rows).flatten(0, 1)
+        h = model(tokens, seq_ids, positions, cond_time, raw.attention_mask(seq_ids), fixed_rows, closed_rows)
+        h = h.flatten(0, 1)
         # g at every position of the rows (a cheap head), read at each gap slot
         g = torch.where(where >= 0, raw.insertion_rates(h)[where.clamp_min(0)], 0.0)
         return raw.unmask_head(h[where[at]]), g

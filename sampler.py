@@ -7,11 +7,10 @@ and the exact-oracle tests drive it with their own model functions.
 The model. model_fn(x [B, L] right-padded with pad_id, t [B], fixed [B, L] bool: the prompt's tokens,
 wherever insertions moved them, closed [B, L+1] bool or None (the MDM): the gaps where nothing may be inserted
 (open_gap_mask), as training marks them (interpolant.closed_gaps)) -> (logits [B, L, V], g [B, L+1] or None
-for the MDM), with row b's tokens
-x[b, :len_b] and g[b, j], j <= len_b, the insertion expectation of gap j (gap j sits just before token j,
-gap len_b after the last). Instead of the logits a model may return f_at(where [B, L] bool) -> logits
-[where.sum(), V], and the sampler then asks for f only where it reads it (DiT.sampler_fn does: at V = 50k
-the head costs more than the whole network).
+for the MDM), with row b's tokens x[b, :len_b] and g[b, j], j <= len_b, the insertion expectation of gap j
+(gap j sits just before token j, gap len_b after the last). Instead of the logits a model may return
+f_at(where [B, L] bool) -> logits [where.sum(), V], and the sampler then asks for f only where it reads it
+(DiT.sampler_fn does: at V = 50k the head costs more than the whole network).
 
 The time grid. A FlexMDM with N steps calls the model at t_k = k/(N-1), k = 0..N-1 (the grid 0 = t_0 < ...
 < t_{N-1} = 1 of Algorithm 1 and Def. E.1, so insertion covers all of [0, 1]; the call at t = 1 only fills
