@@ -2,8 +2,8 @@
 The sampler's own length error: sampler.generate driven by the EXACT f and g of a length law p(n) whose
 tokens are i.i.d. and independent of the length (interpolant.length_posterior_insertions), so every
 difference between the samples' lengths and p(n) is the sampler's (tau-leaping discretisation and the
-max_len cap), none the model's. Prints a table of length TV (exact and bins of 32) and W1 against p(n)
-per law and step count, writes it as JSON and draws W1 against steps as a PNG:
+max_len cap), none the model's. Prints a table of length TV (exact and bins of 32), W1, the mean and the
+p10 / p50 / p90 against p(n)'s per law and step count, writes it as JSON and draws W1 against steps as a PNG:
 
     python scripts/length_oracle.py                         # the laws below, steps 16,64,256,1024
     python scripts/length_oracle.py --laws=wikitext128 --steps=64, --grid_power=2.0
@@ -44,6 +44,7 @@ seed = 1337
 
 VOCAB, PAD, MASK = 2, 2, 3  # two i.i.d. uniform data tokens; the tokens play no part in the length
 BIN = 32
+QUANTILES = (0.1, 0.5, 0.9)
 
 
 def check_settings():
@@ -85,13 +86,22 @@ def oracle(probs, alpha):
     return model_fn
 
 
+def quantiles(lengths=None, probs=None):
+    """p10, p50, p90: of the samples' lengths, or of the law p(n) (the least n whose CDF reaches q; the samples'
+    by the same rule, numpy's inverted_cdf)."""
+    if probs is not None:
+        cdf = torch.cumsum(probs, 0).numpy()
+        return {f"p{round(q * 100)}": int(np.searchsorted(cdf, q - 1e-12)) for q in QUANTILES}
+    return {f"p{round(q * 100)}": int(np.quantile(lengths, q, method="inverted_cdf")) for q in QUANTILES}
+
+
 def distances(lengths, probs):
-    """Length TV (exact, and bins of BIN) and W1 of the samples' lengths against the law p(n)."""
+    """Length TV (exact, and bins of BIN), W1, mean and quantiles of the samples' lengths against the law p(n)."""
     hist = np.bincount(lengths, minlength=len(probs))[: len(probs)] / len(lengths)
     p = probs.numpy()
     binned = lambda h: np.add.reduceat(h, np.arange(0, len(h), BIN))
     return {"tv_exact": 0.5 * float(np.abs(hist - p).sum()), "tv_bin32": 0.5 * float(np.abs(binned(hist) - binned(p)).sum()),
-            "w1": float(np.abs(np.cumsum(hist) - np.cumsum(p)).sum()), "mean": float(np.mean(lengths))}
+            "w1": float(np.abs(np.cumsum(hist) - np.cumsum(p)).sum()), "mean": float(np.mean(lengths)), **quantiles(lengths)}
 
 
 def floor(probs, n, rng, draws=20):
@@ -134,7 +144,7 @@ def main():
     for law, probs in law_probs.items():
         max_len = len(probs) - 1
         results[law] = {"max_len": max_len, "mean": float((probs * torch.arange(len(probs))).sum()),
-                        "floor": floor(probs, num_samples, rng), "runs": []}
+                        **quantiles(probs=probs), "floor": floor(probs, num_samples, rng), "runs": []}
         for n_steps in steps:
             start = time.time()
             cfg = SamplerConfig(max_len=max_len, mask_id=MASK, pad_id=PAD, steps=n_steps, alpha=alpha,
@@ -144,10 +154,13 @@ def main():
                    "seconds": time.time() - start}
             results[law]["runs"].append(row)
             print(f"{law:>16} (mean {results[law]['mean']:.1f}) steps {n_steps:5d}: TV {row['tv_exact']:.3f} exact, "
-                  f"{row['tv_bin32']:.3f} bins of {BIN}, W1 {row['w1']:.2f}, mean {row['mean']:.1f} "
-                  f"({row['seconds']:.0f} s)", flush=True)
+                  f"{row['tv_bin32']:.3f} bins of {BIN}, W1 {row['w1']:.2f}, mean {row['mean']:.1f}, p10 / p50 / p90 "
+                  f"{row['p10']} / {row['p50']} / {row['p90']} ({row['seconds']:.0f} s)", flush=True)
         fl = results[law]["floor"]
-        print(f"{'':>16} floor ({num_samples} exact draws): TV {fl['tv_exact']:.3f}, {fl['tv_bin32']:.3f}, W1 {fl['w1']:.2f}")
+        law_q = results[law]
+        print(f"{'':>16} floor ({num_samples} exact draws): TV {fl['tv_exact']:.3f}, {fl['tv_bin32']:.3f}, "
+              f"W1 {fl['w1']:.2f}; "
+              f"the law's p10 / p50 / p90 {law_q['p10']} / {law_q['p50']} / {law_q['p90']}")
     png = plot(results)
     settings = {"num_samples": num_samples, "grid_power": grid_power, "seed": seed,
                 "lognormal": [lognormal_median, lognormal_sigma]}

@@ -17,7 +17,7 @@ from data import load_data
 from interpolant import LossConfig, Schedule, flexmdm_loss
 from model import DiT, ModelConfig, network
 from sampler import SamplerConfig, generate, time_grid
-from scripts.length_oracle import MASK, PAD, distances, oracle
+from scripts.length_oracle import MASK, PAD, distances, oracle, quantiles
 from test_sampler import DISCRETISATION, P1, flex_oracle, sample_flex, tv_check
 from test_text import tiny_reference  # noqa: F401 (a fixture)
 
@@ -186,6 +186,17 @@ def test_length_oracle_reproduces_the_length_law():
     assert good["tv_exact"] <= noise + 0.045, (good, noise)
     assert np.isin(lengths[1.0], np.flatnonzero(LAW.numpy() == 0)).mean() < 0.03
     assert bad["tv_exact"] > noise + 0.1 and bad["mean"] > good["mean"] + 1, (bad, good)
+
+
+def test_length_oracle_quantiles_of_the_law_are_those_of_its_exact_sample():
+    """A sample whose histogram is exactly the law (each n repeated in proportion to p(n)) has the law's
+    quantiles, by the one rule both sides use; and a shifted sample moves them."""
+    counts = (LAW * 1000).round().long()
+    law = counts / counts.sum()
+    exact = np.repeat(np.arange(len(counts)), counts.numpy())
+    row = distances(exact, law)
+    assert quantiles(probs=law) == quantiles(exact) == {k: row[k] for k in ("p10", "p50", "p90")}
+    assert quantiles(exact + 1) == {k: v + 1 for k, v in quantiles(exact).items()}
 
 
 # ---------------------------------------------------------------------------------------------
