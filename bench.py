@@ -14,11 +14,11 @@ Training (mode='train') times train.py's step, built by the same library calls f
 the model DiT(configurator.pick(ModelConfig, settings)), the network model.network(model, row_tokens)
 and the loss interpolant.batch_loss with pick(LossConfig, settings), so every setting that changes a step
 (insert_head, insert_scale, fixed_embedding, gap_embedding with infill_prob, time_weighting, prior_weight,
-prior_time, ...) is timed as trained. Every setting of train.py is a setting here, so a train config file loads; the block "train.py's,
-not used by one step" below is accepted and ignored. One timed step is train.py's loop body for one
-micro-batch of batch_size sequences (gradient_accumulation_steps repeats it): the loss, backward, grad
-clipping (grad_clip), the fused AdamW step and the EMA update (ema_decay), at the constant learning_rate
-(train.py's schedule only changes its value). packing=True packs x_t into rows of
+prior_time, ...) is timed as trained. Every setting of train.py is a setting here, so a train config file
+loads; the block "train.py's, not used by one step" below is accepted and ignored. One timed step is
+train.py's loop body for one micro-batch of batch_size sequences (gradient_accumulation_steps repeats it):
+the loss, backward, grad clipping (grad_clip), the fused AdamW step and the EMA update (ema_decay), at the
+constant learning_rate (train.py's schedule only changes its value). packing=True packs x_t into rows of
 max(pack_tokens, max_len + 1) tokens; packing=False is the padded layout (one sequence per row, padded to
 max_len + 1 positions, as the published code does). Packing is a FlexMDM option: the MDM baseline's
 padding is its method (pad is a token it predicts), so for model_type='mdm' packing is ignored. The

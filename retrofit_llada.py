@@ -282,7 +282,8 @@ class LLaDA(nn.Module):
 
     def forward(self, x, lengths=None, cond_time=None, at=None, closed=None):
         """x [B, L]. FlexMDM: right-padded, lengths [B] real tokens, cond_time [B] = alpha(t); the slot
-        sits at position lengths[b]; closed [B, L+1] bool or None: the gaps the task keeps empty. MDM: every position is a token (pads included), full attention.
+        sits at position lengths[b]; closed [B, L+1] bool or None: the gaps the task keeps empty. MDM: every
+        position is a token (pads included), full attention.
         Returns (logits [B, L, V], or [M, V] at the positions at = (rows [M], positions [M]);
         g [B, L+1] for FlexMDM, else None)."""
         B, L = x.shape

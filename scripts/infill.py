@@ -5,9 +5,10 @@ chooses, an MDM told the span's true length and wrong ones (--mdm_scales, 1, 0.5
 MDM has a fixed number of masks per gap, and a canvas closed after the paragraph). Per run, against the true
 span: the infill's length error, and its overlap, an F1 over the longest common subsequence of token ids
 (lcs_f1); for a FlexMDM also its g at the start, in the open gap and over all gaps (start_forecast). Two
-floors are told the true length: random tokens, and tokens drawn from the unigram law of the data's train split. With --ref_model (a local directory of a causal LM that transformers loads, e.g. a small
-one trained on the train split; GPT-2 itself is not needed) also the generative perplexity of the infilled
-paragraphs, by evaluate.py --task=genppl, beside that of the paragraphs as they are ("truth").
+floors are told the true length: random tokens, and tokens drawn from the unigram law of the data's train
+split. With --ref_model (a local directory of a causal LM that transformers loads, e.g. a small one trained on
+the train split; GPT-2 itself is not needed) also the generative perplexity of the infilled paragraphs, by
+evaluate.py --task=genppl, beside that of the paragraphs as they are ("truth").
 
     python scripts/infill.py --runs=flex=out/wikitext_cpu/ckpt.pt,mdm=out/wikitext_cpu_mdm/ckpt.pt
     python scripts/infill.py --runs=flex=out/a/ckpt.pt,flex_span=out/b/ckpt.pt,mdm=out/c/ckpt.pt --ref_model=out/ref_lm

@@ -157,10 +157,9 @@ def main():
                   f"{row['tv_bin32']:.3f} bins of {BIN}, W1 {row['w1']:.2f}, mean {row['mean']:.1f}, p10 / p50 / p90 "
                   f"{row['p10']} / {row['p50']} / {row['p90']} ({row['seconds']:.0f} s)", flush=True)
         fl = results[law]["floor"]
-        law_q = results[law]
         print(f"{'':>16} floor ({num_samples} exact draws): TV {fl['tv_exact']:.3f}, {fl['tv_bin32']:.3f}, "
-              f"W1 {fl['w1']:.2f}; "
-              f"the law's p10 / p50 / p90 {law_q['p10']} / {law_q['p50']} / {law_q['p90']}")
+              f"W1 {fl['w1']:.2f}; the law's p10 / p50 / p90 "
+              f"{results[law]['p10']} / {results[law]['p50']} / {results[law]['p90']}")
     png = plot(results)
     settings = {"num_samples": num_samples, "grid_power": grid_power, "seed": seed,
                 "lognormal": [lognormal_median, lognormal_sigma]}

@@ -81,7 +81,8 @@ def test_bench_builds_trains_model_and_loss(tmp_path, packing):
     assert fixed.any()  # the fixed-token embedding is in play
     t = sample_times(8, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(3)  # dropout's draws
-    loss = bench.forward_backward(net, dict(batch=(x1, lengths, fixed, t), behind=None, span=None, seed=11), loss_cfg, meta, torch.Generator())
+    step = dict(batch=(x1, lengths, fixed, t), behind=None, span=None, seed=11)
+    loss = bench.forward_backward(net, step, loss_cfg, meta, torch.Generator())
     torch.manual_seed(3)
     with autocast("cpu", "float32"):
         expected = batch_loss(train.network_of(train_model), x1, lengths, fixed, train_cfg, meta["mask_id"],
