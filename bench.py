@@ -315,7 +315,7 @@ def draw_steps(split, meta, seq_len, rng, raw, loss_cfg):
         x1, lengths, fixed = rows(rng.integers(0, n_seq, size=batch_size))
         span = None
         if infill_prob:  # as train.py's step: span-trained rows
-            fixed, span = (z.to(device) for z in keep_spans(lengths.cpu(), fixed.cpu(), infill_prob, rng, model_type == "mdm"))
+            fixed, span = keep_spans(lengths, fixed, infill_prob, rng, model_type == "mdm")
         behind = None
         if tilt is not None:  # as train.py's step: rows behind their time, length-tilted
             t, s, log_r = behind_times(batch_size, loss_cfg, device, tgen)

@@ -355,10 +355,11 @@ def keep_spans(lengths, fixed, prob, rng, pads=False):
     probability prob, keeps one span of its tokens free and has the others fixed, present and clean at every t
     (a prefix and a suffix); with pads=True its pads too (the MDM's canvas, closed after the suffix). The span: a
     length uniform in 1..n, then a start uniform among the places it fits. Returns the new fixed flags [B, L] and
-    each row's open span [B, 2] (start, end), (0, n) for the rows left whole (interpolant.flexmdm_loss)."""
+    each row's open span [B, 2] (start, end), (0, n) for the rows left whole (interpolant.flexmdm_loss), on
+    fixed's device."""
     import torch
     B, L = fixed.shape
-    n = lengths.numpy()
+    n = lengths.cpu().numpy()
     chosen = rng.random(B) < prob
     span = rng.integers(1, n + 1)
     start = rng.integers(0, n - span + 1)
@@ -366,7 +367,8 @@ def keep_spans(lengths, fixed, prob, rng, pads=False):
     outside = (j < start[:, None]) | (j >= (start + span)[:, None])
     allowed = np.ones_like(outside) if pads else j < n[:, None]
     span = np.where(chosen[:, None], np.stack([start, start + span], 1), np.stack([0 * n, n], 1))
-    return fixed | torch.from_numpy(chosen[:, None] & outside & allowed), torch.from_numpy(span)
+    closed = torch.from_numpy(chosen[:, None] & outside & allowed).to(fixed.device)
+    return fixed | closed, torch.from_numpy(span).to(fixed.device)
 
 
 def maze_prompts(data_dir, n, trained):

@@ -377,7 +377,7 @@ def step(model, optimizer, ema, split, data_rng, lr, meta, dev, tilt=None):
         span = None
         if infill_prob:
             x1, lengths, fixed = batch
-            fixed, span = (z.to(dev) for z in keep_spans(lengths.cpu(), fixed.cpu(), infill_prob, data_rng, model_type == "mdm"))
+            fixed, span = keep_spans(lengths, fixed, infill_prob, data_rng, model_type == "mdm")
             batch = x1, lengths, fixed
         behind = None
         if tilt is not None:

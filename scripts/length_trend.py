@@ -1,7 +1,7 @@
 """
-The tables and the PNG of scripts/length_trend.sh: length W1 and TV (exact, bins of 32) of every run's
-checkpoints against the training compute they had (CPU seconds on one thread), per data set, model and
-sampler setting, and the calibration of the FlexMDM runs' g. Reads
+The tables and the PNG of scripts/length_trend.sh: length W1, TV (exact, bins of 32), mean and p10 / p50 / p90
+of every run's checkpoints against the training compute they had (CPU seconds on one thread), per data set,
+model and sampler setting, and the calibration of the FlexMDM runs' g. Reads
 OUT/<run>/<ckpt>_s<steps>_g<grid>.jsonl.length.json (evaluate.py --task=length), the checkpoints'
 iteration counts and OUT/<run>/<ckpt>.calibration.json (evaluate.py --task=calibration).
 
@@ -102,7 +102,8 @@ def rows():
                           "steps": int(match[3]), "grid": float(match[4]), "tv_exact": metrics["tv_exact"],
                           "tv_bin32": metrics["tv_bin32"], "w1": metrics["wasserstein1"],
                           "mean": metrics["samples"]["mean"], "data_mean": metrics["data"]["mean"],
-                          "n": metrics["samples"]["n"]})
+                          "q": [metrics["samples"][k] for k in ("p10", "p50", "p90")],
+                          "data_q": [metrics["data"][k] for k in ("p10", "p50", "p90")], "n": metrics["samples"]["n"]})
     return found
 
 
@@ -134,12 +135,14 @@ def calibration_table(found):
 
 
 def table(found):
-    lines = [TABLE_HEAD + " TV exact | TV bins of 32 | W1 | mean (data) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [TABLE_HEAD + " TV exact | TV bins of 32 | W1 | mean (data) | p10 / p50 / p90 (data) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    quantiles = lambda q: " / ".join(f"{v:.0f}" for v in q)
     key = lambda r: (list(DATA).index(r["data"]), r["steps"], r["grid"], list(MODELS).index(r["model"]), r["budget"])
     for r in sorted(found, key=key):
         lines.append(f"| {r['data']} | {MODELS[r['model']]} | {r['budget']} | {r['iters']} | {r['steps']} | {r['grid']:g} | "
-                     f"{r['tv_exact']:.3f} | {r['tv_bin32']:.3f} | {r['w1']:.1f} | {r['mean']:.1f} ({r['data_mean']:.1f}) |")
+                     f"{r['tv_exact']:.3f} | {r['tv_bin32']:.3f} | {r['w1']:.1f} | {r['mean']:.1f} ({r['data_mean']:.1f}) | "
+                     f"{quantiles(r['q'])} ({quantiles(r['data_q'])}) |")
     return "\n".join(lines) + "\n"
 
 

@@ -325,8 +325,9 @@ def script(name):
     return module
 
 
-LENGTH_JSON = {"length": {"tv_exact": 0.5, "tv_bin32": 0.25, "wasserstein1": 3.0, "samples": {"mean": 9.0, "n": 64},
-                          "data": {"mean": 10.0}}}
+LENGTH_JSON = {"length": {"tv_exact": 0.5, "tv_bin32": 0.25, "wasserstein1": 3.0,
+                          "samples": {"mean": 9.0, "n": 64, "p10": 2.0, "p50": 8.5, "p90": 17.0},
+                          "data": {"mean": 10.0, "p10": 3.0, "p50": 9.0, "p90": 18.0}}}
 
 
 def script_inputs(tmp):
@@ -421,7 +422,9 @@ def test_script_outputs_are_refused_then_replaced_with_overwrite(tmp_path, monke
         monkeypatch.setattr("sys.argv", [name, *args, "--overwrite=True"])
         script(name).main()
     assert sorted(os.listdir(tmp_path / "o")) == ["lo.json", "lo.png", "lt.md", "lt.png"]
-    assert (tmp_path / "o" / "lt.md").read_text().startswith("| data | model | CPU s | iterations | steps | grid |")
+    table = (tmp_path / "o" / "lt.md").read_text()
+    assert table.startswith("| data | model | CPU s | iterations | steps | grid |")
+    assert "| 3.0 | 9.0 (10.0) | 2 / 8 / 17 (3 / 9 / 18) |" in table  # W1, mean, the quantiles beside the data's
 
 
 def test_length_oracle_ctrl_c_is_one_line(tmp_path):

@@ -70,10 +70,11 @@ def test_loss_goes_down(tiny_maze, tmp_path, extra):
 # ---------------------------------------------------------------------------------------------
 # Stop and resume: bitwise the same as one uninterrupted run
 
-@pytest.mark.parametrize("model_type", ["flexmdm", "mdm"])
+@pytest.mark.parametrize("model_type", ["flexmdm", "mdm", "flexmdm --infill_prob=0.5", "mdm --infill_prob=0.5"])
 def test_resume_is_exact(tiny_maze, tmp_path, model_type):
     N = 8
-    common = ["--dataset=tiny", *TINY_TRAIN_ARGS, f"--model_type={model_type}",
+    model_type, *extra = model_type.split()  # with infill_prob: the span-trained rows draw from the data stream too
+    common = ["--dataset=tiny", *TINY_TRAIN_ARGS, f"--model_type={model_type}", *extra,
               "--dropout=0.1",  # dropout draws from the torch RNG: its state must be restored too
               "--batch_size=16", "--eval_interval=4", "--eval_iters=2", "--log_interval=1", "--learning_rate=3e-3",
               "--warmup_iters=2", f"--lr_decay_iters={N}", "--ema_decay=0.9"]
@@ -93,6 +94,9 @@ def test_resume_is_exact(tiny_maze, tmp_path, model_type):
     # the training losses logged after the resume are the uninterrupted run's
     assert train_losses(half) + train_losses(rest) == train_losses(one)
     assert val_losses(one)[-1] == val_losses(rest)[-1]
+    # a span-trained FlexMDM learns the closed-gap marks (model.py, gap_embedding): the spans reached the loss
+    assert ("closed_emb" in a["model"]) == (model_type == "flexmdm" and bool(extra))
+    assert "closed_emb" not in a["model"] or a["model"]["closed_emb"].abs().max() > 0
 
 
 def test_resume_turning_ema_on_starts_it_from_the_resumed_weights(tiny_maze, tmp_path):
