@@ -26,8 +26,7 @@ from data import atomic_write, check_output  # noqa: E402
 trend_dir = "out/trend"
 out = "results/length_trend"  # .md and .png
 overwrite = False  # replace an existing out.md and out.png (ours)
-DATA = {"chunk": "wikitext128: long paragraphs chunked", "drop": "wikitext128drop: long paragraphs dropped",
-        "512": "wikitext512: max_len 512, mostly padding for the MDM"}
+DATA = {"chunk": "wikitext128: long paragraphs chunked", "drop": "wikitext128drop: long paragraphs dropped"}
 MODELS = {"mdm": "MDM", "paper": "FlexMDM, paper's loss", "prior": "FlexMDM + length prior"}
 TABLE_HEAD = "| data | model | CPU s | iterations | steps | grid |"  # how out.md begins
 

@@ -376,7 +376,7 @@ SCRIPT_MISTAKES = [  # (script, arguments, the message; a re.Pattern where it qu
      "'x.png' is not replaced: it is not a samples, metrics, table or PNG file of this repo; give another --out"),
     ("length_trend", ["--trend_dir=odd", "--out=new"],
      "odd/paper-chunk is not a run of scripts/length_trend.sh (<model>_<data>, model one of mdm, paper, prior, data one "
-     "of chunk, drop, 512)"),
+     "of chunk, drop)"),
     ("length_trend", ["--trend_dir=torn", "--out=new"],
      re.compile(r"torn/paper_chunk/ckpt_s64_g1\.0\.jsonl\.length\.json or its checkpoint is not what evaluate\.py and "
                 r"train\.py write \(JSONDecodeError: .*\): evaluate that checkpoint again")),
