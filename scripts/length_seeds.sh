@@ -4,7 +4,8 @@
 # SAMPLES (200) samples each with the vanilla sampler at STEPS (64 and 256) steps; length metrics and the generative
 # perplexity under the reference LM REF (scripts/reference_lm.py); scripts/length_seeds.py --cell then gathers each
 # cell's numbers (the validation bound, g on BEHIND_SAMPLES states that fell behind) into RESULTS/<data>/<run>.json.
-#   PHASE=pilot: the FlexMDM settings PILOT (prior, behind, behind<weight>) compared on seed 0 (not reported with the others)
+#   PHASE=pilot: the FlexMDM settings PILOT (prior, behind, behind<weight>, lag<digit>) compared on seed 0 (not reported
+#                with the others)
 #   PHASE=claim: FlexMDM (FLEX: the setting the pilot chose, run name FLEXRUN) and the MDM, seeds 1 2 3, all three
 #                datasets, and the MDM at the iterations of FlexMDM's seed 1 on the chunked data
 # A finished piece is not run again (rerun to resume); a finished cell is its JSON.
@@ -64,7 +65,9 @@ cells() {
             prior) echo "$data prior 0 wikitext_cpu --prior_weight=1.0";;
             behind) echo "$data behind 0 wikitext_cpu --prior_weight=1.0 --behind_weight=1.0";;
             behind[0-9]*) echo "$data $run 0 wikitext_cpu --prior_weight=1.0 --behind_weight=${run#behind}.0";;
-            *) echo "PILOT: prior, behind or behind<weight> (behind4: behind_weight=4), not $run" >&2; return 1;; esac
+            lag[0-9]) echo "$data $run 0 wikitext_cpu --prior_weight=1.0 --behind_weight=1.0 --behind_lag=0.${run#lag}";;
+            *) echo "PILOT: prior, behind, behind<weight> (behind4: behind_weight=4) or lag<digit> (lag2: behind_lag=0.2), not $run" >&2
+               return 1;; esac
         done; done
         return
     fi
