@@ -14,6 +14,9 @@ the claim checked per dataset and sampler setting (verdict()).
 
     python scripts/length_seeds.py --cell=out/seeds/wikitext128/flex_s1
     python scripts/length_seeds.py --overwrite=True                     # -> results/length_seeds.md
+
+--sweep=RUN,RUN...: g's behind-state ratio against how far behind the states are (drawn at lag t, lag from 1, on
+time, to 0.15), printed as a table: where training's rows behind their time reach, and where they do not.
 """
 import glob
 import json
@@ -36,9 +39,10 @@ results = "results/seeds"  # where the cells' JSON go, results/seeds/<data>/<run
 out = "results/length_seeds.md"  # the table
 overwrite = False  # replace the table (a cell's JSON is written once: delete it to redo the cell)
 behind_samples = 4096  # held-out sequences behind each behind-state ratio (all of the split if fewer)
+sweep = ""  # run directories, comma-separated: print their behind-state ratios at every lag of SWEEP_LAGS
 # -----------------------------------------------------------------------------
 
-BEHIND_TIMES, BEHIND_LAG = (0.2, 0.4, 0.6), 0.3
+BEHIND_TIMES, BEHIND_LAG, SWEEP_LAGS = (0.2, 0.4, 0.6), 0.3, (1.0, 0.75, 0.5, 0.3, 0.15)
 
 
 def sampled(run_dir):
@@ -55,14 +59,30 @@ def sampled(run_dir):
     return found
 
 
-def g_checks(ckpt, data_dir):
-    """A FlexMDM's forecast at x_0 over the data's mean length, and its behind-state ratios."""
+def g_checks(ckpt, data_dir, lags=(BEHIND_LAG,)):
+    """A FlexMDM's forecast at x_0 over the data's mean length, and its behind-state ratios at each time and lag."""
     model_fn, cfg, _ = load_flexmdm(ckpt)
     (x1, lengths, fixed), _ = heldout_batch(data_dir, behind_samples)
     prior = calibration_table(model_fn, x1, lengths, fixed, cfg.alpha, cfg.beta, cfg.mask_id, cfg.pad_id, times=(0.0,))[0]
-    behind = [behind_ratio(model_fn, x1, lengths, fixed, cfg.alpha, cfg.beta, cfg.mask_id, cfg.pad_id, t, BEHIND_LAG, draws=2)
-              for t in BEHIND_TIMES]
+    behind = [behind_ratio(model_fn, x1, lengths, fixed, cfg.alpha, cfg.beta, cfg.mask_id, cfg.pad_id, t, lag, draws=2)
+              for t in BEHIND_TIMES for lag in lags]
     return {"x0_ratio": prior["ratio"], "behind": behind}
+
+
+def lag_sweep(run_dirs):
+    """The behind-state ratio of each run at every time of BEHIND_TIMES and lag of SWEEP_LAGS, as a table."""
+    lines = ["| run | training's s / t | t | " + " | ".join(f"lag {lag}" for lag in SWEEP_LAGS) + " |",
+             "|" + " --- |" * (3 + len(SWEEP_LAGS))]
+    for run_dir in run_dirs:
+        ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
+        config = ckpt["config"]
+        trained = f"U[{config['behind_lag']}, 1)" if config.get("behind_weight") else "-"
+        behind = g_checks(os.path.join(run_dir, "ckpt.pt"), os.path.join("data", config["dataset"]), SWEEP_LAGS)["behind"]
+        for i, t in enumerate(BEHIND_TIMES):
+            row = behind[i * len(SWEEP_LAGS):(i + 1) * len(SWEEP_LAGS)]
+            cells = " | ".join(f"{r['ratio']:.2f} +- {r['se']:.2f}" for r in row)
+            lines.append(f"| {run_dir} | {trained} | {t} | {cells} |")
+    print("\n".join(lines))
 
 
 def gather(run_dir):
@@ -169,7 +189,9 @@ def table():
 
 def main():
     configure(globals(), sys.argv[1:])
-    if cell:
+    if sweep:
+        lag_sweep(sweep.split(","))
+    elif cell:
         if not os.path.exists(os.path.join(cell, "ckpt.pt")):
             raise InputError(f"{cell} holds no ckpt.pt: not a run of scripts/length_seeds.sh")
         gather(cell)

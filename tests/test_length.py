@@ -420,3 +420,10 @@ def test_length_seeds_script_runs_resumes_and_tabulates(tmp_path, tiny_reference
                            f"--out={table}"], cwd=main, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| wikitext128drop | flex | 4 | " in table.read_text()
+    run_dir = str(tmp_path / "out" / "wikitext128drop" / "flex_s1")  # the lag sweep: its lag-0.3 column is the cell's
+    proc = subprocess.run([sys.executable, "scripts/length_seeds.py", f"--sweep={run_dir}", "--behind_samples=16"],
+                          cwd=main, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith(f"| {run_dir} |")]
+    assert [row[2] for row in rows] == ["0.2", "0.4", "0.6"] and all(len(row) == 8 for row in rows)
+    assert [row[6].split(" +- ")[0] for row in rows] == [f"{b['ratio']:.2f}" for b in records["flex"]["g"]["behind"]]
