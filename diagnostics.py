@@ -18,7 +18,8 @@ exact g (on the exact length oracle none shows a bias beyond its standard error:
   posterior would?
 - along the sampler's own trajectories (sampling_forecast): the forecast at each model call against the
   tokens the chain then inserts (the tau-leaping discretisation of Algorithm 1 adds its own error here:
-  scripts/length_oracle.py).
+  scripts/length_oracle.py); and against what the data's length law expects of a state that long
+  (sampler_state_ratio): g where the sampler goes, with no weights.
 calibrate runs the three on a checkpoint and its data's validation split; insertion_trace runs the third
 on a maze checkpoint from its held-out subgoals.
 """
@@ -28,7 +29,8 @@ import torch
 from checkpoint import load_model
 from configurator import InputError, pick
 from data import check_same_data, get_batch, load_data, maze_prompts
-from interpolant import LossConfig, batch_loss, bregman, flexmdm_interpolant, num_targets, schedules
+from interpolant import (LossConfig, batch_loss, bregman, flexmdm_interpolant, length_posterior_insertions, num_targets,
+                         schedules)
 from model import network
 from sampler import SamplerConfig, generate, time_grid
 
@@ -135,6 +137,27 @@ def sampling_forecast(model_fn, n, cfg, prompts=None, generator=None):
         return f_at, g
     samples = generate(recording, n, cfg, prompts=prompts, generator=generator)
     return np.array(times), np.stack(lengths), np.stack(forecast), np.array([len(s) for s in samples])
+
+
+def sampler_state_ratio(times, lengths, forecast, data_lengths, alpha, at):
+    """g on the sampler's own states (sampling_forecast's trajectories) at the recorded time nearest each t of at:
+    the mean forecast sum_j g_j against the mean of E[n - m | len(x_t) = m] under the data's length law
+    (interpolant.length_posterior_insertions; len(x_t) is Binomial(n, alpha(t)) whatever the tokens, so over the
+    interpolant's states of each length a calibrated g averages to it, Prop. 1). Exact for i.i.d. tokens; on text
+    a reference that takes the states of each length as the interpolant's. One dict per t: ratio, its delta-method
+    standard error over the trajectories, the states' mean length and the interpolant's at t (E[n] alpha(t))."""
+    probs = torch.tensor(np.bincount(data_lengths), dtype=torch.float64) / len(data_lengths)
+    rows = []
+    for t in at:
+        k = int(np.abs(times - t).argmin())
+        m = torch.as_tensor(lengths[k])
+        a = alpha(torch.tensor(float(times[k]), dtype=torch.float64)).expand(len(m))
+        expected = torch.nan_to_num(length_posterior_insertions(probs, m, a)).numpy()  # m past the data's longest: 0
+        ratio = forecast[k].mean() / expected.mean()
+        se = float(np.std(forecast[k] - ratio * expected) / np.sqrt(len(m)) / expected.mean())
+        rows.append({"t": float(times[k]), "ratio": float(ratio), "se": se, "mean_length": float(m.double().mean()),
+                     "interpolant_mean_length": float(data_lengths.mean() * a[0])})
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------

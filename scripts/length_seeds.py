@@ -16,7 +16,8 @@ the claim checked per dataset and sampler setting (verdict()).
     python scripts/length_seeds.py --overwrite=True                     # -> results/length_seeds.md
 
 --sweep=RUN,RUN...: g's behind-state ratio against how far behind the states are (drawn at lag t, lag from 1, on
-time, to 0.15), printed as a table: where training's rows behind their time reach, and where they do not.
+time, to 0.15), and on the states the run's own sampler reaches, printed as a table: where training's rows
+behind their time reach, where they do not, and where the sampler goes.
 """
 import glob
 import json
@@ -31,8 +32,8 @@ import torch  # noqa: E402
 
 from checkpoint import load_checkpoint  # noqa: E402
 from data import atomic_write, check_output, sequence_lengths  # noqa: E402
-from diagnostics import (behind_ratio, calibration_table, heldout_batch, load_flexmdm, validation_bound,  # noqa: E402
-                         wasserstein1)
+from diagnostics import (behind_ratio, calibration_table, heldout_batch, load_flexmdm, sampler_state_ratio,  # noqa: E402
+                         sampling_forecast, validation_bound, wasserstein1)
 
 cell = ""  # a run directory out/seeds/<data>/<run>; empty: make the table
 results = "results/seeds"  # where the cells' JSON go, results/seeds/<data>/<run>.json
@@ -70,18 +71,27 @@ def g_checks(ckpt, data_dir, lags=(BEHIND_LAG,)):
 
 
 def lag_sweep(run_dirs):
-    """The behind-state ratio of each run at every time of BEHIND_TIMES and lag of SWEEP_LAGS, as a table."""
-    lines = ["| run | training's s / t | t | " + " | ".join(f"lag {lag}" for lag in SWEEP_LAGS) + " |",
-             "|" + " --- |" * (3 + len(SWEEP_LAGS))]
+    """The behind-state ratio of each run at each lag of SWEEP_LAGS, and g on the states of 200 of its own 64-step
+    chains (diagnostics.sampler_state_ratio) with their mean length, each cell at the times BEHIND_TIMES; as a
+    table, with the largest standard error of each column."""
+    lines = ["| run | training's s / t | " + " | ".join(f"lag {lag}" for lag in SWEEP_LAGS) +
+             " | the sampler's states | their mean length (interpolant's) |", "|" + " --- |" * (4 + len(SWEEP_LAGS))]
+    worst = np.zeros(len(SWEEP_LAGS) + 1)
     for run_dir in run_dirs:
-        ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
-        config = ckpt["config"]
+        ckpt_path = os.path.join(run_dir, "ckpt.pt")
+        config = load_checkpoint(ckpt_path)["config"]
         trained = f"U[{config['behind_lag']}, 1)" if config.get("behind_weight") else "-"
-        behind = g_checks(os.path.join(run_dir, "ckpt.pt"), os.path.join("data", config["dataset"]), SWEEP_LAGS)["behind"]
-        for i, t in enumerate(BEHIND_TIMES):
-            row = behind[i * len(SWEEP_LAGS):(i + 1) * len(SWEEP_LAGS)]
-            cells = " | ".join(f"{r['ratio']:.2f} +- {r['se']:.2f}" for r in row)
-            lines.append(f"| {run_dir} | {trained} | {t} | {cells} |")
+        data_dir = os.path.join("data", config["dataset"])
+        behind = g_checks(ckpt_path, data_dir, SWEEP_LAGS)["behind"]  # t-major: every lag at the first t, ...
+        model_fn, cfg, _ = load_flexmdm(ckpt_path, steps=64)
+        trace = sampling_forecast(model_fn, 200, cfg, generator=torch.Generator().manual_seed(0))
+        chains = sampler_state_ratio(*trace[:3], sequence_lengths(data_dir), cfg.alpha, BEHIND_TIMES)
+        columns = [behind[i::len(SWEEP_LAGS)] for i in range(len(SWEEP_LAGS))] + [chains]
+        worst = np.maximum(worst, [max(r["se"] for r in column) for column in columns])
+        cells = [" / ".join(f"{r['ratio']:.2f}" for r in column) for column in columns]
+        lengths = " / ".join(f"{r['mean_length']:.1f} ({r['interpolant_mean_length']:.1f})" for r in chains)
+        lines.append(f"| {run_dir} | {trained} | " + " | ".join(cells) + f" | {lengths} |")
+    lines.append("| largest standard error | | " + " | ".join(f"{se:.2f}" for se in worst) + " | |")
     print("\n".join(lines))
 
 
