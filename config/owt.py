@@ -8,10 +8,10 @@
 dataset = 'owt'
 out_dir = 'out/owt'
 model_type = 'flexmdm'
-# The length prior (train.py prior_weight): the text setting. On WikiText at 300-600 CPU-s it lifts g at the
-# empty state from 0.47 to 0.91-0.94 of the mean length and halves the chunked data's length W1 (26.6 to
-# 14.2). The rows behind their time (behind_weight) help at max_len 512: length W1 21.8 +- 1.9 -> 16.2 +- 3.2 at
-# 256 steps, p50 54 -> 67 (data 85), 3 seeds at 600 CPU-s (RESULTS.md); at max_len 128 they did not.
+# The length prior (train.py prior_weight): the text setting. On WikiText at 300-600 CPU-s it lifts g at the empty
+# state from 0.47 to 0.91-0.94 of the mean length and more than halves the chunked data's length W1 (24.7 to 10.8).
+# The rows behind their time (behind_weight) help at max_len 512: length W1 21.8 +- 1.9 -> 16.2 +- 3.2 at 256 steps,
+# p50 54 -> 67 (data 85), 3 seeds at 600 CPU-s (RESULTS.md); at max_len 128 they did not.
 prior_weight = 1.0
 behind_weight = 1.0
 

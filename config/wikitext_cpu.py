@@ -19,10 +19,10 @@ batch_size = 8
 packing = True
 pack_tokens = 256
 time_weighting = "flat"  # as the maze demo: the same minimisers as eq. 7 (the val loss stays eq. 7)
-# The length prior (train.py prior_weight): the text setting. On WikiText at 300-600 CPU-s it lifts g at the
-# empty state from 0.47 to 0.91-0.94 of the mean length and halves the chunked data's length W1 (26.6 to
-# 14.2); the rows behind their time (behind_weight) did not improve the samples at max_len 128 (chunked pilot:
-# W1 18.6 / 17.2 against 16.3 / 14.4 at 64 / 256 steps, RESULTS.md), so they stay off here.
+# The length prior (train.py prior_weight): the text setting. On WikiText at 300-600 CPU-s it lifts g at the empty
+# state from 0.47 to 0.91-0.94 of the mean length and more than halves the chunked data's length W1 (24.7 to 10.8);
+# the rows behind their time (behind_weight) did not improve the samples at max_len 128 (chunked pilot: W1 18.6 /
+# 17.2 against 16.3 / 14.4 at 64 / 256 steps, RESULTS.md), so they stay off here.
 prior_weight = 1.0
 learning_rate = 2e-3
 min_lr = 1e-4

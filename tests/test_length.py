@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import diagnostics
+from checkpoint import load_checkpoint
 from conftest import ROOT, random_dit, subprocess_env
 from data import load_data
 from interpolant import LossConfig, Schedule, flexmdm_loss
@@ -447,3 +448,29 @@ def test_length_seeds_script_runs_resumes_and_tabulates(tmp_path, tiny_reference
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith(f"| {run_dir} |")]
     assert len(rows) == 1 and len(rows[0]) == 9 and all(len(cell.split(" / ")) == 3 for cell in rows[0][2:8])
     assert rows[0][5] == " / ".join(f"{b['ratio']:.2f}" for b in records["flex"]["g"]["behind"])
+
+
+def test_length_fixes_script_runs_resumes_and_tabulates(tmp_path):
+    """scripts/length_fixes.sh end to end, tiny (one setting, the dropped data): train, sample on both grids,
+    evaluate, calibrate, and the table row, whose cells are the evaluate.py metrics; run again, nothing is redone.
+    In a copy of the repo's layout, so that its data/ and out/ stay untouched."""
+    main = tmp_path / "main"
+    main.mkdir()
+    for name in os.listdir(ROOT):
+        if name not in ("data", "out", "results", ".git", ".venv"):
+            (main / name).symlink_to(os.path.join(ROOT, name))
+    (tmp_path / "shared").symlink_to(os.path.realpath(os.path.join(ROOT, "..", "shared")))
+    env = dict(subprocess_env(), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+               DATA="wikitext128drop", FIXES="prior_time", BUDGET="2", SAMPLES="4", HELDOUT="8", TRACE="4",
+               OUT=str(tmp_path / "out"))
+    script = lambda: subprocess.run(["bash", "scripts/length_fixes.sh"], cwd=main, env=env, capture_output=True,
+                                    text=True, timeout=600)
+    proc = script()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "out" / "wikitext128drop" / "prior_time"
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| wikitext128drop | prior_weight=1, prior_time=0.1 |"))
+    length = json.loads((run / "s64_g2.0.jsonl.length.json").read_text())["length"]["samples"]
+    assert row.split(" | ")[-1] == f"{length['p10']:.0f} / {length['p50']:.0f} / {length['p90']:.0f} |"
+    assert load_checkpoint(str(run / "ckpt.pt"))["config"]["prior_time"] == 0.1
+    stamps = {path: path.stat().st_mtime_ns for path in run.iterdir()}
+    assert script().returncode == 0 and {path: path.stat().st_mtime_ns for path in run.iterdir()} == stamps
