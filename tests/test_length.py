@@ -408,16 +408,23 @@ def test_claim_verdict():
     assert verdict(close, mdm, "s64", q, tol)[4] == "yes"
 
 
-def test_length_seeds_script_runs_resumes_and_tabulates(tmp_path, tiny_reference):  # noqa: F811
-    """scripts/length_seeds.sh end to end on the dropped data, tiny: both cells of seed 1 (train, sample, evaluate
-    with the reference LM, gather), each landing as its JSON; run again, a finished cell is left as it is; then the
-    table with its verdict row. In a copy of the repo's layout, so that its data/ and out/ stay untouched."""
+def repo_layout(tmp_path):
+    """tmp_path/main: the repo's files as links, without its data/, out/ and results/ (a script run there writes
+    its own), and ../shared beside it."""
     main = tmp_path / "main"
     main.mkdir()
     for name in os.listdir(ROOT):
         if name not in ("data", "out", "results", ".git", ".venv"):
             (main / name).symlink_to(os.path.join(ROOT, name))
     (tmp_path / "shared").symlink_to(os.path.realpath(os.path.join(ROOT, "..", "shared")))
+    return main
+
+
+def test_length_seeds_script_runs_resumes_and_tabulates(tmp_path, tiny_reference):  # noqa: F811
+    """scripts/length_seeds.sh end to end on the dropped data, tiny: both cells of seed 1 (train, sample, evaluate
+    with the reference LM, gather), each landing as its JSON; run again, a finished cell is left as it is; then the
+    table with its verdict row. In a copy of the repo's layout, so that its data/ and out/ stay untouched."""
+    main = repo_layout(tmp_path)
     env = dict(subprocess_env(), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], PHASE="claim",
                SEEDS="1", DATA="wikitext128drop", BUDGET="2", SAMPLES="4", STEPS="4", BEHIND_SAMPLES="16",
                REF=tiny_reference, OUT=str(tmp_path / "out"), RESULTS=str(tmp_path / "results"))
@@ -454,12 +461,7 @@ def test_length_fixes_script_runs_resumes_and_tabulates(tmp_path):
     """scripts/length_fixes.sh end to end, tiny (one setting, the dropped data): train, sample on both grids,
     evaluate, calibrate, and the table row, whose cells are the evaluate.py metrics; run again, nothing is redone.
     In a copy of the repo's layout, so that its data/ and out/ stay untouched."""
-    main = tmp_path / "main"
-    main.mkdir()
-    for name in os.listdir(ROOT):
-        if name not in ("data", "out", "results", ".git", ".venv"):
-            (main / name).symlink_to(os.path.join(ROOT, name))
-    (tmp_path / "shared").symlink_to(os.path.realpath(os.path.join(ROOT, "..", "shared")))
+    main = repo_layout(tmp_path)
     env = dict(subprocess_env(), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
                DATA="wikitext128drop", FIXES="prior_time", BUDGET="2", SAMPLES="4", HELDOUT="8", TRACE="4",
                OUT=str(tmp_path / "out"))
