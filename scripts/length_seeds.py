@@ -40,7 +40,7 @@ results = "results/seeds"  # where the cells' JSON go, results/seeds/<data>/<run
 out = "results/length_seeds.md"  # the table
 overwrite = False  # replace the table (a cell's JSON is written once: delete it to redo the cell)
 behind_samples = 4096  # held-out sequences behind each behind-state ratio (all of the split if fewer)
-sweep = ""  # run directories, comma-separated: print their behind-state ratios at every lag of SWEEP_LAGS
+sweep = ""  # run directories, comma-separated: print g at every lag of SWEEP_LAGS and on their own chains
 # -----------------------------------------------------------------------------
 
 BEHIND_TIMES, BEHIND_LAG, SWEEP_LAGS = (0.2, 0.4, 0.6), 0.3, (1.0, 0.75, 0.5, 0.3, 0.15)
