@@ -38,9 +38,10 @@ fix() {  # DATA FIX: train, sample on both grids, evaluate the lengths, calibrat
 }
 
 for data in $DATA; do
+    case $data in wikitext128) long=chunk;; wikitext128drop) long=drop;;
+                  *) echo "DATA: wikitext128 or wikitext128drop, not $data" >&2; exit 1;; esac
     [ -f "data/$data/meta.json" ] || python prepare_owt.py --source=../shared/data/wikitext2_raw/wiki.test.raw --txt_unit=line \
-        --val_source=../shared/data/wikitext2_raw/wiki.valid.raw --max_len=128 --long="$([ $data = wikitext128 ] && echo chunk || echo drop)" \
-        --out_dir="data/$data"
+        --val_source=../shared/data/wikitext2_raw/wiki.valid.raw --max_len=128 --long=$long --out_dir="data/$data"
 done
 export OUT BUDGET SAMPLES HELDOUT TRACE
 export -f fix

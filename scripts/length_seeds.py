@@ -60,9 +60,9 @@ def sampled(run_dir):
     return found
 
 
-def g_checks(ckpt, data_dir, lags=(BEHIND_LAG,)):
-    """A FlexMDM's forecast at x_0 over the data's mean length, and its behind-state ratios at each time and lag."""
-    model_fn, cfg, _ = load_flexmdm(ckpt)
+def g_checks(model_fn, cfg, data_dir, lags=(BEHIND_LAG,)):
+    """A FlexMDM's (load_flexmdm) forecast at x_0 over the data's mean length, and its behind-state ratios at each
+    time and lag."""
     (x1, lengths, fixed), _ = heldout_batch(data_dir, behind_samples)
     prior = calibration_table(model_fn, x1, lengths, fixed, cfg.alpha, cfg.beta, cfg.mask_id, cfg.pad_id, times=(0.0,))[0]
     behind = [behind_ratio(model_fn, x1, lengths, fixed, cfg.alpha, cfg.beta, cfg.mask_id, cfg.pad_id, t, lag, draws=2)
@@ -82,8 +82,8 @@ def lag_sweep(run_dirs):
         config = load_checkpoint(ckpt_path)["config"]
         trained = f"U[{config['behind_lag']}, 1)" if config.get("behind_weight") else "-"
         data_dir = os.path.join("data", config["dataset"])
-        behind = g_checks(ckpt_path, data_dir, SWEEP_LAGS)["behind"]  # t-major: every lag at the first t, ...
         model_fn, cfg, _ = load_flexmdm(ckpt_path, steps=64)
+        behind = g_checks(model_fn, cfg, data_dir, SWEEP_LAGS)["behind"]  # t-major: every lag at the first t, ...
         trace = sampling_forecast(model_fn, 200, cfg, generator=torch.Generator().manual_seed(0))
         chains = sampler_state_ratio(*trace[:3], sequence_lengths(data_dir), cfg.alpha, BEHIND_TIMES)
         columns = [behind[i::len(SWEEP_LAGS)] for i in range(len(SWEEP_LAGS))] + [chains]
@@ -109,7 +109,7 @@ def gather(run_dir):
                                                         "max_iters") if k in ckpt["config"]},
               "bound": validation_bound(ckpt_path, data_dir), "samples": sampled(run_dir)}
     if record["model_type"] == "flexmdm":
-        record["g"] = g_checks(ckpt_path, data_dir)
+        record["g"] = g_checks(*load_flexmdm(ckpt_path)[:2], data_dir)
     atomic_write(path, lambda f: json.dump(record, f, indent=1))
     print(f"wrote {path}")
 
